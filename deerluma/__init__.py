@@ -1,0 +1,52 @@
+"""deerluma: an async SDK for DeerAPI's Dream Machine (Luma) video generation."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._decode import decode_generation
+from ._models import Generation, GenerationState, Media, Video
+from ._session import Session
+from .exceptions import (
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    CreateOutcomeUnknown,
+    DeadlineExceeded,
+    DecodeError,
+    DeerLumaError,
+    DownloadError,
+    GenerationFailed,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    WaitTimeout,
+)
+
+try:
+    __version__ = version("deerluma")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "CreateOutcomeUnknown",
+    "DeadlineExceeded",
+    "DecodeError",
+    "DeerLumaError",
+    "DownloadError",
+    "Generation",
+    "GenerationFailed",
+    "GenerationState",
+    "Media",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "Session",
+    "TransportError",
+    "Video",
+    "WaitTimeout",
+    "__version__",
+    "decode_generation",
+]

@@ -1,0 +1,342 @@
+"""Pure decoding: (status, headers, body) -> Generation, or a typed error.
+
+Nothing here does I/O, so every response shape can be tested from recorded
+samples without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import MappingProxyType
+
+import cattrs
+
+from ._models import Generation, GenerationState
+from .exceptions import (
+    APIError,
+    AuthenticationError,
+    DecodeError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+)
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "decode_error",
+    "decode_generation",
+    "excerpt",
+    "make_converter",
+    "parse_retry_after",
+]
+
+#: A generation body is a few KiB; anything past this is not one.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+_ZERO_DATE_YEAR = 1
+_EXCERPT_CHARS = 200
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_MEDIA_KEYS = ("url", "width", "height")
+_VIDEO_KEYS = (*_MEDIA_KEYS, "download_url", "duration")
+
+
+def _strict_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: object, _: type) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError(f"expected an integer, got {value!r:.40}")
+
+
+def _lenient_float(value: object, _: type) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected a number, got a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        # Some gateways quote numbers; a non-numeric string still fails here.
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
+def _strict_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _state(value: object, _: type) -> GenerationState:
+    return GenerationState(value) if isinstance(value, str) else GenerationState.UNKNOWN
+
+
+def _datetime(value: object, _: type) -> datetime | None:
+    if isinstance(value, bool):
+        raise TypeError("expected a date, got a boolean")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, str):
+        raise TypeError(f"expected a date, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None  # a date we cannot read is not worth losing the generation over
+    if parsed.year == _ZERO_DATE_YEAR:
+        return None  # Go's zero time: "not set"
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def make_converter() -> cattrs.Converter:
+    """Build the one converter that turns normalized bodies into models, strictly typed."""
+    converter = cattrs.Converter()
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _lenient_float)
+    converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook(GenerationState, _state)
+    converter.register_structure_hook(datetime, _datetime)
+    # Untyped fields (queue_state) pass through; an exact match, not a subclass one.
+    converter.register_structure_hook_func(lambda t: t is object, lambda value, _: value)
+    return converter
+
+
+_CONVERTER = make_converter()
+
+
+def excerpt(body: bytes | str, limit: int = _EXCERPT_CHARS) -> str:
+    """A short single-line preview of a body, for error messages."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def _looks_like_html(headers: Mapping[str, str], body: bytes) -> bool:
+    content_type = (_header(headers, "Content-Type") or "").lower()
+    return "html" in content_type or body.lstrip()[:1] == b"<"
+
+
+def _html_title(body: bytes) -> str:
+    match = _TITLE.search(body)
+    title = excerpt(match.group(1), 80) if match else ""
+    return f"an HTML page ({title})" if title else "an HTML page"
+
+
+def _json(body: bytes) -> object:
+    return json.loads(body.decode("utf-8"))
+
+
+def _error_fields(payload: object) -> tuple[str | None, str | None]:
+    """(message, code) from any of the error shapes gateways send."""
+    if not isinstance(payload, Mapping):
+        return None, None
+    error = payload.get("error")
+    if isinstance(error, Mapping):
+        code = error.get("code") if error.get("code") is not None else error.get("type")
+        return _text(error.get("message")), _text(code)
+    if isinstance(error, str):
+        return error, _text(payload.get("code"))
+    detail = payload.get("detail")
+    if isinstance(detail, Mapping):
+        message = detail.get("reason") or detail.get("message") or detail.get("msg")
+        return _text(message), _text(detail.get("code"))
+    if isinstance(detail, list):
+        parts = [_text(d.get("msg")) if isinstance(d, Mapping) else _text(d) for d in detail]
+        return "; ".join(p for p in parts if p) or None, None
+    if detail is not None:
+        return _text(detail), _text(payload.get("code"))
+    return _text(payload.get("message")), _text(payload.get("code"))
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, Mapping | list):
+        return None
+    return str(value)
+
+
+def decode_error(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    task_id: str | None = None,
+    now: datetime | None = None,
+) -> APIError:
+    """The typed APIError for an error response, whatever shape its body has."""
+    message: str | None = None
+    code: str | None = None
+    if _looks_like_html(headers, body):
+        message = f"the server answered with {_html_title(body)}"
+    else:
+        try:
+            message, code = _error_fields(_json(body))
+        except (ValueError, UnicodeDecodeError):
+            message = None
+    if 300 <= status < 400:
+        where = _header(headers, "Location") or "an unknown place"
+        message = f"the API redirected to {where}; set base_url to the final address"
+    message = message or (excerpt(body, 120) if body.strip() else "no error message")
+    preview = excerpt(body)
+    if status == 429:
+        retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+        return RateLimitError(
+            status,
+            message,
+            retry_after=retry_after,
+            code=code,
+            body_excerpt=preview,
+            task_id=task_id,
+        )
+    cls = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
+    return cls(status, message, code=code, body_excerpt=preview, task_id=task_id)
+
+
+_ERROR_CLASSES: dict[int, type[APIError]] = {
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+}
+
+
+def _media(value: object, keys: tuple[str, ...]) -> object:
+    if isinstance(value, str):
+        return {"url": value}
+    if isinstance(value, Mapping):
+        return {key: value[key] for key in keys if value.get(key) is not None}
+    return value  # None stays None; anything else fails typing below
+
+
+def _normalize(body: Mapping[str, object]) -> dict[str, object]:
+    """Map both body shapes (web-app and official Luma) onto Generation's fields."""
+    fields: dict[str, object] = {
+        key: body[key]
+        for key in ("id", "state", "created_at", "queue_state", "estimate_wait_seconds", "liked")
+        if key in body
+    }
+    assets = body.get("assets")
+    assets = assets if isinstance(assets, Mapping) else {}
+    request = body.get("request")
+    request = request if isinstance(request, Mapping) else {}
+    fields["prompt"] = (
+        body.get("prompt") if body.get("prompt") is not None else request.get("prompt")
+    )
+    fields["failure_reason"] = (
+        body.get("failure_reason")
+        if body.get("failure_reason") is not None
+        else body.get("fail_reason")
+    )
+    fields["video"] = _media(body.get("video") or assets.get("video"), _VIDEO_KEYS)
+    fields["thumbnail"] = _media(body.get("thumbnail") or assets.get("image"), _MEDIA_KEYS)
+    fields["video_raw"] = _media(body.get("video_raw"), _MEDIA_KEYS)
+    fields["last_frame"] = _media(body.get("last_frame"), _MEDIA_KEYS)
+    if fields.get("state") is None:
+        fields["state"] = GenerationState.UNKNOWN.value
+    return fields
+
+
+def generation_from_json(payload: object, *, task_id: str | None = None) -> Generation:
+    """A Generation from an already-parsed JSON value, or DecodeError."""
+    if not isinstance(payload, Mapping):
+        raise DecodeError(f"expected a JSON object, got {type(payload).__name__}", task_id=task_id)
+    if not isinstance(payload.get("id"), str) or not payload["id"]:
+        message, _ = _error_fields(payload)
+        why = f": {message}" if message else ""
+        raise DecodeError(f"the body is not a generation (no id){why}", task_id=task_id)
+    try:
+        generation = _CONVERTER.structure(_normalize(payload), Generation)
+    except Exception as exc:  # cattrs wraps each field's failure in its own group type
+        details = (
+            "; ".join(cattrs.transform_error(exc))
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
+        raise DecodeError(
+            f"the body is not a valid generation: {details}", task_id=task_id
+        ) from exc
+    if task_id is not None and generation.id != task_id:
+        raise DecodeError(
+            f"asked for generation {task_id!r} but the server answered with "
+            f"{generation.id!r}; a proxy may have mixed up responses",
+            task_id=task_id,
+        )
+    return _with_raw(generation, payload)
+
+
+def _with_raw(generation: Generation, payload: Mapping[str, object]) -> Generation:
+    raw = payload if isinstance(payload, MappingProxyType) else MappingProxyType(dict(payload))
+    object.__setattr__(generation, "raw", raw)  # set once, before anyone else sees it
+    return generation
+
+
+def decode_generation(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    task_id: str | None = None,
+    now: datetime | None = None,
+) -> Generation:
+    """Turn one HTTP response into a Generation, or raise the matching DeerLumaError."""
+    if status >= 300:
+        raise decode_error(status, headers, body, task_id=task_id, now=now)
+    if len(body) > MAX_BODY_BYTES:
+        raise DecodeError(
+            f"the body is {len(body)} bytes, more than a generation can be", task_id=task_id
+        )
+    if _looks_like_html(headers, body):
+        raise DecodeError(
+            f"expected JSON but got {_html_title(body)}; a proxy may be failing",
+            body_excerpt=excerpt(body),
+            task_id=task_id,
+        )
+    try:
+        payload = _json(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(
+            f"the body is not valid JSON ({exc}); it may have been cut off",
+            body_excerpt=excerpt(body),
+            task_id=task_id,
+        ) from exc
+    try:
+        return generation_from_json(payload, task_id=task_id)
+    except DecodeError as exc:
+        exc.body_excerpt = excerpt(body)
+        raise

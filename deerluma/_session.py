@@ -1,0 +1,348 @@
+"""Session: the one place deerluma talks HTTP (auth, per-request retries, rate gate)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+import attrs
+import yarl
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from ._decode import MAX_BODY_BYTES, decode_generation, parse_retry_after
+from ._gate import RateGate
+from ._models import Generation
+from ._policy import PollPolicy, Seconds, to_seconds
+from ._validate import check_base_url, check_task_id
+from ._wait import OnUpdate, wait_for, watch_generation
+from .exceptions import (
+    ConfigurationError,
+    DecodeError,
+    RateLimitError,
+    TransportError,
+    is_transient,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "Session"]
+
+log = logging.getLogger("deerluma")
+
+DEFAULT_BASE_URL = "https://api.deerapi.com"
+GENERATIONS_PATH = ("dream-machine", "v1", "generations")
+_KEPT_HEADERS = ("Content-Type", "Retry-After", "Location")
+#: A single Retry-After longer than this is treated as this (a deadline caps it further).
+_MAX_RETRY_AFTER = 300.0
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class _Default:
+    """Marks an argument the caller left out (where None has a meaning of its own)."""
+
+    def __repr__(self) -> str:
+        return "<Session default>"
+
+
+_DEFAULT = _Default()
+
+
+class _Secret:
+    """Holds the API key so that no repr, str or log line can show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+@attrs.frozen
+class RawResponse:
+    """What one HTTP exchange produced, read whole (within the body cap)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class StopBefore(stop_base):
+    """Stop retrying when the next sleep would end past `deadline` (a clock time)."""
+
+    def __init__(self, deadline: float | None, clock: Clock) -> None:
+        self._deadline = deadline
+        self._clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        upcoming = retry_state.upcoming_sleep or 0.0
+        return self._deadline is not None and self._clock() + upcoming >= self._deadline
+
+
+def _never_sent(exc: BaseException) -> bool:
+    return isinstance(exc, TransportError) and not exc.request_sent
+
+
+class Session:
+    """An async client for DeerAPI's Dream Machine endpoints.
+
+    Use it as ``async with deerluma.Session() as s:``; one Session shares one
+    connection pool and one rate-limit gate across every call and waiter.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: Seconds = 30.0,
+        max_retries: int = 3,
+        max_rps: float | None = None,
+        policy: PollPolicy | None = None,
+        sleep: Sleep | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("DEERAPI_API_KEY")
+        self._key = _Secret(key) if key else None
+        self._base = check_base_url(
+            base_url or os.environ.get("DEERAPI_BASE_URL") or DEFAULT_BASE_URL
+        )
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self._timeout = to_seconds(timeout)
+        self._max_retries = max_retries
+        self._borrowed = session
+        self._owned: aiohttp.ClientSession | None = None
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._clock: Clock = clock or time.monotonic
+        self._gate = RateGate(max_rps, clock=self._clock, sleep=self._sleep)
+        self._rng = random.Random()
+        self.policy = policy or PollPolicy()
+        """The default polling policy of this Session's waits."""
+
+    def __repr__(self) -> str:
+        return f"Session(base_url={str(self._base)!r}, api_key={self._key!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL this Session sends requests to."""
+        return str(self._base)
+
+    @property
+    def rate_limited_count(self) -> int:
+        """How many 429 answers this Session has received."""
+        return self._gate.rate_limited
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool, unless it was borrowed from the caller."""
+        if self._owned is not None:
+            owned, self._owned = self._owned, None
+            await owned.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._borrowed is not None:
+            return self._borrowed
+        if self._owned is None or self._owned.closed:
+            self._owned = aiohttp.ClientSession()
+        return self._owned
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._key is None:
+            raise ConfigurationError(
+                "no API key: pass Session(api_key=...) or set $DEERAPI_API_KEY"
+            )
+        return {"Authorization": f"Bearer {self._key.reveal()}", "Accept": "application/json"}
+
+    def generation_url(self, task_id: str | None = None) -> yarl.URL:
+        """The API URL of one generation (or of the collection); the id is always quoted."""
+        url = self._base
+        for part in GENERATIONS_PATH:
+            url = url / part
+        return url if task_id is None else url / check_task_id(task_id)
+
+    async def exchange(
+        self,
+        method: str,
+        url: yarl.URL,
+        *,
+        json_body: Mapping[str, object] | None = None,
+        deadline: float | None = None,
+    ) -> RawResponse:
+        """One HTTP exchange with the API: gate, auth, timeout, body cap; no retries."""
+        headers = self._auth_headers()
+        await self._gate.acquire(deadline)
+        timeout = self._timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - self._clock())
+        log.debug("%s %s", method, url)
+        try:
+            async with (
+                asyncio.timeout(max(timeout, 0.0)),
+                self._http().request(
+                    method, url, headers=headers, json=json_body, allow_redirects=False
+                ) as resp,
+            ):
+                body = await _read_capped(resp)
+                kept = {name: resp.headers[name] for name in _KEPT_HEADERS if name in resp.headers}
+                status = resp.status
+        except TimeoutError as exc:
+            raise TransportError(f"no answer from {url.host} within {timeout:.3g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(
+                f"could not connect to {url.host}: {exc.os_error or exc}", request_sent=False
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(
+                f"connection to {url.host} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
+        if status == 429:
+            pause = self._gate.pause(parse_retry_after(kept.get("Retry-After")))
+            log.warning("rate limited by %s; pausing requests for %.1fs", url.host, pause)
+        elif status < 400:
+            self._gate.clear_strikes()
+        return RawResponse(status, kept, body)
+
+    def retrying(
+        self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
+    ) -> AsyncRetrying:
+        """The per-request retry loop: bounded by max_retries and never sleeping past `deadline`."""
+        backoff = wait_exponential_jitter(initial=0.25, max=8.0, jitter=0.25)
+
+        def wait(state: RetryCallState) -> float:
+            seconds = backoff(state)
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+                seconds = max(seconds, min(exc.retry_after, _MAX_RETRY_AFTER))
+            return seconds
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "attempt %d failed (%s); retrying in %.2fs",
+                state.attempt_number,
+                exc,
+                state.upcoming_sleep,
+            )
+
+        return AsyncRetrying(
+            stop=stop_any(
+                stop_after_attempt(self._max_retries + 1), StopBefore(deadline, self._clock)
+            ),
+            wait=wait,
+            retry=retry_if_exception(retry_on),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    async def get_generation(self, task_id: str) -> Generation:
+        """Fetch one generation by task id, retrying transient faults (up to `max_retries`)."""
+        return await self.fetch(task_id, None)
+
+    async def fetch(self, task_id: str, deadline: float | None) -> Generation:
+        """Like get_generation, but no retry sleeps past `deadline` (a `clock` time)."""
+        url = self.generation_url(task_id)
+        async for attempt in self.retrying(deadline=deadline, retry_on=is_transient):
+            with attempt:
+                resp = await self.exchange("GET", url, deadline=deadline)
+                return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _policy_for(
+        self, timeout: Seconds | _Default | None, policy: PollPolicy | None
+    ) -> PollPolicy:
+        chosen = policy or self.policy
+        if isinstance(timeout, _Default):
+            return chosen
+        return attrs.evolve(chosen, timeout=timeout)
+
+    def watch(
+        self,
+        task_id: str,
+        *,
+        timeout: Seconds | _Default | None = _DEFAULT,
+        policy: PollPolicy | None = None,
+    ) -> AsyncGenerator[Generation, None]:
+        """Yield the generation each time its state (or estimate) changes, ending when terminal.
+
+        A failed generation is yielded, not raised; use it with
+        ``contextlib.aclosing`` if you may stop iterating early.
+        """
+        check_task_id(task_id)
+        return watch_generation(
+            self.fetch,
+            task_id,
+            policy=self._policy_for(timeout, policy),
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
+        )
+
+    async def wait_until_completed(
+        self,
+        task_id: str,
+        *,
+        timeout: Seconds | _Default | None = _DEFAULT,
+        policy: PollPolicy | None = None,
+        on_update: OnUpdate | None = None,
+    ) -> Generation:
+        """Poll until the generation is terminal; return it completed or raise.
+
+        Raises GenerationFailed (with the generation and its failure_reason) if
+        it failed, and WaitTimeout (carrying the last state seen) when
+        `timeout` seconds pass first. `on_update` (sync or async) hears every
+        change. Transient faults are retried; cancelling stops at once.
+        """
+        updates = self.watch(task_id, timeout=timeout, policy=policy)
+        async with aclosing(updates):
+            return await wait_for(updates, on_update)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
+        raise DecodeError(
+            f"the server announced a {resp.content_length}-byte body; refusing to read it"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise DecodeError(f"the body is larger than {MAX_BODY_BYTES} bytes; refusing it")
+        chunks.append(chunk)
+    return b"".join(chunks)

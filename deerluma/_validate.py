@@ -1,0 +1,66 @@
+"""Checks on what the caller passes, before any request is sent."""
+
+from __future__ import annotations
+
+import ipaddress
+import unicodedata
+
+import yarl
+
+__all__ = ["check_base_url", "check_task_id"]
+
+_FORBIDDEN = frozenset("/\\?#%")
+_MAX_TASK_ID = 200
+
+
+def check_task_id(task_id: object) -> str:
+    """Return `task_id` if it is safe to put in a URL path segment, else raise ValueError."""
+    if not isinstance(task_id, str):
+        raise TypeError(f"task id must be a string, got {type(task_id).__name__}")
+    problem = _task_id_problem(task_id)
+    if problem:
+        raise ValueError(f"invalid task id {task_id[:80]!r}: {problem}")
+    return task_id
+
+
+def _task_id_problem(task_id: str) -> str | None:
+    if not task_id:
+        return "it is empty"
+    if len(task_id) > _MAX_TASK_ID:
+        return f"it is longer than {_MAX_TASK_ID} characters"
+    if task_id in (".", ".."):
+        return "it is a relative path"
+    for char in task_id:
+        if char in _FORBIDDEN:
+            return f"it contains {char!r}"
+        if char.isspace():
+            return "it contains whitespace"
+        if unicodedata.category(char)[0] in "CZ":
+            return "it contains a control or separator character"
+    return None
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str) -> yarl.URL:
+    """Parse the API base url; refuse plain http except to loopback (the key would go in clear)."""
+    url = yarl.URL(base_url)
+    if url.scheme not in ("https", "http") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    if url.scheme == "http" and not _is_loopback(url.host):
+        raise ValueError(
+            f"refusing plain http:// to {url.host}: the API key would be sent unencrypted; "
+            "use https://"
+        )
+    if url.user or url.password or url.query_string or url.fragment:
+        raise ValueError("base_url must not carry credentials, a query or a fragment")
+    return url

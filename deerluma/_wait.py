@@ -1,0 +1,142 @@
+"""Waiting for one generation: the tenacity poll loop behind wait_until_completed and watch."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_result,
+)
+from tenacity.stop import stop_base
+
+from ._models import Generation, GenerationState
+from ._policy import PollPolicy, PollTracker
+from .exceptions import (
+    DeadlineExceeded,
+    GenerationFailed,
+    RateLimitError,
+    WaitTimeout,
+    is_transient,
+)
+
+__all__ = ["Fetch", "OnUpdate", "changed", "notify", "wait_for", "watch_generation"]
+
+log = logging.getLogger("deerluma")
+
+#: Fetch one generation, never sleeping past the deadline (a clock time, or None).
+Fetch = Callable[[str, float | None], Awaitable[Generation]]
+OnUpdate = Callable[[Generation], object]
+
+
+def changed(before: Generation | None, after: Generation) -> bool:
+    """Whether a caller watching progress would want to hear about `after`."""
+    return before is None or (
+        before.state,
+        before.estimate_wait_seconds,
+        before.queue_state,
+    ) != (after.state, after.estimate_wait_seconds, after.queue_state)
+
+
+async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
+    """Call a sync or async progress callback."""
+    if on_update is not None:
+        result = on_update(generation)
+        if inspect.isawaitable(result):
+            await result
+
+
+class _TooManyErrors(stop_base):
+    def __init__(self, tracker: PollTracker) -> None:
+        self._tracker = tracker
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._tracker.errors > self._tracker.policy.max_consecutive_errors
+
+
+async def watch_generation(
+    fetch: Fetch,
+    task_id: str,
+    *,
+    policy: PollPolicy,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    rng: random.Random,
+) -> AsyncGenerator[Generation, None]:
+    """Yield the generation each time it changes, ending with its terminal state.
+
+    Polls are paced by `policy`; transient faults are retried within their own
+    budget; no sleep ends past the deadline, which raises WaitTimeout.
+    """
+    started = clock()
+    tracker = PollTracker(policy, started, rng)
+    deadline = None if policy.timeout is None else started + policy.timeout
+    last: Generation | None = None
+    warned_unknown = False
+
+    def wait(state: RetryCallState) -> float:
+        now = clock()
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is None:
+            delay = tracker.next_delay(now)
+        else:
+            retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+            delay = tracker.error_delay(retry_after)
+        # Never sleep past the deadline; the next attempt then raises WaitTimeout.
+        return delay if deadline is None else max(0.0, min(delay, deadline - now))
+
+    retrying = AsyncRetrying(
+        sleep=sleep,
+        wait=wait,
+        stop=_TooManyErrors(tracker),
+        retry=retry_if_exception(is_transient) | retry_if_result(_not_terminal),
+        reraise=True,
+    )
+    if policy.initial_delay:
+        await sleep(policy.initial_delay)
+    async for attempt in retrying:
+        generation: Generation | None = None
+        with attempt:
+            if deadline is not None and clock() >= deadline:
+                raise WaitTimeout(task_id, last, policy.timeout or 0.0)
+            try:
+                generation = await fetch(task_id, deadline)
+            except DeadlineExceeded as exc:
+                raise WaitTimeout(task_id, last, policy.timeout or 0.0) from exc
+        if generation is None:
+            tracker.errors += 1
+            continue
+        attempt.retry_state.set_result(generation)
+        tracker.observe(clock(), generation)
+        if generation.state is GenerationState.UNKNOWN and not warned_unknown:
+            warned_unknown = True
+            log.warning(
+                "generation %r is in a state deerluma does not know (%r); still waiting",
+                task_id,
+                generation.raw.get("state"),
+            )
+        previous, last = last, generation
+        if changed(previous, generation):
+            yield generation
+
+
+def _not_terminal(generation: Generation | None) -> bool:
+    return generation is None or not generation.is_terminal
+
+
+async def wait_for(updates: AsyncIterator[Generation], on_update: OnUpdate | None) -> Generation:
+    """Drain a watch, reporting each change; return the completed generation or raise."""
+    last: Generation | None = None
+    async for generation in updates:
+        last = generation
+        await notify(on_update, generation)
+    if last is None or not last.is_terminal:
+        raise RuntimeError("the watch ended before the generation was terminal")
+    if last.state is GenerationState.FAILED:
+        raise GenerationFailed(last)
+    return last

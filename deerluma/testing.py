@@ -1,0 +1,590 @@
+"""FakeDeerAPI: a real HTTP server that behaves like DeerAPI, for your own tests.
+
+Start it as an async context manager; it listens on ``127.0.0.1`` on a free
+port. Point a Session at ``fake.url`` with ``fake.api_key`` and everything the
+SDK does runs over a real socket, with no network and no cost::
+
+    from deerluma.testing import FakeClock, FakeDeerAPI, Fault
+
+    async def test_my_app() -> None:
+        clock = FakeClock()
+        async with FakeDeerAPI(clock=clock) as fake:
+            task_id = fake.add_generation(duration=30, estimate_bias=1.2)
+            fake.inject(Fault.status(502), Fault.reset())   # the next two requests fail
+            async with deerluma.Session(api_key=fake.api_key, base_url=fake.url,
+                                        clock=clock, sleep=clock.sleep) as s:
+                g = await s.wait_until_completed(task_id)   # no real waiting
+            assert g.is_completed
+
+What it does:
+
+- Generations follow a scripted progression driven by ``clock``: ``pending``
+  for ``pending_for`` seconds, then ``processing`` with a falling
+  ``estimate_wait_seconds`` (whole seconds, skewed by ``estimate_bias``, or
+  ``null`` when ``estimate=False``), then ``completed`` (or ``failed`` with
+  ``failure_reason``). Bodies have the shape of the API page's example, or the
+  official Luma shape with ``shape="luma"``.
+- It checks ``Authorization: Bearer <api_key>`` (401 otherwise) and answers an
+  unknown id with 404, both in the gateway's error body shapes.
+- ``POST /dream-machine/v1/generations`` creates generations
+  (``create_duration`` seconds long) and records each body in ``created``.
+- Finished generations link to a storage route that serves fake video bytes
+  behind presigned-style links expiring after ``link_ttl`` seconds; it refuses
+  any request carrying an Authorization header and supports ``Range``.
+- Faults on demand: ``inject(...)`` queues faults for the next requests;
+  ``fault_rate`` faults a random share of requests (seeded); ``max_rps``
+  answers 429 with Retry-After beyond a request rate.
+- It records what it saw: ``requests`` (method, path, whether a key was sent,
+  status), ``polls[task_id]`` and ``completed_at[task_id]`` (clock time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+import attrs
+from aiohttp import web
+
+__all__ = ["FakeClock", "FakeDeerAPI", "Fault", "SeenRequest"]
+
+_API = "/dream-machine/v1/generations"
+_CDN = "https://storage.cdn-luma.com/fake"
+_HTML_PAGE = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
+
+
+class FakeClock:
+    """A clock that only moves when told; its `sleep` moves it instead of waiting.
+
+    Give ``clock=fake_clock`` to FakeDeerAPI and ``clock=fake_clock,
+    sleep=fake_clock.sleep`` to a Session, and waiting costs no real time.
+    """
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self._now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self._now += max(0.0, seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        """Record the sleep, move time forward, and let other tasks run."""
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        await asyncio.sleep(0)
+
+
+@attrs.frozen
+class Fault:
+    """One misbehaviour of the server, applied to one request."""
+
+    kind: str
+    status: int = 500
+    body: bytes = b""
+    content_type: str = "application/json"
+    retry_after: str | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def error(cls, status: int, body: bytes | Mapping[str, object] | None = None) -> Fault:
+        """Answer with `status` and an error body (``{"error": {...}}`` unless given)."""
+        if body is None:
+            body = {"error": {"message": f"fake error {status}", "type": "fake", "code": status}}
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return cls("status", status=status, body=raw)
+
+    @classmethod
+    def rate_limit(cls, retry_after: float | str | None = 1) -> Fault:
+        """Answer 429, with a Retry-After header unless it is None."""
+        header = None if retry_after is None else str(retry_after)
+        body = b'{"error": {"message": "rate limit exceeded", "type": "rate_limit"}}'
+        return cls("status", status=429, body=body, retry_after=header)
+
+    @classmethod
+    def html(cls, status: int = 502) -> Fault:
+        """Answer with a proxy's HTML error page."""
+        return cls("status", status=status, body=_HTML_PAGE, content_type="text/html")
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """Drop the connection without answering."""
+        return cls("reset")
+
+    @classmethod
+    def truncated(cls) -> Fault:
+        """Answer 200 with the first half of the JSON body."""
+        return cls("truncated")
+
+    @classmethod
+    def cut(cls) -> Fault:
+        """Announce the full body, send half of it, then drop the connection."""
+        return cls("cut")
+
+    @classmethod
+    def latency(cls, seconds: float) -> Fault:
+        """Answer normally after a real delay of `seconds`."""
+        return cls("latency", seconds=seconds)
+
+    @classmethod
+    def wrong_id(cls) -> Fault:
+        """Answer with another generation's body, as a confused proxy might."""
+        return cls("wrong_id")
+
+
+#: The mix of faults `fault_rate` draws from.
+DEFAULT_FAULT_MIX: tuple[Fault, ...] = (
+    Fault.error(502),
+    Fault.error(503, {"detail": "service unavailable"}),
+    Fault.rate_limit(0.05),
+    Fault.reset(),
+    Fault.truncated(),
+    Fault.html(502),
+    Fault.latency(0.02),
+)
+
+
+@attrs.frozen
+class SeenRequest:
+    """What the fake server recorded about one request."""
+
+    method: str
+    path: str
+    authorized: bool
+    sent_authorization: bool
+    status: int
+    fault: str | None
+
+
+@attrs.define
+class _Gen:
+    id: str
+    prompt: str
+    started: float
+    pending_for: float
+    duration: float
+    failure_reason: str | None
+    estimate: bool
+    estimate_bias: float
+    shape: str
+    created_wall: datetime
+    video_bytes: int
+    request: Mapping[str, object] | None = None
+
+    def state(self, now: float) -> str:
+        elapsed = now - self.started
+        if elapsed >= self.duration:
+            return "failed" if self.failure_reason else "completed"
+        return "pending" if elapsed < self.pending_for else "processing"
+
+    def finishes_at(self) -> float:
+        return self.started + self.duration
+
+
+class FakeDeerAPI:
+    """An aiohttp.web fake of DeerAPI's Dream Machine endpoints (see the module docs)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "fake-key-0123456789",
+        clock: Callable[[], float] | None = None,
+        max_rps: float | None = None,
+        fault_rate: float = 0.0,
+        fault_mix: Iterable[Fault] = DEFAULT_FAULT_MIX,
+        seed: int = 0,
+        link_ttl: float = 3600.0,
+        create_duration: float = 5.0,
+        video_bytes: int = 64 * 1024,
+    ) -> None:
+        self.api_key = api_key
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self.max_rps = max_rps
+        self.fault_rate = fault_rate
+        self.fault_mix = tuple(fault_mix)
+        self.link_ttl = link_ttl
+        self.create_duration = create_duration
+        self.video_bytes = video_bytes
+        self.requests: list[SeenRequest] = []
+        self.polls: Counter[str] = Counter()
+        self.completed_at: dict[str, float] = {}
+        self.created: list[Mapping[str, object]] = []
+        self.record_requests = True
+        self._random = random.Random(seed)
+        self._gens: dict[str, _Gen] = {}
+        self._faults: deque[Fault] = deque()
+        self._storage_faults: deque[Fault] = deque()
+        self._bucket = float(max_rps or 0)
+        self._bucket_time = self.clock()
+        self._links: dict[str, float] = {}
+        self._runner: web.AppRunner | None = None
+        self._site_url = ""
+        self._wall0 = datetime.now(UTC)
+        self._clock0 = self.clock()
+
+    # -- lifecycle ---------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Listen on 127.0.0.1 on a free port."""
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get(_API + "/{task_id}", self._get)
+        app.router.add_post(_API, self._create)
+        app.router.add_get("/storage/{task_id}/{asset}", self._storage)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        sockets = self._runner.addresses
+        host, port = sockets[0][:2]
+        self._site_url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        """Stop listening and drop open connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        """The base URL to give a Session."""
+        if not self._site_url:
+            raise RuntimeError("FakeDeerAPI is not started; use it as `async with`")
+        return self._site_url
+
+    # -- scripting ---------------------------------------------------------
+    def add_generation(
+        self,
+        task_id: str | None = None,
+        *,
+        duration: float = 10.0,
+        pending_for: float | None = None,
+        failure_reason: str | None = None,
+        estimate: bool = True,
+        estimate_bias: float = 1.0,
+        prompt: str = "a deer walking through a misty forest",
+        shape: str = "web",
+        video_bytes: int | None = None,
+        request: Mapping[str, object] | None = None,
+    ) -> str:
+        """Add a generation that starts now and finishes after `duration` seconds; return its id.
+
+        `estimate_bias` skews `estimate_wait_seconds` (1.3 = reports 30 % too long).
+        """
+        task_id = task_id or str(uuid.uuid4())
+        self._gens[task_id] = _Gen(
+            id=task_id,
+            prompt=prompt,
+            started=self.clock(),
+            pending_for=duration * 0.2 if pending_for is None else pending_for,
+            duration=duration,
+            failure_reason=failure_reason,
+            estimate=estimate,
+            estimate_bias=estimate_bias,
+            shape=shape,
+            created_wall=self._wall(),
+            video_bytes=self.video_bytes if video_bytes is None else video_bytes,
+            request=request,
+        )
+        return task_id
+
+    def finishes_at(self, task_id: str) -> float:
+        """The clock time at which `task_id` reaches its terminal state."""
+        return self._gens[task_id].finishes_at()
+
+    def inject(self, *faults: Fault) -> None:
+        """Apply these faults, in order, to the next API requests (one each)."""
+        self._faults.extend(faults)
+
+    def inject_storage(self, *faults: Fault) -> None:
+        """Apply these faults, in order, to the next storage (download) requests."""
+        self._storage_faults.extend(faults)
+
+    def body_of(self, task_id: str) -> dict[str, object]:
+        """The JSON body the server would send for `task_id` right now."""
+        return self._body(self._gens[task_id], self.clock())
+
+    def video_content(self, task_id: str, asset: str = "video") -> bytes:
+        """The bytes the storage route serves for one asset."""
+        gen = self._gens[task_id]
+        return _content(f"{task_id}/{asset}", gen.video_bytes)
+
+    # -- request handling ----------------------------------------------------
+    @web.middleware
+    async def _middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], object],
+    ) -> web.StreamResponse:
+        fault: Fault | None = None
+        if request.path.startswith(_API):
+            if self._faults:
+                fault = self._faults.popleft()
+            elif self.fault_rate and self._random.random() < self.fault_rate:
+                fault = self._random.choice(self.fault_mix)
+        elif self._storage_faults:
+            fault = self._storage_faults.popleft()
+        sent_auth = "Authorization" in request.headers
+        authorized = request.headers.get("Authorization") == f"Bearer {self.api_key}"
+        response = await self._answer(request, handler, fault, authorized)
+        if self.record_requests:
+            self.requests.append(
+                SeenRequest(
+                    request.method,
+                    request.path,
+                    authorized,
+                    sent_auth,
+                    response.status,
+                    fault.kind if fault else None,
+                )
+            )
+        return response
+
+    async def _answer(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], object],
+        fault: Fault | None,
+        authorized: bool,
+    ) -> web.StreamResponse:
+        if request.path.startswith(_API):
+            if not authorized:
+                return _json_error(401, "invalid api key", "invalid_api_key")
+            if self.max_rps and not self._take_token():
+                return web.Response(
+                    status=429,
+                    body=b'{"error": {"message": "too many requests", "type": "rate_limit"}}',
+                    content_type="application/json",
+                    headers={"Retry-After": f"{1 / self.max_rps:.3f}"},
+                )
+        if fault is not None:
+            if fault.kind == "latency":
+                await asyncio.sleep(fault.seconds)
+            elif fault.kind == "status":
+                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                return web.Response(
+                    status=fault.status,
+                    body=fault.body,
+                    headers={**headers, "Content-Type": fault.content_type},
+                )
+            elif fault.kind == "reset":
+                return _drop(request)
+            elif fault.kind in ("truncated", "cut", "wrong_id"):
+                request["fault"] = fault.kind
+        response = await handler(request)  # type: ignore[misc]
+        assert isinstance(response, web.StreamResponse)
+        return response
+
+    def _take_token(self) -> bool:
+        assert self.max_rps
+        now = self.clock()
+        self._bucket = min(self.max_rps, self._bucket + (now - self._bucket_time) * self.max_rps)
+        self._bucket_time = now
+        if self._bucket >= 1.0:
+            self._bucket -= 1.0
+            return True
+        return False
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        gen = self._gens.get(task_id)
+        if gen is None:
+            return web.json_response(
+                {"detail": {"reason": f"generation {task_id} not found", "code": "not_found"}},
+                status=404,
+            )
+        self.polls[task_id] += 1
+        now = self.clock()
+        if request.get("fault") == "wrong_id":
+            other = next((g for g in self._gens.values() if g.id != task_id), gen)
+            return web.json_response(self._body(other, now))
+        body = self._body(gen, now)
+        if body["state"] in ("completed", "failed"):
+            self.completed_at.setdefault(task_id, now)
+        return await _send_json(request, body)
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _json_error(400, "request body is not JSON", "invalid_request")
+        if not isinstance(payload, dict) or not str(payload.get("prompt") or "").strip():
+            return web.json_response({"detail": "prompt is required"}, status=400)
+        self.created.append(payload)
+        task_id = self.add_generation(
+            duration=self.create_duration, prompt=payload["prompt"], request=payload
+        )
+        body = self._body(self._gens[task_id], self.clock())
+        body["request"] = payload
+        body["media_request"] = None
+        return await _send_json(request, body)
+
+    async def _storage(self, request: web.Request) -> web.StreamResponse:
+        if "Authorization" in request.headers:
+            return web.Response(
+                status=400,
+                text="<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism "
+                "allowed</Message></Error>",
+                content_type="application/xml",
+            )
+        signature = request.query.get("X-Amz-Signature", "")
+        issued = self._links.get(signature)
+        if issued is None or self.clock() - issued > self.link_ttl:
+            return web.Response(
+                status=403,
+                text="<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
+                "</Error>",
+                content_type="application/xml",
+            )
+        task_id, asset = request.match_info["task_id"], request.match_info["asset"]
+        gen = self._gens.get(task_id)
+        if gen is None:
+            return web.Response(status=404)
+        content = _content(f"{task_id}/{asset.split('.')[0]}", gen.video_bytes)
+        start = _range_start(request.headers.get("Range"), len(content))
+        if start is None:
+            return web.Response(status=416)
+        status = 206 if start else 200
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
+        part = content[start:]
+        if request.get("fault") == "cut":
+            return await _cut(request, part, status, headers)
+        return web.Response(status=status, body=part, headers=headers)
+
+    # -- bodies ----------------------------------------------------------------
+    def _wall(self) -> datetime:
+        return self._wall0 + timedelta(seconds=self.clock() - self._clock0)
+
+    def _link(self, gen: _Gen, asset: str, ext: str) -> str:
+        issued = self.clock()
+        signature = hashlib.sha256(f"{gen.id}/{asset}/{issued}".encode()).hexdigest()
+        self._links[signature] = issued
+        stamp = self._wall().strftime("%Y%m%dT%H%M%SZ")
+        return (
+            f"{self.url}/storage/{gen.id}/{asset}.{ext}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Date={stamp}&X-Amz-Expires={int(self.link_ttl)}"
+            f"&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}"
+        )
+
+    def _body(self, gen: _Gen, now: float) -> dict[str, object]:
+        state = gen.state(now)
+        estimate: int | None = None
+        if state in ("pending", "processing") and gen.estimate:
+            estimate = round((gen.finishes_at() - now) * gen.estimate_bias)
+        done = state == "completed"
+        if gen.shape == "luma":
+            return {
+                "id": gen.id,
+                "generation_type": "video",
+                "state": "dreaming" if state == "processing" else state,
+                "failure_reason": gen.failure_reason if state == "failed" else None,
+                "created_at": gen.created_wall.isoformat().replace("+00:00", "Z"),
+                "assets": {
+                    "video": self._link(gen, "video", "mp4") if done else None,
+                    "image": self._link(gen, "thumbnail", "jpg") if done else None,
+                    "progress_video": None,
+                },
+                "model": "ray-2",
+                "request": gen.request or {"prompt": gen.prompt},
+            }
+        return {
+            "id": gen.id,
+            "liked": None,
+            "state": state,
+            "video": {
+                "url": f"{_CDN}/{gen.id}_watermarked.mp4",
+                "width": 752,
+                "height": 1360,
+                "download_url": self._link(gen, "video", "mp4"),
+            }
+            if done
+            else None,
+            "prompt": gen.prompt,
+            "thumbnail": self._media(gen, "thumbnail", "jpg") if done else None,
+            "video_raw": self._media(gen, "video_raw", "mp4") if done else None,
+            "created_at": gen.created_wall.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            ),
+            "last_frame": self._media(gen, "last_frame", "jpg") if done else None,
+            "queue_state": None,
+            "estimate_wait_seconds": estimate,
+            "failure_reason": gen.failure_reason if state == "failed" else None,
+        }
+
+    def _media(self, gen: _Gen, asset: str, ext: str) -> dict[str, object]:
+        return {"url": self._link(gen, asset, ext), "width": 752, "height": 1360}
+
+
+def _content(key: str, size: int) -> bytes:
+    return random.Random(key).randbytes(size)
+
+
+def _range_start(header: str | None, size: int) -> int | None:
+    if not header:
+        return 0
+    unit, _, spec = header.partition("=")
+    start_text, _, _ = spec.partition("-")
+    if unit.strip() != "bytes" or not start_text.isdigit() or int(start_text) >= size:
+        return None
+    return int(start_text)
+
+
+def _json_error(status: int, message: str, code: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}},
+        status=status,
+    )
+
+
+def _drop(request: web.Request) -> web.Response:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return web.Response(status=500)
+
+
+async def _send_json(request: web.Request, body: Mapping[str, object]) -> web.StreamResponse:
+    raw = json.dumps(body).encode()
+    if request.get("fault") == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif request.get("fault") == "cut":
+        return await _cut(request, raw, 200, {"Content-Type": "application/json"})
+    return web.Response(body=raw, content_type="application/json")
+
+
+async def _cut(
+    request: web.Request, body: bytes, status: int, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    _drop(request)
+    return response
