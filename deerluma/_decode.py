@@ -296,6 +296,7 @@ def generation_from_json(payload: object, *, task_id: str | None = None) -> Gene
             f"asked for generation {task_id!r} but the server answered with "
             f"{generation.id!r}; a proxy may have mixed up responses",
             task_id=task_id,
+            transient=True,
         )
     return _with_raw(generation, payload)
 
@@ -326,6 +327,7 @@ def decode_generation(
             f"expected JSON but got {_html_title(body)}; a proxy may be failing",
             body_excerpt=excerpt(body),
             task_id=task_id,
+            transient=True,
         )
     try:
         payload = _json(body)
@@ -334,6 +336,7 @@ def decode_generation(
             f"the body is not valid JSON ({exc}); it may have been cut off",
             body_excerpt=excerpt(body),
             task_id=task_id,
+            transient=True,
         ) from exc
     try:
         return generation_from_json(payload, task_id=task_id)

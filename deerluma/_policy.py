@@ -49,9 +49,9 @@ class PollPolicy:
     #: The longest single sleep, whatever the estimate says.
     max_interval: float = attrs.field(default=60.0, converter=to_seconds)
     #: Spacing of polls when the server gives no estimate.
-    unhinted_interval: float = attrs.field(default=2.7, converter=to_seconds)
+    unhinted_interval: float = attrs.field(default=2.9, converter=to_seconds)
     #: Without an estimate, no poll between the first and this many seconds of waiting.
-    settle_time: float = attrs.field(default=10.0, converter=to_seconds)
+    settle_time: float = attrs.field(default=12.0, converter=to_seconds)
     #: How far off `estimate_wait_seconds` may be, as a fraction (0.3 = ±30 %).
     hint_error: float = attrs.field(default=0.3)
     #: Sleeps are shortened by up to this fraction at random, so waiters never align.

@@ -241,7 +241,7 @@ class Session:
         self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
     ) -> AsyncRetrying:
         """The per-request retry loop: bounded by max_retries and never sleeping past `deadline`."""
-        backoff = wait_exponential_jitter(initial=0.25, max=8.0, jitter=0.25)
+        backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.25)
 
         def wait(state: RetryCallState) -> float:
             seconds = backoff(state)

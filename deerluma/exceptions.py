@@ -126,11 +126,23 @@ class DeadlineExceeded(DeerLumaError, TimeoutError):
 
 
 class DecodeError(DeerLumaError):
-    """The body is not a generation: bad JSON, an HTML page, wrong types, or another id."""
+    """The body is not a generation: bad JSON, an HTML page, wrong types, or another id.
 
-    def __init__(self, message: str, *, body_excerpt: str = "", task_id: str | None = None) -> None:
+    `transient` is True where the cause is likely a passing proxy fault (a cut
+    or HTML body, another task's body), so asking again may succeed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        body_excerpt: str = "",
+        task_id: str | None = None,
+        transient: bool = False,
+    ) -> None:
         self.body_excerpt = body_excerpt
         self.task_id = task_id
+        self.transient = transient
         super().__init__(message)
 
 
@@ -187,4 +199,6 @@ def is_transient(exc: BaseException) -> bool:
     """Whether asking the same GET again may well succeed (a fault, not an answer)."""
     if isinstance(exc, ServerError):
         return exc.status in _RETRYABLE_STATUS
-    return isinstance(exc, TransportError | RateLimitError | DecodeError)
+    if isinstance(exc, DecodeError):
+        return exc.transient
+    return isinstance(exc, TransportError | RateLimitError)

@@ -58,6 +58,7 @@ from aiohttp import web
 __all__ = ["FakeClock", "FakeDeerAPI", "Fault", "SeenRequest"]
 
 _API = "/dream-machine/v1/generations"
+_FAULT = web.RequestKey("fault", str)
 _CDN = "https://storage.cdn-luma.com/fake"
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
@@ -227,6 +228,7 @@ class FakeDeerAPI:
         self.record_requests = True
         self._random = random.Random(seed)
         self._gens: dict[str, _Gen] = {}
+        self._raw: dict[str, bytes] = {}
         self._faults: deque[Fault] = deque()
         self._storage_faults: deque[Fault] = deque()
         self._bucket = float(max_rps or 0)
@@ -321,6 +323,10 @@ class FakeDeerAPI:
         """Apply these faults, in order, to the next API requests (one each)."""
         self._faults.extend(faults)
 
+    def serve_raw(self, task_id: str, body: bytes) -> None:
+        """Answer GETs of `task_id` with exactly these bytes (a recorded body, say)."""
+        self._raw[task_id] = body
+
     def inject_storage(self, *faults: Fault) -> None:
         """Apply these faults, in order, to the next storage (download) requests."""
         self._storage_faults.extend(faults)
@@ -395,7 +401,7 @@ class FakeDeerAPI:
             elif fault.kind == "reset":
                 return _drop(request)
             elif fault.kind in ("truncated", "cut", "wrong_id"):
-                request["fault"] = fault.kind
+                request[_FAULT] = fault.kind
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
         return response
@@ -412,6 +418,8 @@ class FakeDeerAPI:
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
+        if task_id in self._raw:
+            return web.Response(body=self._raw[task_id], content_type="application/json")
         gen = self._gens.get(task_id)
         if gen is None:
             return web.json_response(
@@ -420,7 +428,7 @@ class FakeDeerAPI:
             )
         self.polls[task_id] += 1
         now = self.clock()
-        if request.get("fault") == "wrong_id":
+        if request.get(_FAULT) == "wrong_id":
             other = next((g for g in self._gens.values() if g.id != task_id), gen)
             return web.json_response(self._body(other, now))
         body = self._body(gen, now)
@@ -474,7 +482,7 @@ class FakeDeerAPI:
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
         part = content[start:]
-        if request.get("fault") == "cut":
+        if request.get(_FAULT) == "cut":
             return await _cut(request, part, status, headers)
         return web.Response(status=status, body=part, headers=headers)
 
@@ -572,9 +580,9 @@ def _drop(request: web.Request) -> web.Response:
 
 async def _send_json(request: web.Request, body: Mapping[str, object]) -> web.StreamResponse:
     raw = json.dumps(body).encode()
-    if request.get("fault") == "truncated":
+    if request.get(_FAULT) == "truncated":
         raw = raw[: len(raw) // 2]
-    elif request.get("fault") == "cut":
+    elif request.get(_FAULT) == "cut":
         return await _cut(request, raw, 200, {"Content-Type": "application/json"})
     return web.Response(body=raw, content_type="application/json")
 

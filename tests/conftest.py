@@ -1,0 +1,37 @@
+"""Shared fixtures: a fake clock, the fake server on a real socket, and a Session bound to both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import deerluma
+from deerluma.testing import FakeClock, FakeDeerAPI
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def sample(name: str) -> bytes:
+    """A recorded response body from tests/samples."""
+    return (SAMPLES / name).read_bytes()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def fake(clock: FakeClock) -> AsyncIterator[FakeDeerAPI]:
+    async with FakeDeerAPI(clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+async def session(fake: FakeDeerAPI, clock: FakeClock) -> AsyncIterator[deerluma.Session]:
+    async with deerluma.Session(
+        api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+    ) as s:
+        yield s

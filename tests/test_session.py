@@ -1,0 +1,287 @@
+"""Session end to end over real sockets against FakeDeerAPI."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+import deerluma
+from deerluma import (
+    AuthenticationError,
+    ConfigurationError,
+    DecodeError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
+from deerluma.testing import FakeClock, FakeDeerAPI, Fault
+
+from .conftest import sample
+
+
+async def test_get_generation_returns_the_fakes_body_field_by_field(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    g = await session.get_generation(task_id)
+    assert g == deerluma.decode_generation(200, {}, _json(fake.body_of(task_id)), task_id=task_id)
+    assert g.is_completed
+    assert g.video is not None and g.video.download_url is not None
+
+
+async def test_seed_body_served_by_fake_decodes_to_the_seed_generation(
+    clock: FakeClock,
+) -> None:
+    seed = sample("seed_completed.json")
+    expected = deerluma.decode_generation(200, {}, seed)
+    async with FakeDeerAPI(clock=clock) as fake, _session(fake, clock) as s:
+        fake.serve_raw(expected.id, seed)
+        assert await s.get_generation(expected.id) == expected
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.error(502),
+        Fault.error(503, {"detail": "busy"}),
+        Fault.error(500),
+        Fault.error(504),
+        Fault.rate_limit(0.5),
+        Fault.rate_limit(None),
+        Fault.reset(),
+        Fault.truncated(),
+        Fault.cut(),
+        Fault.html(502),
+        Fault.wrong_id(),
+    ],
+    ids=lambda f: f"{f.kind}-{f.status}",
+)
+async def test_transient_fault_is_retried_then_succeeds(
+    fake: FakeDeerAPI, session: deerluma.Session, fault: Fault
+) -> None:
+    other = fake.add_generation(duration=0)  # what a confused proxy answers with
+    task_id = fake.add_generation(duration=0)
+    fake.inject(fault)
+    g = await session.get_generation(task_id)
+    assert g.id == task_id and g.id != other
+    assert [r.fault for r in fake.requests] == [fault.kind, None]
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault.error(502), ServerError),
+        (Fault.rate_limit(1), RateLimitError),
+        (Fault.reset(), TransportError),
+        (Fault.truncated(), DecodeError),
+        (Fault.html(503), ServerError),
+    ],
+    ids=lambda x: getattr(x, "kind", getattr(x, "__name__", "")),
+)
+async def test_retry_budget_exhausted_raises_the_last_error(
+    fake: FakeDeerAPI, session: deerluma.Session, fault: Fault, error: type[Exception]
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject(*[fault] * 8)
+    with pytest.raises(error) as info:
+        await session.get_generation(task_id)
+    # max_retries=3: four attempts (aiohttp itself resends once on a reset keep-alive socket)
+    assert 4 <= len(fake.requests) <= 8
+    assert info.value.task_id in (task_id, None)
+
+
+async def test_rate_limit_retry_honours_retry_after(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject(Fault.rate_limit(7))
+    await session.get_generation(task_id)
+    assert sum(clock.sleeps) >= 7.0
+    assert session.rate_limited_count == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, deerluma.APIError), (401, AuthenticationError), (403, AuthenticationError), (404, NotFoundError)],
+)
+async def test_client_errors_are_never_retried(
+    fake: FakeDeerAPI, session: deerluma.Session, status: int, error: type[Exception]
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject(Fault.error(status))
+    with pytest.raises(error):
+        await session.get_generation(task_id)
+    assert len(fake.requests) == 1
+
+
+async def test_unknown_task_id_raises_not_found_with_advice(session: deerluma.Session) -> None:
+    with pytest.raises(NotFoundError, match=r"HTTP 404 for task 'no-such-task'.*check the task id"):
+        await session.get_generation("no-such-task")
+
+
+async def test_wrong_key_raises_authentication_error_without_the_key(
+    fake: FakeDeerAPI, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    secret = "sk-wrong-secret-value"
+    async with deerluma.Session(api_key=secret, base_url=fake.url, sleep=clock.sleep) as s:
+        with pytest.raises(AuthenticationError) as info:
+            await s.get_generation(task_id)
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    assert "check the API key" in str(info.value)
+
+
+async def test_missing_key_is_a_clear_error_at_first_request(
+    fake: FakeDeerAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEERAPI_API_KEY", raising=False)
+    async with deerluma.Session(base_url=fake.url) as s:
+        with pytest.raises(ConfigurationError, match="DEERAPI_API_KEY"):
+            await s.get_generation("abc")
+    assert fake.requests == []
+
+
+async def test_key_and_base_url_come_from_the_environment(
+    fake: FakeDeerAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEERAPI_API_KEY", fake.api_key)
+    monkeypatch.setenv("DEERAPI_BASE_URL", fake.url)
+    task_id = fake.add_generation(duration=0)
+    async with deerluma.Session() as s:
+        assert (await s.get_generation(task_id)).id == task_id
+    assert fake.requests[0].authorized
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["", " ", "a b", "a/b", "..", ".", "a?b", "a#b", "a\x00b", "a\nb", "a%2Fb", "x" * 201, "\u200b"],
+)
+async def test_bad_task_ids_raise_value_error_before_any_request(
+    fake: FakeDeerAPI, session: deerluma.Session, task_id: str
+) -> None:
+    with pytest.raises(ValueError, match="invalid task id"):
+        await session.get_generation(task_id)
+    assert fake.requests == []
+
+
+async def test_unusual_but_safe_task_id_is_quoted(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation("täsk:1~ä", duration=0)
+    assert (await session.get_generation(task_id)).id == task_id
+    assert fake.requests[0].path == "/dream-machine/v1/generations/täsk:1~ä"
+
+
+async def test_key_never_appears_in_repr_logs_or_errors(
+    fake: FakeDeerAPI, session: deerluma.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="deerluma")
+    task_id = fake.add_generation(duration=0)
+    fake.inject(Fault.error(502), Fault.rate_limit(0.1), Fault.reset())
+    await session.get_generation(task_id)
+    with pytest.raises(NotFoundError) as info:
+        await session.get_generation("missing")
+    seen = [repr(session), str(info.value), repr(info.value), caplog.text]
+    seen += [str(record.args) for record in caplog.records]
+    assert caplog.records, "expected debug logging to be captured"
+    assert all(fake.api_key not in text for text in seen)
+    assert "<redacted>" in repr(session)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.deerapi.com", "http://10.0.0.1:8080", "ftp://x", "https://user:pw@h", "nohost"]
+)
+def test_unsafe_base_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="base_url|http"):
+        deerluma.Session(api_key="k", base_url=url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1", "http://localhost:8080", "http://[::1]:9"])
+def test_plain_http_to_loopback_is_allowed(url: str) -> None:
+    assert deerluma.Session(api_key="k", base_url=url).base_url.startswith("http://")
+
+
+async def test_borrowed_client_session_is_left_open(fake: FakeDeerAPI) -> None:
+    task_id = fake.add_generation(duration=0)
+    async with aiohttp.ClientSession() as http:
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, session=http) as s:
+            await s.get_generation(task_id)
+        assert not http.closed
+
+
+async def test_owned_client_session_is_closed_on_exit(fake: FakeDeerAPI) -> None:
+    task_id = fake.add_generation(duration=0)
+    s = deerluma.Session(api_key=fake.api_key, base_url=fake.url)
+    await s.get_generation(task_id)
+    http = s._http()
+    await s.aclose()
+    assert http.closed
+
+
+async def test_connection_refused_is_a_transport_error_marked_unsent(clock: FakeClock) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with deerluma.Session(
+        api_key="k", base_url=f"http://127.0.0.1:{port}", sleep=clock.sleep
+    ) as s:
+        with pytest.raises(TransportError, match="could not connect") as info:
+            await s.get_generation("abc")
+    assert info.value.request_sent is False
+    assert len(clock.sleeps) == 3  # retried max_retries times
+
+
+async def test_slow_answer_times_out_as_transport_error(fake: FakeDeerAPI) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject(Fault.latency(1.0))
+    async with deerluma.Session(
+        api_key=fake.api_key, base_url=fake.url, timeout=0.05, max_retries=0
+    ) as s:
+        with pytest.raises(TransportError, match="no answer"):
+            await s.get_generation(task_id)
+
+
+async def test_timeout_then_success_is_retried(fake: FakeDeerAPI, clock: FakeClock) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject(Fault.latency(1.0))
+    async with deerluma.Session(
+        api_key=fake.api_key, base_url=fake.url, timeout=0.05, sleep=clock.sleep
+    ) as s:
+        assert (await s.get_generation(task_id)).id == task_id
+
+
+async def test_dns_failure_is_a_transport_error() -> None:
+    # A fake server cannot fail name resolution; aioresponses can.
+    with aioresponses() as mocked:
+        mocked.get(
+            "https://api.deerapi.com/dream-machine/v1/generations/abc",
+            exception=aiohttp.ClientConnectionError("Cannot connect: Name or service not known"),
+            repeat=True,
+        )
+        clock = FakeClock()
+        async with deerluma.Session(api_key="k", sleep=clock.sleep) as s:
+            with pytest.raises(TransportError, match="Name or service not known"):
+                await s.get_generation("abc")
+
+
+async def test_huge_announced_body_is_refused_without_reading(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    fake.serve_raw("big", b'{"id": "big", "state": "pending", "pad": "' + b"x" * (5 << 20) + b'"}')
+    with pytest.raises(DecodeError, match="refusing"):
+        await session.get_generation("big")
+
+
+def _json(body: object) -> bytes:
+    import json
+
+    return json.dumps(body).encode()
+
+
+def _session(fake: FakeDeerAPI, clock: FakeClock) -> deerluma.Session:
+    return deerluma.Session(api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep)
