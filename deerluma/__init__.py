@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._decode import decode_generation
 from ._models import Generation, GenerationState, Media, Video
+from ._policy import PollPolicy
 from ._session import Session
 from .exceptions import (
     APIError,
@@ -41,6 +42,7 @@ __all__ = [
     "GenerationState",
     "Media",
     "NotFoundError",
+    "PollPolicy",
     "RateLimitError",
     "ServerError",
     "Session",

@@ -30,20 +30,24 @@ JSON = {"Content-Type": "application/json"}
 def test_seed_body_decodes_field_by_field() -> None:
     body = sample("seed_completed.json")
     g = decode_generation(200, JSON, body, task_id="32ec5549-7b7a-4111-a43b-445b3a89c8ef")
-    base = "https://storage.cdn-luma.com/lit_lite_inference_v1.6-xl/5bf08990-71ed-4a56-b531-2c2f02e18f51/"
+    base = (
+        "https://storage.cdn-luma.com/lit_lite_inference_v1.6-xl/"
+        "5bf08990-71ed-4a56-b531-2c2f02e18f51/"
+    )
+    tail = "video05a8efbcf1ba2498bb02aa9dcefab47f8.mp4"
     assert g.id == "32ec5549-7b7a-4111-a43b-445b3a89c8ef"
     assert g.state is GenerationState.COMPLETED
     assert g.is_completed and g.is_terminal
     assert g.prompt is not None and g.prompt.startswith("Please generate a video simulating")
     assert g.created_at == datetime(2024, 10, 15, 8, 56, 19, 325000, tzinfo=UTC)
     assert g.video == Video(
-        url=base + "5f7ca010-7e0e-4faf-a654-f41ce735d0ff_watermarked_video05a8efbcf1ba2498bb02aa9dcefab47f8.mp4",
+        url=base + "5f7ca010-7e0e-4faf-a654-f41ce735d0ff_watermarked_" + tail,
         width=752,
         height=1360,
         download_url=json.loads(body)["video"]["download_url"],
     )
     assert g.video_raw == Media(
-        url=base + "0af7d264-0ab5-45f1-befb-e382c81d8023_video05a8efbcf1ba2498bb02aa9dcefab47f8.mp4",
+        url=base + "0af7d264-0ab5-45f1-befb-e382c81d8023_" + tail,
         width=752,
         height=1360,
     )
@@ -121,7 +125,9 @@ def test_unknown_or_odd_state_decodes_to_unknown_or_member(state: object) -> Non
 @pytest.mark.parametrize("value", [12, 12.5, "12", None])
 def test_estimate_accepts_int_float_string_or_null(value: object) -> None:
     g = decode_generation(
-        200, JSON, json.dumps({"id": "x", "state": "pending", "estimate_wait_seconds": value}).encode()
+        200,
+        JSON,
+        json.dumps({"id": "x", "state": "pending", "estimate_wait_seconds": value}).encode(),
     )
     assert g.estimate_wait_seconds == (None if value is None else float(value))  # type: ignore[arg-type]
 
@@ -169,7 +175,13 @@ def test_body_for_another_id_is_never_reported_as_ours() -> None:
     [
         (401, "error_openai_shape.json", AuthenticationError, "Invalid token", "invalid_api_key"),
         (404, "error_detail_string.json", NotFoundError, "Generation not found", None),
-        (403, "error_detail_object.json", AuthenticationError, "quota exhausted", "insufficient_quota"),
+        (
+            403,
+            "error_detail_object.json",
+            AuthenticationError,
+            "quota exhausted",
+            "insufficient_quota",
+        ),
         (504, "error_proxy.html", ServerError, "504 Gateway Time-out", None),
         (400, "error_detail_object.json", APIError, "quota exhausted", "insufficient_quota"),
         (500, "error_openai_shape.json", ServerError, "Invalid token", "invalid_api_key"),

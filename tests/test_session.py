@@ -107,7 +107,12 @@ async def test_rate_limit_retry_honours_retry_after(
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(400, deerluma.APIError), (401, AuthenticationError), (403, AuthenticationError), (404, NotFoundError)],
+    [
+        (400, deerluma.APIError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+    ],
 )
 async def test_client_errors_are_never_retried(
     fake: FakeDeerAPI, session: deerluma.Session, status: int, error: type[Exception]
@@ -159,7 +164,21 @@ async def test_key_and_base_url_come_from_the_environment(
 
 @pytest.mark.parametrize(
     "task_id",
-    ["", " ", "a b", "a/b", "..", ".", "a?b", "a#b", "a\x00b", "a\nb", "a%2Fb", "x" * 201, "\u200b"],
+    [
+        "",
+        " ",
+        "a b",
+        "a/b",
+        "..",
+        ".",
+        "a?b",
+        "a#b",
+        "a\x00b",
+        "a\nb",
+        "a%2Fb",
+        "x" * 201,
+        "\u200b",
+    ],
 )
 async def test_bad_task_ids_raise_value_error_before_any_request(
     fake: FakeDeerAPI, session: deerluma.Session, task_id: str
@@ -194,10 +213,11 @@ async def test_key_never_appears_in_repr_logs_or_errors(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://api.deerapi.com", "http://10.0.0.1:8080", "ftp://x", "https://user:pw@h", "nohost"]
+    "url",
+    ["http://api.deerapi.com", "http://10.0.0.1:8080", "ftp://x", "https://user:pw@h", "nohost"],
 )
 def test_unsafe_base_urls_are_refused(url: str) -> None:
-    with pytest.raises(ValueError, match="base_url|http"):
+    with pytest.raises(ValueError, match=r"base_url|http"):
         deerluma.Session(api_key="k", base_url=url)
 
 

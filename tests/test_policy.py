@@ -1,0 +1,118 @@
+"""The polling policy as pure arithmetic, driven by simulated time."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+
+from deerluma import Generation, GenerationState
+from deerluma._policy import PollPolicy, PollTracker
+
+
+def _gen(estimate: float | None) -> Generation:
+    return Generation(id="t", state=GenerationState.PROCESSING, estimate_wait_seconds=estimate)
+
+
+def _simulate(
+    duration: float, bias: float, policy: PollPolicy, *, hinted: bool = True, seed: int = 0
+) -> tuple[int, float]:
+    """Polls used and detection lag for one task, as a server with whole-second estimates."""
+    now, polls = 0.0, 0
+    tracker = PollTracker(policy, now, random.Random(seed))
+    while True:
+        polls += 1
+        if now >= duration:
+            return polls, now - duration
+        estimate = round((duration - now) * bias) if hinted else None
+        tracker.observe(now, _gen(estimate))
+        now += tracker.next_delay(now)
+
+
+@pytest.mark.parametrize("bias", [0.7, 0.85, 1.0, 1.15, 1.3])
+@pytest.mark.parametrize("duration", [3.0, 5.5, 9.0, 20.0, 37.3, 60.0, 240.0])
+def test_hinted_wait_notices_completion_within_one_interval(bias: float, duration: float) -> None:
+    policy = PollPolicy()
+    polls, lag = _simulate(duration, bias, policy)
+    assert 0 <= lag <= policy.min_interval
+    assert polls <= 7
+
+
+def test_hinted_wait_uses_far_fewer_polls_than_a_fixed_loop() -> None:
+    rng = random.Random(7)
+    ours = naive = 0
+    for seed in range(300):
+        duration, bias = rng.uniform(20, 60), rng.uniform(0.7, 1.3)
+        ours += _simulate(duration, bias, PollPolicy(), seed=seed)[0]
+        naive += int(duration // 3) + 2
+    assert ours < 0.35 * naive
+
+
+def test_unhinted_wait_never_lags_more_than_its_interval() -> None:
+    policy = PollPolicy()
+    for seed in range(50):
+        _, lag = _simulate(20 + seed, 1.0, policy, hinted=False, seed=seed)
+        assert lag <= policy.unhinted_interval
+
+
+def test_without_estimate_first_sleep_waits_out_the_settle_time() -> None:
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 100.0, random.Random(0))
+    tracker.observe(100.0, _gen(None))
+    assert tracker.next_delay(100.0) == policy.settle_time
+    assert tracker.next_delay(100.0 + policy.settle_time) == policy.unhinted_interval
+
+
+def test_first_estimate_sleeps_to_its_earliest_plausible_end_plus_one_interval() -> None:
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 0.0, random.Random(0))
+    tracker.observe(0.0, _gen(40))
+    assert tracker.next_delay(0.0) == pytest.approx(39.5 / 1.3 + policy.min_interval)
+
+
+def test_learned_bias_moves_the_next_poll_to_the_true_end() -> None:
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 0.0, random.Random(0))
+    tracker.observe(0.0, _gen(28))  # the server says 28 s, but it is 40 s away (bias 0.7)
+    tracker.observe(20.0, _gen(14))
+    delay = tracker.next_delay(20.0)
+    assert 20.0 + delay == pytest.approx(40.0, abs=1.5)
+
+
+def test_estimate_going_up_restarts_learning() -> None:
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 0.0, random.Random(0))
+    tracker.observe(0.0, _gen(10))
+    tracker.observe(5.0, _gen(30))  # requeued: the old slope means nothing
+    assert tracker.next_delay(5.0) == pytest.approx(29.5 / 1.3 + policy.min_interval)
+
+
+def test_sleeps_are_capped_and_jitter_only_shortens_them() -> None:
+    policy = PollPolicy(max_interval=20, jitter=0.2)
+    tracker = PollTracker(policy, 0.0, random.Random(3))
+    tracker.observe(0.0, _gen(3600))
+    delays = [tracker.next_delay(0.0) for _ in range(200)]
+    assert all(16.0 <= d <= 20.0 for d in delays)
+    assert len(set(delays)) > 100
+
+
+def test_error_delay_grows_and_honours_retry_after() -> None:
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 0.0, random.Random(0))
+    tracker.errors = 1
+    first = tracker.error_delay(None)
+    tracker.errors = 3
+    assert tracker.error_delay(None) == 4 * first
+    assert tracker.error_delay(30.0) == 30.0
+
+
+def test_policy_accepts_timedelta_and_rejects_nonsense() -> None:
+    assert PollPolicy(timeout=timedelta(minutes=2)).timeout == 120.0
+    assert PollPolicy(timeout=None).timeout is None
+    with pytest.raises(ValueError, match="hint_error"):
+        PollPolicy(hint_error=1.5)
+    with pytest.raises(ValueError, match="min_interval"):
+        PollPolicy(min_interval=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        PollPolicy(timeout=-1)

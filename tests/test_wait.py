@@ -1,0 +1,222 @@
+"""wait_until_completed and watch, end to end on the fake server with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import aclosing
+from datetime import timedelta
+
+import pytest
+
+import deerluma
+from deerluma import (
+    GenerationFailed,
+    GenerationState,
+    NotFoundError,
+    PollPolicy,
+    ServerError,
+    WaitTimeout,
+)
+from deerluma.testing import FakeClock, FakeDeerAPI, Fault
+
+
+async def test_wait_returns_completed_generation_soon_after_it_finishes(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=40, estimate_bias=0.8)
+    g = await session.wait_until_completed(task_id)
+    assert g.is_completed and g.id == task_id
+    assert 0 <= clock() - fake.finishes_at(task_id) <= session.policy.min_interval
+    assert fake.polls[task_id] <= 6
+
+
+async def test_wait_raises_generation_failed_with_reason(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=8, failure_reason="prompt rejected by moderation")
+    with pytest.raises(GenerationFailed, match="prompt rejected by moderation") as info:
+        await session.wait_until_completed(task_id)
+    assert info.value.generation.state is GenerationState.FAILED
+    assert info.value.generation.failure_reason == "prompt rejected by moderation"
+    assert info.value.task_id == task_id
+
+
+async def test_wait_timeout_carries_last_state_and_never_sleeps_past_deadline(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=10_000, pending_for=0)
+    start = clock()
+    with pytest.raises(WaitTimeout) as info:
+        await session.wait_until_completed(task_id, timeout=timedelta(seconds=95))
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.last is not None and info.value.last.state is GenerationState.PROCESSING
+    assert info.value.task_id == task_id
+    assert clock() - start == pytest.approx(95.0)
+
+
+async def test_long_retry_after_is_capped_by_the_deadline(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=10_000)
+    fake.inject(*[Fault.rate_limit(3 * 3600)] * 10)
+    start = clock()
+    with pytest.raises(WaitTimeout):
+        await session.wait_until_completed(task_id, timeout=30)
+    assert clock() - start <= 30.0
+
+
+async def test_on_update_hears_each_change_sync_and_async(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=20, pending_for=5)
+    seen: list[GenerationState] = []
+    heard_async: list[str] = []
+
+    async def record_async(g: deerluma.Generation) -> None:
+        heard_async.append(g.id)
+
+    await session.wait_until_completed(task_id, on_update=lambda g: seen.append(g.state))
+    assert seen[0] is GenerationState.PENDING
+    assert GenerationState.PROCESSING in seen
+    assert seen[-1] is GenerationState.COMPLETED
+    other = fake.add_generation(duration=3)
+    await session.wait_until_completed(other, on_update=record_async)
+    assert heard_async and set(heard_async) == {other}
+
+
+async def test_watch_yields_changes_and_ends_with_failed_state_without_raising(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=15, failure_reason="out of credits")
+    states = [g.state async for g in session.watch(task_id)]
+    assert states[0] is GenerationState.PENDING
+    assert states[-1] is GenerationState.FAILED
+    assert len(states) <= fake.polls[task_id]
+
+
+async def test_watch_can_be_left_early_and_closed(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=100)
+    async with aclosing(session.watch(task_id)) as updates:
+        async for g in updates:
+            assert g.state is GenerationState.PENDING
+            break
+    assert fake.polls[task_id] == 1
+
+
+async def test_unknown_state_keeps_polling_and_warns_once(
+    fake: FakeDeerAPI, session: deerluma.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="deerluma")
+    fake.serve_raw("odd", json.dumps({"id": "odd", "state": "upscaling"}).encode())
+    polls = 0
+
+    def finish_after_three(g: deerluma.Generation) -> None:
+        nonlocal polls
+        polls += 1
+
+    async def flip() -> None:
+        while len(fake.requests) < 3:
+            await asyncio.sleep(0)
+        fake.serve_raw("odd", json.dumps({"id": "odd", "state": "completed"}).encode())
+
+    flipper = asyncio.create_task(flip())
+    g = await session.wait_until_completed("odd", on_update=finish_after_three)
+    await flipper
+    assert g.is_completed
+    assert len(fake.requests) >= 3
+    warnings = [r for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warnings) == 1 and "upscaling" in warnings[0].getMessage()
+
+
+async def test_transient_faults_during_a_wait_are_ridden_out(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=30)
+    fake.inject(
+        Fault.error(502), Fault.reset(), Fault.truncated(), Fault.html(), Fault.rate_limit(2)
+    )
+    fake.inject(*[Fault.error(503)] * 6)  # more than one request's retry budget
+    g = await session.wait_until_completed(task_id)
+    assert g.is_completed
+
+
+async def test_retry_after_overrides_the_next_poll_sleep(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=5)
+    fake.inject(*[Fault.rate_limit(25)] * 4)  # exhaust the first poll's own retries
+    await session.wait_until_completed(task_id)
+    assert max(clock.sleeps) >= 25
+
+
+async def test_not_found_during_wait_raises_at_once(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    with pytest.raises(NotFoundError):
+        await session.wait_until_completed("never-created")
+    assert len(fake.requests) == 1
+
+
+async def test_persistent_server_errors_give_up_after_the_error_budget(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    task_id = fake.add_generation(duration=30)
+    fake.inject(*[Fault.error(502)] * 1000)
+    policy = PollPolicy(max_consecutive_errors=2)
+    with pytest.raises(ServerError):
+        await session.wait_until_completed(task_id, policy=policy)
+    assert len(fake.requests) == 3 * 4  # three polls of four attempts each
+
+
+async def test_session_policy_is_the_default_and_per_call_policy_wins(
+    fake: FakeDeerAPI, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=10_000)
+    async with deerluma.Session(
+        api_key=fake.api_key,
+        base_url=fake.url,
+        clock=clock,
+        sleep=clock.sleep,
+        policy=PollPolicy(timeout=50),
+    ) as s:
+        start = clock()
+        with pytest.raises(WaitTimeout):
+            await s.wait_until_completed(task_id)
+        assert clock() - start == pytest.approx(50)
+        with pytest.raises(WaitTimeout):
+            await s.wait_until_completed(task_id, policy=PollPolicy(timeout=7))
+        assert clock() - start == pytest.approx(57)
+
+
+async def test_cancelling_a_wait_stops_at_once_and_leaves_nothing_behind(
+    fake: FakeDeerAPI,
+) -> None:
+    task_id = fake.add_generation(duration=10_000, estimate=False)
+    fake.inject(Fault.latency(0.0), Fault.latency(0.5))  # the second poll hangs in flight
+    policy = PollPolicy(settle_time=0.01, unhinted_interval=0.01, min_interval=0.01)
+    async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, policy=policy) as s:
+        waiter = asyncio.create_task(s.wait_until_completed(task_id))
+        while fake.polls[task_id] < 1:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # now the second poll is in flight
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert _our_tasks() == []
+        # The Session is still usable after a cancelled wait.
+        done = fake.add_generation(duration=0)
+        assert (await s.get_generation(done)).is_completed
+
+
+def _our_tasks() -> list[asyncio.Task[object]]:
+    """Tasks still alive apart from this test's own and the fake server's handlers."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task()
+        and not task.get_coro().__qualname__.startswith("RequestHandler")  # type: ignore[union-attr]
+    ]
