@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._batch import BatchResult
 from ._decode import decode_generation
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy
@@ -16,6 +17,7 @@ from .exceptions import (
     DeerLumaError,
     DownloadError,
     GenerationFailed,
+    InvalidTaskId,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -31,6 +33,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "BatchResult",
     "ConfigurationError",
     "CreateOutcomeUnknown",
     "DeadlineExceeded",
@@ -40,6 +43,7 @@ __all__ = [
     "Generation",
     "GenerationFailed",
     "GenerationState",
+    "InvalidTaskId",
     "Media",
     "NotFoundError",
     "PollPolicy",

@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Self
@@ -25,6 +25,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from ._batch import BatchResult, batch_as_completed
 from ._decode import MAX_BODY_BYTES, decode_generation, parse_retry_after
 from ._gate import RateGate
 from ._models import Generation
@@ -34,6 +35,7 @@ from ._wait import OnUpdate, wait_for, watch_generation
 from .exceptions import (
     ConfigurationError,
     DecodeError,
+    DeerLumaError,
     RateLimitError,
     TransportError,
     is_transient,
@@ -331,6 +333,48 @@ class Session:
         updates = self.watch(task_id, timeout=timeout, policy=policy)
         async with aclosing(updates):
             return await wait_for(updates, on_update)
+
+    def as_completed(
+        self,
+        task_ids: Iterable[str],
+        *,
+        concurrency: int = 16,
+        timeout: Seconds | _Default | None = _DEFAULT,
+        policy: PollPolicy | None = None,
+    ) -> AsyncGenerator[BatchResult, None]:
+        """Yield one BatchResult per distinct task id as soon as it is terminal.
+
+        `concurrency` bounds requests in flight, not ids waiting: ten thousand
+        ids cost a few KiB each. One id's error never stops the others; a bad
+        id is reported as InvalidTaskId without a request. Polls share this
+        Session's rate-limit gate.
+        """
+        return batch_as_completed(
+            self.fetch,
+            task_ids,
+            concurrency=concurrency,
+            policy=self._policy_for(timeout, policy),
+            clock=self._clock,
+            sleep=self._sleep,
+            rng=self._rng,
+        )
+
+    async def wait_many(
+        self,
+        task_ids: Iterable[str],
+        *,
+        concurrency: int = 16,
+        timeout: Seconds | _Default | None = _DEFAULT,
+        policy: PollPolicy | None = None,
+    ) -> dict[str, Generation | DeerLumaError]:
+        """Wait for all of `task_ids`; map each distinct id to its Generation or its error."""
+        ids = list(dict.fromkeys(task_ids))
+        outcomes: dict[str, Generation | DeerLumaError] = {}
+        results = self.as_completed(ids, concurrency=concurrency, timeout=timeout, policy=policy)
+        async with aclosing(results):
+            async for result in results:
+                outcomes[result.task_id] = result.error or result.unwrap()
+        return {task_id: outcomes[task_id] for task_id in ids}
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:

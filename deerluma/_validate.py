@@ -7,6 +7,8 @@ import unicodedata
 
 import yarl
 
+from .exceptions import InvalidTaskId
+
 __all__ = ["check_base_url", "check_task_id"]
 
 _FORBIDDEN = frozenset("/\\?#%")
@@ -14,12 +16,15 @@ _MAX_TASK_ID = 200
 
 
 def check_task_id(task_id: object) -> str:
-    """Return `task_id` if it is safe to put in a URL path segment, else raise ValueError."""
+    """Return `task_id` if it is safe to put in a URL path segment, else raise InvalidTaskId.
+
+    InvalidTaskId is a ValueError too.
+    """
     if not isinstance(task_id, str):
         raise TypeError(f"task id must be a string, got {type(task_id).__name__}")
     problem = _task_id_problem(task_id)
     if problem:
-        raise ValueError(f"invalid task id {task_id[:80]!r}: {problem}")
+        raise InvalidTaskId(task_id, problem)
     return task_id
 
 

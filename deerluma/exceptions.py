@@ -20,6 +20,7 @@ __all__ = [
     "DeerLumaError",
     "DownloadError",
     "GenerationFailed",
+    "InvalidTaskId",
     "NotFoundError",
     "RateLimitError",
     "ServerError",
@@ -115,6 +116,14 @@ class TransportError(DeerLumaError):
         self.task_id = task_id
         self.request_sent = request_sent
         super().__init__(message)
+
+
+class InvalidTaskId(DeerLumaError, ValueError):
+    """The task id cannot be a generation id (empty, whitespace, `/`, `..`); nothing was sent."""
+
+    def __init__(self, task_id: str, problem: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"invalid task id {task_id[:80]!r}: {problem}")
 
 
 class ConfigurationError(DeerLumaError):

@@ -35,7 +35,8 @@ What it does:
   ``fault_rate`` faults a random share of requests (seeded); ``max_rps``
   answers 429 with Retry-After beyond a request rate.
 - It records what it saw: ``requests`` (method, path, whether a key was sent,
-  status), ``polls[task_id]`` and ``completed_at[task_id]`` (clock time).
+  status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
+  time of the first answer showing it terminal) and ``max_in_flight``.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class SeenRequest:
     sent_authorization: bool
     status: int
     fault: str | None
+    at: float
 
 
 @attrs.define
@@ -226,6 +228,8 @@ class FakeDeerAPI:
         self.completed_at: dict[str, float] = {}
         self.created: list[Mapping[str, object]] = []
         self.record_requests = True
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._random = random.Random(seed)
         self._gens: dict[str, _Gen] = {}
         self._raw: dict[str, bytes] = {}
@@ -357,7 +361,13 @@ class FakeDeerAPI:
             fault = self._storage_faults.popleft()
         sent_auth = "Authorization" in request.headers
         authorized = request.headers.get("Authorization") == f"Bearer {self.api_key}"
-        response = await self._answer(request, handler, fault, authorized)
+        arrived = self.clock()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            response = await self._answer(request, handler, fault, authorized)
+        finally:
+            self.in_flight -= 1
         if self.record_requests:
             self.requests.append(
                 SeenRequest(
@@ -367,6 +377,7 @@ class FakeDeerAPI:
                     sent_auth,
                     response.status,
                     fault.kind if fault else None,
+                    arrived,
                 )
             )
         return response

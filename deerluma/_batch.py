@@ -1,0 +1,213 @@
+"""Waiting on many generations at once: one scheduler, bounded requests in flight.
+
+Each waiting id costs a small record in a heap, not a task or an open
+response; `concurrency` bounds only the polls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+
+import attrs
+
+from ._models import Generation, GenerationState
+from ._policy import PollPolicy, PollTracker
+from ._validate import check_task_id
+from ._wait import Fetch
+from .exceptions import (
+    DeadlineExceeded,
+    DeerLumaError,
+    GenerationFailed,
+    RateLimitError,
+    WaitTimeout,
+    is_transient,
+)
+
+__all__ = ["BatchResult", "batch_as_completed"]
+
+log = logging.getLogger("deerluma")
+
+
+@attrs.frozen
+class BatchResult:
+    """The outcome for one task id of a batch: a completed generation or an error."""
+
+    task_id: str
+    generation: Generation | None = None
+    error: DeerLumaError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the generation completed."""
+        return self.error is None
+
+    def unwrap(self) -> Generation:
+        """The completed generation, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        assert self.generation is not None
+        return self.generation
+
+
+class _Waiter:
+    __slots__ = ("last", "task_id", "tracker")
+
+    def __init__(self, task_id: str, tracker: PollTracker) -> None:
+        self.task_id = task_id
+        self.tracker = tracker
+        self.last: Generation | None = None
+
+
+class _Scheduler:
+    """Runs due polls in the order they fall due, at most `concurrency` at a time."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        policy: PollPolicy,
+        concurrency: int,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.fetch = fetch
+        self.policy = policy
+        self.clock = clock
+        self.sleep = sleep
+        self.started = clock()
+        self.deadline = None if policy.timeout is None else self.started + policy.timeout
+        self.heap: list[tuple[float, int, _Waiter]] = []
+        self.order = itertools.count()
+        self.slots = asyncio.Semaphore(concurrency)
+        self.wake = asyncio.Event()
+        self.polls: set[asyncio.Task[None]] = set()
+        self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
+
+    def schedule(self, waiter: _Waiter, at: float) -> None:
+        if self.deadline is not None:
+            at = min(at, self.deadline)
+        heapq.heappush(self.heap, (at, next(self.order), waiter))
+        self.wake.set()
+
+    async def run(self) -> None:
+        try:
+            while self.heap or self.polls:
+                self.wake.clear()
+                if not self.heap:
+                    await self.wake.wait()
+                    continue
+                due = self.heap[0][0]
+                now = self.clock()
+                if due > now:
+                    await self._sleep_or_wake(due - now)
+                    continue
+                await self.slots.acquire()
+                _, _, waiter = heapq.heappop(self.heap)
+                task = asyncio.create_task(self._poll(waiter))
+                self.polls.add(task)
+                task.add_done_callback(self.polls.discard)
+        except BaseException as exc:
+            self.results.put_nowait(exc)
+            raise
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        waker = asyncio.create_task(self.wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _poll(self, waiter: _Waiter) -> None:
+        try:
+            result = await self._poll_once(waiter)
+        except Exception as exc:  # a bug must surface to the caller, not hang the batch
+            self.results.put_nowait(exc)
+            return
+        finally:
+            self.slots.release()
+            self.wake.set()
+        if result is not None:
+            self.results.put_nowait(result)
+
+    async def _poll_once(self, waiter: _Waiter) -> BatchResult | None:
+        task_id, tracker = waiter.task_id, waiter.tracker
+        if self.deadline is not None and self.clock() >= self.deadline:
+            return BatchResult(task_id, error=self._timeout(waiter))
+        try:
+            generation = await self.fetch(task_id, self.deadline)
+        except DeadlineExceeded as exc:
+            error = self._timeout(waiter)
+            error.__cause__ = exc
+            return BatchResult(task_id, error=error)
+        except DeerLumaError as exc:
+            tracker.errors += 1
+            if not is_transient(exc) or tracker.errors > self.policy.max_consecutive_errors:
+                return BatchResult(task_id, error=exc)
+            retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+            self.schedule(waiter, self.clock() + tracker.error_delay(retry_after))
+            return None
+        now = self.clock()
+        tracker.observe(now, generation)
+        waiter.last = generation
+        if generation.state is GenerationState.COMPLETED:
+            return BatchResult(task_id, generation=generation)
+        if generation.state is GenerationState.FAILED:
+            return BatchResult(task_id, error=GenerationFailed(generation))
+        self.schedule(waiter, now + tracker.next_delay(now))
+        return None
+
+    def _timeout(self, waiter: _Waiter) -> WaitTimeout:
+        return WaitTimeout(waiter.task_id, waiter.last, self.policy.timeout or 0.0)
+
+    async def stop(self) -> None:
+        tasks = [*self.polls]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def batch_as_completed(
+    fetch: Fetch,
+    task_ids: Iterable[str],
+    *,
+    concurrency: int,
+    policy: PollPolicy,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    rng: random.Random,
+) -> AsyncGenerator[BatchResult, None]:
+    """Yield one BatchResult per distinct task id, in the order they finish."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    scheduler = _Scheduler(fetch, policy, concurrency, clock, sleep)
+    first_poll = scheduler.started + policy.initial_delay
+    invalid: list[BatchResult] = []
+    expected = 0
+    for task_id in dict.fromkeys(task_ids):
+        expected += 1
+        try:
+            check_task_id(task_id)
+        except DeerLumaError as exc:  # InvalidTaskId: report it, let the others run
+            invalid.append(BatchResult(task_id, error=exc))
+            continue
+        waiter = _Waiter(task_id, PollTracker(policy, scheduler.started, rng))
+        scheduler.schedule(waiter, first_poll)
+    for result in invalid:
+        yield result
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        for _ in range(expected - len(invalid)):
+            item = await scheduler.results.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await scheduler.stop()

@@ -1,0 +1,160 @@
+"""as_completed and wait_many over real sockets against FakeDeerAPI."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import deerluma
+from deerluma import (
+    GenerationFailed,
+    InvalidTaskId,
+    NotFoundError,
+    PollPolicy,
+    WaitTimeout,
+)
+from deerluma.testing import FakeClock, FakeDeerAPI, Fault
+
+from .test_wait import _our_tasks
+
+
+async def test_results_arrive_in_completion_order(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    slow = fake.add_generation(duration=60)
+    fast = fake.add_generation(duration=5)
+    middle = fake.add_generation(duration=25)
+    order = [r.task_id async for r in session.as_completed([slow, fast, middle])]
+    assert order == [fast, middle, slow]
+
+
+async def test_one_tasks_error_never_stops_the_others(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    good = fake.add_generation(duration=12)
+    failed = fake.add_generation(duration=8, failure_reason="nsfw prompt")
+    results = await session.wait_many([good, "missing-id", failed, "bad/id"])
+    assert list(results) == [good, "missing-id", failed, "bad/id"]
+    assert isinstance(results[good], deerluma.Generation)
+    assert results[good].is_completed  # type: ignore[union-attr]
+    assert isinstance(results["missing-id"], NotFoundError)
+    assert isinstance(results[failed], GenerationFailed)
+    assert results[failed].generation.failure_reason == "nsfw prompt"  # type: ignore[union-attr]
+    assert isinstance(results["bad/id"], InvalidTaskId)
+    assert all("bad" not in r.path for r in fake.requests)
+
+
+async def test_duplicate_ids_are_polled_once(fake: FakeDeerAPI, session: deerluma.Session) -> None:
+    task_id = fake.add_generation(duration=0)
+    results = [r async for r in session.as_completed([task_id, task_id, task_id])]
+    assert [r.task_id for r in results] == [task_id]
+    assert fake.polls[task_id] == 1
+
+
+async def test_batch_timeout_reports_wait_timeout_with_last_state(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    done = fake.add_generation(duration=10)
+    stuck = fake.add_generation(duration=10_000)
+    start = clock()
+    results = await session.wait_many([done, stuck], timeout=120)
+    assert isinstance(results[done], deerluma.Generation)
+    error = results[stuck]
+    assert isinstance(error, WaitTimeout)
+    assert error.last is not None and error.last.id == stuck
+    assert clock() - start <= 120 + 1e-6
+
+
+async def test_concurrency_bounds_requests_in_flight(fake: FakeDeerAPI, clock: FakeClock) -> None:
+    ids = [fake.add_generation(duration=0) for _ in range(60)]
+    fake.inject(*[Fault.latency(0.01)] * 60)
+    async with deerluma.Session(
+        api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+    ) as s:
+        results = await s.wait_many(ids, concurrency=4)
+    assert all(isinstance(g, deerluma.Generation) for g in results.values())
+    assert 2 <= fake.max_in_flight <= 4
+
+
+async def test_many_waiting_ids_finish_with_faults_and_none_lost(clock: FakeClock) -> None:
+    async with FakeDeerAPI(clock=clock, fault_rate=0.15, seed=4) as fake:
+        durations = {fake.add_generation(duration=(i % 17) * 3.0): i for i in range(400)}
+        failing = {fake.add_generation(duration=20, failure_reason="boom") for _ in range(20)}
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            seen = [r async for r in s.as_completed([*durations, *failing], concurrency=32)]
+    assert len(seen) == len({r.task_id for r in seen}) == 420
+    for result in seen:
+        if result.task_id in failing:
+            assert isinstance(result.error, GenerationFailed)
+        else:
+            assert result.generation is not None
+            assert result.generation.id == result.task_id
+            assert result.generation.is_completed
+
+
+async def test_a_429_pauses_the_whole_session_until_retry_after(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    ids = [fake.add_generation(duration=30) for _ in range(20)]
+    fake.inject(Fault.rate_limit(4))
+    await session.wait_many(ids)
+    (limited,) = [r for r in fake.requests if r.status == 429]
+    after = [r.at for r in fake.requests if r.at > limited.at]
+    assert after, "requests continued after the pause"
+    assert min(after) >= limited.at + 4
+    assert session.rate_limited_count == 1
+
+
+async def test_max_rps_spaces_requests_and_avoids_429s() -> None:
+    # Real time here: spacing is about real requests, and 60 at 300/s take 0.2 s.
+    async with FakeDeerAPI(max_rps=300) as fake:
+        ids = [fake.add_generation(duration=0) for _ in range(60)]
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, max_rps=300) as s:
+            results = await s.wait_many(ids, concurrency=16)
+    assert all(isinstance(g, deerluma.Generation) for g in results.values())
+    assert [r.status for r in fake.requests] == [200] * 60
+    stamps = [r.at for r in fake.requests]
+    assert max(stamps) - min(stamps) >= 0.9 * 59 / 300
+
+
+async def test_without_max_rps_a_burst_meets_the_servers_limit_and_recovers() -> None:
+    async with FakeDeerAPI(max_rps=300) as fake:
+        ids = [fake.add_generation(duration=0) for _ in range(400)]
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url) as s:
+            results = await s.wait_many(ids, concurrency=32)
+            assert s.rate_limited_count > 0
+    assert all(isinstance(g, deerluma.Generation) for g in results.values())
+
+
+async def test_cancelling_wait_many_cancels_every_poll(fake: FakeDeerAPI) -> None:
+    ids = [fake.add_generation(duration=10_000, estimate=False) for _ in range(50)]
+    fake.inject(*[Fault.latency(0.2)] * 8)
+    policy = PollPolicy(settle_time=0.01, unhinted_interval=0.01)
+    async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, policy=policy) as s:
+        batch = asyncio.create_task(s.wait_many(ids, concurrency=8))
+        while fake.max_in_flight < 8:
+            await asyncio.sleep(0.005)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        assert _our_tasks() == []
+
+
+async def test_breaking_out_of_as_completed_cleans_up(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    ids = [fake.add_generation(duration=d) for d in (1, 500, 900)]
+    results = session.as_completed(ids)
+    async for result in results:
+        assert result.task_id == ids[0]
+        break
+    await results.aclose()
+    assert _our_tasks() == []
+
+
+async def test_concurrency_must_be_positive(session: deerluma.Session) -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        await session.wait_many(["a"], concurrency=0)
