@@ -1,5 +1,6 @@
 """deerluma: an async SDK for DeerAPI's Dream Machine (Luma) video generation."""
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from ._batch import BatchResult
@@ -24,6 +25,9 @@ from .exceptions import (
     TransportError,
     WaitTimeout,
 )
+
+# A library logs; the application decides where the records go.
+logging.getLogger("deerluma").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("deerluma")

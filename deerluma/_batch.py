@@ -64,13 +64,16 @@ class _Waiter:
 
 
 class _Scheduler:
-    """Runs due polls in the order they fall due, at most `concurrency` at a time."""
+    """`concurrency` workers take due polls from one heap, earliest first.
+
+    Idle workers wait on an event; only one of them sleeps until the next poll
+    falls due, so an injected fake clock advances once, not once per worker.
+    """
 
     def __init__(
         self,
         fetch: Fetch,
         policy: PollPolicy,
-        concurrency: int,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
@@ -82,9 +85,8 @@ class _Scheduler:
         self.deadline = None if policy.timeout is None else self.started + policy.timeout
         self.heap: list[tuple[float, int, _Waiter]] = []
         self.order = itertools.count()
-        self.slots = asyncio.Semaphore(concurrency)
         self.wake = asyncio.Event()
-        self.polls: set[asyncio.Task[None]] = set()
+        self.timer_running = False
         self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
 
     def schedule(self, waiter: _Waiter, at: float) -> None:
@@ -93,47 +95,40 @@ class _Scheduler:
         heapq.heappush(self.heap, (at, next(self.order), waiter))
         self.wake.set()
 
-    async def run(self) -> None:
+    async def work(self) -> None:
         try:
-            while self.heap or self.polls:
-                self.wake.clear()
-                if not self.heap:
-                    await self.wake.wait()
-                    continue
-                due = self.heap[0][0]
+            while True:
                 now = self.clock()
-                if due > now:
-                    await self._sleep_or_wake(due - now)
+                heap = self.heap
+                if heap and heap[0][0] <= now:
+                    waiter = heapq.heappop(heap)[2]
+                    if heap and heap[0][0] <= now:
+                        self.wake.set()  # more is due: rouse an idle peer
+                    result = await self._poll_once(waiter)
+                    if result is not None:
+                        self.results.put_nowait(result)
                     continue
-                await self.slots.acquire()
-                _, _, waiter = heapq.heappop(self.heap)
-                task = asyncio.create_task(self._poll(waiter))
-                self.polls.add(task)
-                task.add_done_callback(self.polls.discard)
-        except BaseException as exc:
+                # No await between the check above and clear(): no wake-up is lost.
+                self.wake.clear()
+                if heap and not self.timer_running:
+                    self.timer_running = True
+                    try:
+                        await self._sleep_or_wake(heap[0][0] - now)
+                    finally:
+                        self.timer_running = False
+                else:
+                    await self.wake.wait()
+        except Exception as exc:  # a bug must surface to the caller, not hang the batch
             self.results.put_nowait(exc)
-            raise
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self.sleep(seconds))
-        waker = asyncio.create_task(self.wake.wait())
+        waker = asyncio.ensure_future(self.wake.wait())
         try:
             await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
             waker.cancel()
-
-    async def _poll(self, waiter: _Waiter) -> None:
-        try:
-            result = await self._poll_once(waiter)
-        except Exception as exc:  # a bug must surface to the caller, not hang the batch
-            self.results.put_nowait(exc)
-            return
-        finally:
-            self.slots.release()
-            self.wake.set()
-        if result is not None:
-            self.results.put_nowait(result)
 
     async def _poll_once(self, waiter: _Waiter) -> BatchResult | None:
         task_id, tracker = waiter.task_id, waiter.tracker
@@ -165,12 +160,6 @@ class _Scheduler:
     def _timeout(self, waiter: _Waiter) -> WaitTimeout:
         return WaitTimeout(waiter.task_id, waiter.last, self.policy.timeout or 0.0)
 
-    async def stop(self) -> None:
-        tasks = [*self.polls]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
 
 async def batch_as_completed(
     fetch: Fetch,
@@ -185,7 +174,7 @@ async def batch_as_completed(
     """Yield one BatchResult per distinct task id, in the order they finish."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    scheduler = _Scheduler(fetch, policy, concurrency, clock, sleep)
+    scheduler = _Scheduler(fetch, policy, clock, sleep)
     first_poll = scheduler.started + policy.initial_delay
     invalid: list[BatchResult] = []
     expected = 0
@@ -200,14 +189,15 @@ async def batch_as_completed(
         scheduler.schedule(waiter, first_poll)
     for result in invalid:
         yield result
-    runner = asyncio.create_task(scheduler.run())
+    waiting = expected - len(invalid)
+    workers = [asyncio.create_task(scheduler.work()) for _ in range(min(concurrency, waiting))]
     try:
-        for _ in range(expected - len(invalid)):
+        for _ in range(waiting):
             item = await scheduler.results.get()
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await scheduler.stop()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)

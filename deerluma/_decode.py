@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import MappingProxyType
+from types import MappingProxyType, NoneType, UnionType
+from typing import Union, get_args, get_origin
 
 import cattrs
 
@@ -97,6 +98,25 @@ def _datetime(value: object, _: type) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _is_optional(type_: object) -> bool:
+    args = get_args(type_)
+    return get_origin(type_) in (Union, UnionType) and len(args) == 2 and NoneType in args
+
+
+def _optional_hook(
+    type_: object, converter: cattrs.Converter
+) -> Callable[[object, object], object]:
+    # cattrs' generic Optional handling dispatches on every call; decoding is on
+    # the hot path of batch polling, so resolve the inner hook once.
+    inner = next(arg for arg in get_args(type_) if arg is not NoneType)
+    hook = converter.get_structure_hook(inner)
+
+    def structure(value: object, _: object) -> object:
+        return None if value is None else hook(value, inner)
+
+    return structure
+
+
 def make_converter() -> cattrs.Converter:
     """Build the one converter that turns normalized bodies into models, strictly typed."""
     converter = cattrs.Converter()
@@ -108,6 +128,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(datetime, _datetime)
     # Untyped fields (queue_state) pass through; an exact match, not a subclass one.
     converter.register_structure_hook_func(lambda t: t is object, lambda value, _: value)
+    converter.register_structure_hook_factory(_is_optional, _optional_hook)
     return converter
 
 
@@ -282,12 +303,8 @@ def generation_from_json(payload: object, *, task_id: str | None = None) -> Gene
         raise DecodeError(f"the body is not a generation (no id){why}", task_id=task_id)
     try:
         generation = _CONVERTER.structure(_normalize(payload), Generation)
-    except Exception as exc:  # cattrs wraps each field's failure in its own group type
-        details = (
-            "; ".join(cattrs.transform_error(exc))
-            if isinstance(exc, cattrs.BaseValidationError)
-            else str(exc)
-        )
+    except cattrs.BaseValidationError as exc:  # names each failing field and why
+        details = "; ".join(cattrs.transform_error(exc))
         raise DecodeError(
             f"the body is not a valid generation: {details}", task_id=task_id
         ) from exc
@@ -302,7 +319,8 @@ def generation_from_json(payload: object, *, task_id: str | None = None) -> Gene
 
 
 def _with_raw(generation: Generation, payload: Mapping[str, object]) -> Generation:
-    raw = payload if isinstance(payload, MappingProxyType) else MappingProxyType(dict(payload))
+    # A dict fresh from json.loads is ours alone: wrap it rather than copy it.
+    raw = MappingProxyType(payload if isinstance(payload, dict) else dict(payload))
     object.__setattr__(generation, "raw", raw)  # set once, before anyone else sees it
     return generation
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -51,6 +52,7 @@ _KEPT_HEADERS = ("Content-Type", "Retry-After", "Location")
 #: A single Retry-After longer than this is treated as this (a deadline caps it further).
 _MAX_RETRY_AFTER = 300.0
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -134,7 +136,10 @@ class Session:
         )
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self._collection = self._base.joinpath(*GENERATIONS_PATH)
+        self._collection_text = str(self._collection).rstrip("/")
         self._timeout = to_seconds(timeout)
+        self._client_timeout = aiohttp.ClientTimeout(total=self._timeout)
         self._max_retries = max_retries
         self._borrowed = session
         self._owned: aiohttp.ClientSession | None = None
@@ -191,10 +196,10 @@ class Session:
 
     def generation_url(self, task_id: str | None = None) -> yarl.URL:
         """The API URL of one generation (or of the collection); the id is always quoted."""
-        url = self._base
-        for part in GENERATIONS_PATH:
-            url = url / part
-        return url if task_id is None else url / check_task_id(task_id)
+        if task_id is None:
+            return self._collection
+        quoted = quote(check_task_id(task_id), safe="")
+        return yarl.URL(f"{self._collection_text}/{quoted}", encoded=True)
 
     async def exchange(
         self,
@@ -208,16 +213,20 @@ class Session:
         headers = self._auth_headers()
         await self._gate.acquire(deadline)
         timeout = self._timeout
-        if deadline is not None:
-            timeout = min(timeout, deadline - self._clock())
+        client_timeout = self._client_timeout
+        if deadline is not None and deadline - self._clock() < timeout:
+            timeout = max(deadline - self._clock(), 0.0)
+            client_timeout = aiohttp.ClientTimeout(total=timeout)
         log.debug("%s %s", method, url)
         try:
-            async with (
-                asyncio.timeout(max(timeout, 0.0)),
-                self._http().request(
-                    method, url, headers=headers, json=json_body, allow_redirects=False
-                ) as resp,
-            ):
+            async with self._http().request(
+                method,
+                url,
+                headers=headers,
+                json=json_body,
+                allow_redirects=False,
+                timeout=client_timeout,
+            ) as resp:
                 body = await _read_capped(resp)
                 kept = {name: resp.headers[name] for name in _KEPT_HEADERS if name in resp.headers}
                 status = resp.status
@@ -279,10 +288,42 @@ class Session:
     async def fetch(self, task_id: str, deadline: float | None) -> Generation:
         """Like get_generation, but no retry sleeps past `deadline` (a `clock` time)."""
         url = self.generation_url(task_id)
-        async for attempt in self.retrying(deadline=deadline, retry_on=is_transient):
+
+        async def attempt() -> Generation:
+            resp = await self.exchange("GET", url, deadline=deadline)
+            return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
+
+        # The first attempt inline: batch polling lives on this path, and each
+        # coroutine layer costs a measurable share of a local request.
+        try:
+            resp = await self.exchange("GET", url, deadline=deadline)
+            return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            first_failure = exc
+        return await self.with_retries(
+            attempt, deadline=deadline, retry_on=is_transient, first_failure=first_failure
+        )
+
+    async def with_retries(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None,
+        retry_on: Callable[[BaseException], bool],
+        first_failure: Exception | None = None,
+    ) -> T:
+        """Run `call`, retrying the failures `retry_on` accepts, per `retrying()`.
+
+        `first_failure` is an attempt the caller already made and lost: it
+        counts against the budget and is waited out like any other.
+        """
+        async for attempt in self.retrying(deadline=deadline, retry_on=retry_on):
             with attempt:
-                resp = await self.exchange("GET", url, deadline=deadline)
-                return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
+                if first_failure is not None and attempt.retry_state.attempt_number == 1:
+                    raise first_failure
+                return await call()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _policy_for(
@@ -378,10 +419,12 @@ class Session:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
-        raise DecodeError(
-            f"the server announced a {resp.content_length}-byte body; refusing to read it"
-        )
+    if resp.content_length is not None:
+        if resp.content_length > MAX_BODY_BYTES:
+            raise DecodeError(
+                f"the server announced a {resp.content_length}-byte body; refusing to read it"
+            )
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints deerluma's numbers beside a baseline measured in the same run."""
