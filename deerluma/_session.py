@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
+from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 from urllib.parse import quote
@@ -27,17 +28,21 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ._batch import BatchResult, batch_as_completed
+from ._create import build_create_body
 from ._decode import MAX_BODY_BYTES, decode_generation, parse_retry_after
+from ._download import Asset, OnProgress, download_generation
 from ._gate import RateGate
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
 from ._validate import check_base_url, check_task_id
-from ._wait import OnUpdate, wait_for, watch_generation
+from ._wait import OnUpdate, notify, wait_for, watch_generation
 from .exceptions import (
     ConfigurationError,
+    CreateOutcomeUnknown,
     DecodeError,
     DeerLumaError,
     RateLimitError,
+    ServerError,
     TransportError,
     is_transient,
 )
@@ -179,6 +184,15 @@ class Session:
         if self._owned is not None:
             owned, self._owned = self._owned, None
             await owned.close()
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one request may take (for downloads: between two reads)."""
+        return self._timeout
+
+    def http(self) -> aiohttp.ClientSession:
+        """The connection pool in use (borrowed or owned)."""
+        return self._http()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._borrowed is not None:
@@ -416,6 +430,133 @@ class Session:
             async for result in results:
                 outcomes[result.task_id] = result.error or result.unwrap()
         return {task_id: outcomes[task_id] for task_id in ids}
+
+    async def download(
+        self,
+        generation: Generation | str,
+        dest: str | os.PathLike[str],
+        *,
+        asset: Asset = "video",
+        overwrite: bool = False,
+        on_progress: OnProgress | None = None,
+    ) -> Path:
+        """Save an asset of a completed generation (or task id) to `dest`; return the path.
+
+        `asset` is "video" (the presigned download_url when there is one),
+        "video_raw", "thumbnail" or "last_frame". `dest` may be a folder. The
+        file streams to a temporary name beside `dest` and is renamed only when
+        complete, so `dest` never holds a partial file; an expired link is
+        refreshed once; the API key is never sent to the storage host.
+        `on_progress(done_bytes, total_bytes | None)` may be sync or async.
+        """
+        return await download_generation(
+            self, generation, dest, asset=asset, overwrite=overwrite, on_progress=on_progress
+        )
+
+    async def create_generation(
+        self,
+        prompt: str,
+        *,
+        aspect_ratio: str | None = None,
+        loop: bool | None = None,
+        model: str | None = None,
+        resolution: str | None = None,
+        duration: str | None = None,
+        start_image: str | None = None,
+        end_image: str | None = None,
+        callback_url: str | None = None,
+    ) -> Generation:
+        """Start a generation; returns it (usually pending). Never resent blindly.
+
+        Only a request that certainly never left (the connection could not be
+        opened) is retried; when the answer is lost after sending,
+        CreateOutcomeUnknown says the generation may or may not exist.
+        """
+        body = build_create_body(
+            prompt,
+            aspect_ratio=aspect_ratio,
+            loop=loop,
+            model=model,
+            resolution=resolution,
+            duration=duration,
+            start_image=start_image,
+            end_image=end_image,
+            callback_url=callback_url,
+        )
+        return await self._create(body)
+
+    async def extend_generation(
+        self,
+        task_id: str,
+        prompt: str,
+        *,
+        aspect_ratio: str | None = None,
+        loop: bool | None = None,
+        model: str | None = None,
+        resolution: str | None = None,
+        duration: str | None = None,
+        end_image: str | None = None,
+        callback_url: str | None = None,
+    ) -> Generation:
+        """Start a new generation that continues `task_id`'s video."""
+        body = build_create_body(
+            prompt,
+            aspect_ratio=aspect_ratio,
+            loop=loop,
+            model=model,
+            resolution=resolution,
+            duration=duration,
+            end_image=end_image,
+            callback_url=callback_url,
+            extend=task_id,
+        )
+        return await self._create(body)
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        timeout: Seconds | _Default | None = _DEFAULT,
+        on_update: OnUpdate | None = None,
+        aspect_ratio: str | None = None,
+        loop: bool | None = None,
+        model: str | None = None,
+        resolution: str | None = None,
+        duration: str | None = None,
+        start_image: str | None = None,
+        end_image: str | None = None,
+        callback_url: str | None = None,
+    ) -> Generation:
+        """Create a generation, then wait until it is completed (see wait_until_completed)."""
+        created = await self.create_generation(
+            prompt,
+            aspect_ratio=aspect_ratio,
+            loop=loop,
+            model=model,
+            resolution=resolution,
+            duration=duration,
+            start_image=start_image,
+            end_image=end_image,
+            callback_url=callback_url,
+        )
+        await notify(on_update, created)
+        return await self.wait_until_completed(created.id, timeout=timeout, on_update=on_update)
+
+    async def _create(self, body: Mapping[str, object]) -> Generation:
+        url = self.generation_url()
+
+        async def attempt() -> Generation:
+            resp = await self.exchange("POST", url, json_body=body)
+            return decode_generation(resp.status, resp.headers, resp.body)
+
+        try:
+            return await self.with_retries(attempt, deadline=None, retry_on=_never_sent)
+        except TransportError as exc:
+            if not exc.request_sent:
+                raise  # it never left: certainly nothing was created
+            raise CreateOutcomeUnknown(f"the answer to a create request was lost: {exc}") from exc
+        except (ServerError, DecodeError) as exc:
+            raise CreateOutcomeUnknown(f"a create request failed after sending: {exc}") from exc
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:

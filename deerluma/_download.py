@@ -1,0 +1,265 @@
+"""Streaming a finished generation's files to disk, atomically and without leaking the key."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import aiohttp
+import attrs
+import yarl
+
+from ._models import Generation, GenerationState, Media
+from ._validate import check_task_id
+from .exceptions import DeerLumaError, DownloadError, ServerError, TransportError
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = [
+    "ASSETS",
+    "Asset",
+    "OnProgress",
+    "asset_url",
+    "destination",
+    "download_generation",
+    "is_expired",
+    "link_expires_at",
+]
+
+Asset = Literal["video", "video_raw", "thumbnail", "last_frame"]
+ASSETS: tuple[Asset, ...] = ("video", "video_raw", "thumbnail", "last_frame")
+OnProgress = Callable[[int, int | None], object]
+
+_CHUNK = 256 * 1024
+#: Treat a presigned link as expired this long before it says, to allow for clock skew.
+_EXPIRY_MARGIN = timedelta(seconds=60)
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_EXTENSIONS = {"video": ".mp4", "video_raw": ".mp4", "thumbnail": ".jpg", "last_frame": ".jpg"}
+
+
+def asset_url(generation: Generation, asset: Asset) -> str:
+    """The URL to fetch `asset` from; the presigned download_url is preferred for the video."""
+    if asset not in ASSETS:
+        raise ValueError(f"asset must be one of {', '.join(ASSETS)}, got {asset!r}")
+    if generation.state is not GenerationState.COMPLETED:
+        raise DownloadError(
+            f"generation {generation.id!r} is {generation.state.value}, not completed; "
+            "wait_until_completed() first",
+            task_id=generation.id,
+        )
+    media: Media | None = getattr(generation, asset)
+    url = None
+    if media is not None:
+        url = getattr(media, "download_url", None) or media.url
+    if not url:
+        raise DownloadError(f"generation {generation.id!r} has no {asset}", task_id=generation.id)
+    return url
+
+
+def link_expires_at(url: str) -> datetime | None:
+    """When a presigned link stops working (X-Amz-Date + X-Amz-Expires, or Expires=epoch)."""
+    query = yarl.URL(url).query
+    try:
+        if "X-Amz-Date" in query and "X-Amz-Expires" in query:
+            signed = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            return signed + timedelta(seconds=int(query["X-Amz-Expires"]))
+        if "Expires" in query:
+            return datetime.fromtimestamp(int(query["Expires"]), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def is_expired(url: str, now: datetime | None = None) -> bool:
+    """Whether a presigned link has (nearly) expired."""
+    expires = link_expires_at(url)
+    return expires is not None and (now or datetime.now(UTC)) >= expires - _EXPIRY_MARGIN
+
+
+def destination(dest: str | os.PathLike[str], url: str, task_id: str, asset: Asset) -> Path:
+    """The file to write: `dest` itself, or a name from the URL inside `dest` if it is a folder."""
+    path = Path(dest)
+    if not (path.is_dir() or str(dest).endswith(("/", os.sep))):
+        return path
+    name = _SAFE_NAME.sub("_", yarl.URL(url).name).strip("._")
+    if not name:
+        name = f"{task_id}-{asset}{_EXTENSIONS[asset]}"
+    return path / name
+
+
+class LinkRejected(DeerLumaError):
+    """Storage refused the link (400/403): it has probably expired."""
+
+
+@attrs.define
+class Transfer:
+    part: Path
+    done: int = 0
+    total: int | None = None
+    resumable: bool = False
+
+
+def _download_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ServerError):
+        return True
+    return isinstance(exc, TransportError)
+
+
+async def stream_to(
+    http: aiohttp.ClientSession,
+    url: str,
+    transfer: Transfer,
+    *,
+    timeout: float,
+    on_progress: OnProgress | None,
+) -> None:
+    """One attempt: fetch `url` into `transfer.part`, resuming with Range when possible.
+
+    No Authorization header, ever: links are presigned, and the key must not
+    reach a storage or CDN host.
+    """
+    request_headers: dict[str, str] = {}
+    if transfer.done and transfer.resumable:
+        request_headers["Range"] = f"bytes={transfer.done}-"
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    host = yarl.URL(url).host
+    try:
+        async with http.get(
+            yarl.URL(url, encoded=True), headers=request_headers, timeout=client_timeout
+        ) as resp:
+            if resp.status in (400, 401, 403):
+                raise LinkRejected(f"storage at {host} refused the link (HTTP {resp.status})")
+            if resp.status >= 500:
+                raise ServerError(resp.status, f"storage at {host} failed")
+            if resp.status not in (200, 206):
+                raise DownloadError(f"storage at {host} answered HTTP {resp.status}")
+            append = resp.status == 206 and _range_start(resp) == transfer.done
+            if not append:
+                transfer.done = 0
+            transfer.resumable = resp.headers.get("Accept-Ranges", "").lower() == "bytes"
+            length = resp.content_length
+            transfer.total = (transfer.done + length) if length is not None else None
+            with transfer.part.open("ab" if append else "wb") as out:
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    out.write(chunk)
+                    transfer.done += len(chunk)
+                    await _report(on_progress, transfer)
+    except TimeoutError as exc:
+        raise TransportError(f"storage at {host} stopped sending data") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise TransportError(f"could not connect to storage at {host}: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"download from {host} broke off: {type(exc).__name__}") from exc
+    if transfer.total is not None and transfer.done != transfer.total:
+        raise TransportError(
+            f"download from {host} ended at {transfer.done} of {transfer.total} bytes"
+        )
+
+
+def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+    match = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+async def _report(on_progress: OnProgress | None, transfer: Transfer) -> None:
+    if on_progress is not None:
+        result = on_progress(transfer.done, transfer.total)
+        if isinstance(result, Awaitable):
+            await result
+
+
+def part_path(final: Path) -> Path:
+    """A temporary file beside `final`, so the last rename stays on one filesystem."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+
+
+async def commit(part: Path, final: Path, *, overwrite: bool) -> None:
+    """Flush the finished file to disk and move it into place in one step."""
+
+    def finish() -> None:
+        with part.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        if not overwrite:
+            # link() fails if `final` appeared meanwhile, where replace() would clobber it.
+            try:
+                os.link(part, final)
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{final} exists; pass overwrite=True to replace it"
+                ) from None
+            except OSError:
+                pass  # no hard links on this filesystem: fall back to the check and rename
+            else:
+                part.unlink()
+                return
+            if final.exists():
+                raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+        os.replace(part, final)
+
+    await asyncio.to_thread(finish)
+
+
+async def download_generation(
+    session: Session,
+    target: Generation | str,
+    dest: str | os.PathLike[str],
+    *,
+    asset: Asset,
+    overwrite: bool,
+    on_progress: OnProgress | None,
+) -> Path:
+    """Download one asset of a completed generation to `dest`; see Session.download."""
+    if isinstance(target, str):
+        target = await session.get_generation(check_task_id(target))
+    generation = target
+    url = asset_url(generation, asset)
+    if is_expired(url):
+        generation = await session.get_generation(generation.id)
+        url = asset_url(generation, asset)
+    final = destination(dest, url, generation.id, asset)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    transfer = Transfer(part_path(final))
+    refreshed = False
+    try:
+        while True:
+            try:
+                attempt = functools.partial(
+                    stream_to,
+                    session.http(),
+                    url,
+                    transfer,
+                    timeout=session.timeout,
+                    on_progress=on_progress,
+                )
+                await session.with_retries(attempt, deadline=None, retry_on=_download_transient)
+                break
+            except LinkRejected as exc:
+                if refreshed:
+                    raise DownloadError(
+                        f"storage keeps refusing the {asset} of {generation.id!r} even with a "
+                        "fresh link",
+                        task_id=generation.id,
+                    ) from exc
+                refreshed = True  # links expire after about an hour: ask for a fresh one, once
+                generation = await session.get_generation(generation.id)
+                url = asset_url(generation, asset)
+                transfer = Transfer(transfer.part)
+            except (TransportError, ServerError) as exc:
+                raise DownloadError(
+                    f"could not download the {asset} of {generation.id!r}: {exc}",
+                    task_id=generation.id,
+                ) from exc
+        await commit(transfer.part, final, overwrite=overwrite)
+    finally:
+        transfer.part.unlink(missing_ok=True)
+    return final

@@ -1,0 +1,170 @@
+"""Downloads end to end: the fake server's storage route over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import deerluma
+from deerluma import DownloadError
+from deerluma._download import is_expired, link_expires_at
+from deerluma.testing import FakeClock, FakeDeerAPI, Fault
+
+from .test_wait import _our_tasks
+
+
+def _storage_requests(fake: FakeDeerAPI) -> list[deerluma.testing.SeenRequest]:
+    return [r for r in fake.requests if r.path.startswith("/storage/")]
+
+
+@pytest.mark.parametrize("asset", ["video", "video_raw", "thumbnail", "last_frame"])
+async def test_each_asset_downloads_whole_to_the_destination(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path, asset: str
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    g = await session.get_generation(task_id)
+    path = await session.download(g, tmp_path / f"out-{asset}", asset=asset)  # type: ignore[arg-type]
+    assert path == tmp_path / f"out-{asset}"
+    assert path.read_bytes() == fake.video_content(task_id, asset)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+async def test_download_by_task_id_into_a_folder_names_the_file_from_the_url(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    path = await session.download(task_id, tmp_path)
+    assert path.parent == tmp_path
+    assert path.name == "video.mp4"
+    assert path.read_bytes() == fake.video_content(task_id)
+
+
+async def test_official_shape_video_downloads_from_assets(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0, shape="luma")
+    path = await session.download(task_id, tmp_path / "luma.mp4")
+    assert path.read_bytes() == fake.video_content(task_id)
+
+
+async def test_the_api_key_is_never_sent_to_storage(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    await session.download(task_id, tmp_path / "v.mp4")
+    storage = _storage_requests(fake)
+    assert storage
+    assert not any(r.sent_authorization for r in storage)
+
+
+async def test_existing_file_is_kept_unless_overwrite(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    dest = tmp_path / "v.mp4"
+    dest.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        await session.download(task_id, dest)
+    assert dest.read_bytes() == b"precious"
+    await session.download(task_id, dest, overwrite=True)
+    assert dest.read_bytes() == fake.video_content(task_id)
+
+
+async def test_connection_cut_mid_body_resumes_and_never_leaves_a_partial_file(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject_storage(Fault.cut(), Fault.cut())
+    progress: list[tuple[int, int | None]] = []
+    dest = tmp_path / "v.mp4"
+    await session.download(task_id, dest, on_progress=lambda d, t: progress.append((d, t)))
+    content = fake.video_content(task_id)
+    assert dest.read_bytes() == content
+    assert progress[-1] == (len(content), len(content))
+    ranges = [r.status for r in _storage_requests(fake)]
+    assert ranges == [200, 206, 206]  # resumed with Range twice
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+async def test_download_that_keeps_failing_leaves_nothing_at_dest(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject_storage(*[Fault.cut()] * 10)
+    dest = tmp_path / "v.mp4"
+    with pytest.raises(DownloadError, match="could not download the video") as info:
+        await session.download(task_id, dest)
+    assert info.value.task_id == task_id
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_expired_link_is_refreshed_once(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    g = await session.get_generation(task_id)
+    clock.advance(fake.link_ttl + 1)  # the hour is over: storage answers 403
+    path = await session.download(g, tmp_path / "v.mp4")
+    assert path.read_bytes() == fake.video_content(task_id)
+    assert [r.status for r in _storage_requests(fake)] == [403, 200]
+    assert fake.polls[task_id] == 2  # the second GET fetched the fresh link
+
+
+async def test_storage_refusing_even_a_fresh_link_is_a_download_error(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject_storage(Fault.error(403, b"<Error/>"), Fault.error(403, b"<Error/>"))
+    with pytest.raises(DownloadError, match="fresh link"):
+        await session.download(task_id, tmp_path / "v.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_not_completed_or_missing_asset_is_a_clear_error(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    pending = fake.add_generation(duration=100)
+    with pytest.raises(DownloadError, match="is pending, not completed"):
+        await session.download(pending, tmp_path)
+    luma = fake.add_generation(duration=0, shape="luma")
+    with pytest.raises(DownloadError, match="has no last_frame"):
+        await session.download(luma, tmp_path, asset="last_frame")
+    with pytest.raises(ValueError, match="asset must be one of"):
+        await session.download(luma, tmp_path, asset="poster")  # type: ignore[arg-type]
+
+
+async def test_cancelled_download_leaves_no_partial_file_and_no_tasks(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0, video_bytes=8 << 20)
+    started = asyncio.Event()
+    dest = tmp_path / "v.mp4"
+
+    def on_progress(done: int, total: int | None) -> None:
+        started.set()
+
+    job = asyncio.create_task(session.download(task_id, dest, on_progress=on_progress))
+    await started.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert list(tmp_path.iterdir()) == []
+    assert _our_tasks() == []
+
+
+def test_presigned_expiry_is_read_from_the_link() -> None:
+    url = (
+        "https://x.r2.cloudflarestorage.com/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Date=20241015T085653Z&X-Amz-Expires=3600&X-Amz-Signature=abc"
+    )
+    assert link_expires_at(url) == datetime(2024, 10, 15, 9, 56, 53, tzinfo=UTC)
+    assert is_expired(url, now=datetime(2024, 10, 15, 9, 56, 0, tzinfo=UTC))  # within the margin
+    assert not is_expired(url, now=datetime(2024, 10, 15, 9, 0, 0, tzinfo=UTC))
+    assert link_expires_at("https://cdn.example/v.mp4?Expires=1700000000") == datetime(
+        2023, 11, 14, 22, 13, 20, tzinfo=UTC
+    )
+    assert link_expires_at("https://cdn.example/v.mp4") is None
+    assert link_expires_at("https://x/v?X-Amz-Date=bogus&X-Amz-Expires=1") is None
