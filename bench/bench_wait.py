@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 import deerluma
-from deerluma.testing import FakeDeerAPI
+from deerluma.testing import FakeDeerAPI, ScaledClock
 
-from .common import ScaledTime, percentile, ratio
+from .common import percentile, ratio
 
 NAIVE_INTERVAL = 3.0
 
@@ -61,7 +61,7 @@ async def naive_wait(
 async def run_scenario(
     scenario: Scenario, scale: float, tasks: int, seed: int
 ) -> dict[str, Outcome]:
-    clock = ScaledTime(scale)
+    clock = ScaledClock(scale)
     rng = random.Random(seed)
     plans = [
         (rng.uniform(scenario.low, scenario.high), rng.uniform(0.7, 1.3)) for _ in range(tasks)

@@ -27,7 +27,8 @@ What it does:
 - It checks ``Authorization: Bearer <api_key>`` (401 otherwise) and answers an
   unknown id with 404, both in the gateway's error body shapes.
 - ``POST /dream-machine/v1/generations`` creates generations
-  (``create_duration`` seconds long) and records each body in ``created``.
+  (``create_duration`` seconds long, or whatever ``create_script(body)``
+  returns as ``add_generation`` arguments) and records each body in ``created``.
 - Finished generations link to a storage route that serves fake video bytes
   behind presigned-style links expiring after ``link_ttl`` seconds; it refuses
   any request carrying an Authorization header and supports ``Range``.
@@ -56,7 +57,7 @@ from typing import Self
 import attrs
 from aiohttp import web
 
-__all__ = ["FakeClock", "FakeDeerAPI", "Fault", "SeenRequest"]
+__all__ = ["FakeClock", "FakeDeerAPI", "Fault", "ScaledClock", "SeenRequest"]
 
 _API = "/dream-machine/v1/generations"
 _FAULT = web.RequestKey("fault", str)
@@ -90,6 +91,28 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.advance(seconds)
         await asyncio.sleep(0)
+
+
+class ScaledClock:
+    """Virtual seconds that pass `speed` times faster than real ones.
+
+    Share one between FakeDeerAPI and a Session (``clock=c, sleep=c.sleep``)
+    and a 60 s generation takes 60/speed real seconds, every request still
+    crossing a real socket: for demos and benchmarks.
+    """
+
+    def __init__(self, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed!r}")
+        self.speed = speed
+        self._origin = time.monotonic()
+
+    def __call__(self) -> float:
+        return (time.monotonic() - self._origin) * self.speed
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds` of virtual time."""
+        await asyncio.sleep(seconds / self.speed)
 
 
 @attrs.frozen
@@ -213,6 +236,7 @@ class FakeDeerAPI:
         seed: int = 0,
         link_ttl: float = 3600.0,
         create_duration: float = 5.0,
+        create_script: Callable[[Mapping[str, object]], Mapping[str, object]] | None = None,
         video_bytes: int = 64 * 1024,
     ) -> None:
         self.api_key = api_key
@@ -222,6 +246,7 @@ class FakeDeerAPI:
         self.fault_mix = tuple(fault_mix)
         self.link_ttl = link_ttl
         self.create_duration = create_duration
+        self.create_script = create_script
         self.video_bytes = video_bytes
         self.requests: list[SeenRequest] = []
         self.polls: Counter[str] = Counter()
@@ -455,8 +480,11 @@ class FakeDeerAPI:
         if not isinstance(payload, dict) or not str(payload.get("prompt") or "").strip():
             return web.json_response({"detail": "prompt is required"}, status=400)
         self.created.append(payload)
+        script = self.create_script(payload) if self.create_script else {}
         task_id = self.add_generation(
-            duration=self.create_duration, prompt=payload["prompt"], request=payload
+            prompt=payload["prompt"],
+            request=payload,
+            **{"duration": self.create_duration, **script},  # type: ignore[arg-type]
         )
         body = self._body(self._gens[task_id], self.clock())
         body["request"] = payload

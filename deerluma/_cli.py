@@ -1,0 +1,476 @@
+"""The `deerluma` command: get, wait, wait-many, download, create, and a keyless demo.
+
+Exit codes: 0 success, 1 a generation failed, 2 usage error, 3 timeout,
+4 API, authentication or network error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from . import __version__
+from ._download import Asset
+from ._models import Generation, GenerationState
+from ._session import Session
+from .exceptions import (
+    DeerLumaError,
+    GenerationFailed,
+    WaitTimeout,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ._render import Row
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+ASSET_CHOICES = ("video", "video_raw", "thumbnail", "last_frame")
+
+log = logging.getLogger("deerluma")
+
+
+class UsageError(Exception):
+    """The command line is wrong (exit code 2)."""
+
+
+def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
+    """The worst outcome decides: an error beats a timeout, which beats a failed generation."""
+    code = EXIT_OK
+    for error in errors:
+        if error is None:
+            continue
+        if isinstance(error, GenerationFailed):
+            code = max(code, EXIT_FAILED)
+        elif isinstance(error, WaitTimeout):
+            code = max(code, EXIT_TIMEOUT)
+        else:
+            code = max(code, EXIT_ERROR)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deerluma",
+        description="Dream Machine (Luma) video generation through DeerAPI.",
+        epilog="Exit codes: 0 ok, 1 a generation failed, 2 usage, 3 timeout, "
+        "4 API/auth/network error.",
+    )
+    parser.add_argument("--version", action="version", version=f"deerluma {__version__}")
+    parser.add_argument("--api-key", help="API key (default: $DEERAPI_API_KEY)")
+    parser.add_argument("--base-url", help="API base URL (default: $DEERAPI_BASE_URL or DeerAPI)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="try everything against a built-in fake server")
+    demo.add_argument("--tasks", type=int, default=20, help="simulated generations (default 20)")
+    demo.add_argument("--out", type=Path, help="folder for the downloaded video (default: temp)")
+    demo.add_argument("--speed", type=float, default=1.0, help="run simulated time N times faster")
+
+    get = commands.add_parser("get", help="show one generation")
+    get.add_argument("task_id")
+    get.add_argument("--json", action="store_true", help="print the body as JSON")
+
+    wait = commands.add_parser("wait", help="wait for generations, with live progress")
+    wait.add_argument("task_ids", nargs="+", metavar="ID")
+    wait.add_argument("--timeout", type=float, default=900.0, help="seconds (default 900)")
+    wait.add_argument("--download", type=Path, metavar="DIR", help="save each finished video")
+    wait.add_argument("--json", action="store_true", help="one JSON line per task on stdout")
+
+    many = commands.add_parser("wait-many", help="wait for ids read one per line; resumable")
+    many.add_argument("--from", dest="source", default="-", metavar="FILE", help="'-' = stdin")
+    many.add_argument("--concurrency", type=int, default=16)
+    many.add_argument("--timeout", type=float, default=3600.0)
+    many.add_argument("--max-rps", type=float, help="requests per second to stay under")
+    many.add_argument(
+        "--out", type=Path, help="append JSON lines here; ids already finished there are skipped"
+    )
+
+    download = commands.add_parser("download", help="save a finished generation's file")
+    download.add_argument("task_id")
+    download.add_argument("dest", type=Path)
+    download.add_argument("--asset", choices=ASSET_CHOICES, default="video")
+    download.add_argument("--overwrite", action="store_true")
+
+    create = commands.add_parser("create", help="start a generation")
+    create.add_argument("prompt")
+    create.add_argument("--aspect-ratio")
+    create.add_argument("--loop", action="store_true", default=None)
+    create.add_argument("--model")
+    create.add_argument("--resolution")
+    create.add_argument("--duration")
+    create.add_argument("--start-image", metavar="URL")
+    create.add_argument("--end-image", metavar="URL")
+    create.add_argument("--wait", action="store_true", help="wait until it is finished")
+    create.add_argument("--timeout", type=float, default=900.0)
+    create.add_argument(
+        "--download", type=Path, metavar="DIR", help="save the video (implies --wait)"
+    )
+    create.add_argument("--json", action="store_true")
+    return parser
+
+
+class App:
+    """One run of the command: where output goes and how the Session is made."""
+
+    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+        from rich.console import Console
+
+        self.args = args
+        self.out = stdout
+        self.console: Console = Console(file=stderr, stderr=True)
+        self.live = self.console.is_terminal
+        self.clock: Callable[[], float] | None = None
+        self.sleep: Callable[[float], Awaitable[None]] | None = None
+
+    def session(self, *, max_rps: float | None = None) -> Session:
+        return Session(
+            api_key=self.args.api_key,
+            base_url=self.args.base_url,
+            max_rps=max_rps,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+
+    def emit(self, record: dict[str, object]) -> None:
+        from ._render import result_line
+
+        print(result_line(record), file=self.out, flush=True)
+
+    async def track(
+        self,
+        session: Session,
+        task_ids: Sequence[str],
+        *,
+        timeout: float,
+        labels: Sequence[str] = (),
+        title: str = "",
+    ) -> list[Row]:
+        """Watch each task with a live table on stderr; return the finished rows."""
+        from rich.live import Live
+
+        from ._render import Row, progress_table
+
+        rows = [Row(t, labels[i] if i < len(labels) else "") for i, t in enumerate(task_ids)]
+
+        async def follow(row: Row) -> None:
+            try:
+                async for g in session.watch(row.task_id, timeout=timeout):
+                    if row.update(g) and not self.live:
+                        self.console.print(f"{row.task_id}: {g.state.value}", highlight=False)
+                if row.generation is not None and row.generation.state is GenerationState.FAILED:
+                    row.error = GenerationFailed(row.generation)
+            except DeerLumaError as exc:
+                row.error = exc
+            finally:
+                row.finished = time.monotonic()
+
+        if not self.live:
+            await asyncio.gather(*(follow(r) for r in rows))
+            return rows
+        with Live(progress_table(rows, title), console=self.console, refresh_per_second=8) as live:
+            job = asyncio.gather(*(follow(r) for r in rows))
+            while not job.done():
+                live.update(progress_table(rows, title))
+                await asyncio.wait([job], timeout=0.125)
+            live.update(progress_table(rows, title))
+            await job
+        return rows
+
+    async def save(
+        self,
+        session: Session,
+        generation: Generation,
+        dest: Path,
+        *,
+        asset: Asset = "video",
+        overwrite: bool = False,
+    ) -> Path:
+        """Download with a progress bar on a terminal."""
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TransferSpeedColumn,
+        )
+
+        if not self.live:
+            return await session.download(generation, dest, asset=asset, overwrite=overwrite)
+        columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            bar = progress.add_task(f"downloading {generation.id[:8]}", total=None)
+            return await session.download(
+                generation,
+                dest,
+                asset=asset,
+                overwrite=overwrite,
+                on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            )
+
+
+async def cmd_get(app: App) -> int:
+    from ._render import generation_json, print_generation
+
+    async with app.session() as s:
+        g = await s.get_generation(app.args.task_id)
+    if app.args.json:
+        app.emit(generation_json(g.id, g, None))
+    else:
+        from rich.console import Console
+
+        print_generation(Console(file=app.out), g)
+    return EXIT_OK
+
+
+async def cmd_wait(app: App) -> int:
+    from ._render import generation_json, summary_table
+
+    ids = list(dict.fromkeys(app.args.task_ids))
+    async with app.session() as s:
+        rows = await app.track(s, ids, timeout=app.args.timeout)
+        for row in rows:
+            if app.args.download and row.error is None and row.generation is not None:
+                path = await app.save(s, row.generation, app.args.download)
+                app.console.print(f"saved {path}", highlight=False)
+    for row in rows:
+        if app.args.json:
+            app.emit(generation_json(row.task_id, row.generation, row.error))
+        else:
+            print(_plain(row), file=app.out)
+    if not app.args.json:
+        app.console.print(summary_table(rows))
+    return exit_code_for(row.error for row in rows)
+
+
+def _plain(row: Row) -> str:
+    g = row.generation
+    if row.error is not None:
+        return f"{row.task_id}\t{type(row.error).__name__}\t{row.error}"
+    url = g.video.download_url or g.video.url if g is not None and g.video else ""
+    return f"{row.task_id}\tcompleted\t{url}"
+
+
+def _read_ids(source: str) -> list[str]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    ids = [line.strip() for line in text.splitlines()]
+    return list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
+
+
+def _finished_in(out: Path | None) -> set[str]:
+    """Ids already recorded as completed or failed in a previous run's --out file."""
+    if out is None or not out.exists():
+        return set()
+    done = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by an interrupted run
+        if isinstance(record, dict) and record.get("state") in ("completed", "failed"):
+            done.add(str(record.get("task_id")))
+    return done
+
+
+async def cmd_wait_many(app: App) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ._render import generation_json, result_line
+
+    ids = _read_ids(app.args.source)
+    skipped = _finished_in(app.args.out)
+    todo = [i for i in ids if i not in skipped]
+    if skipped:
+        app.console.print(f"skipping {len(ids) - len(todo)} ids already finished in {app.args.out}")
+    out = app.args.out.open("a", encoding="utf-8") if app.args.out else app.out
+    errors: list[DeerLumaError | None] = []
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=app.console, disable=not app.live) as progress:
+            bar = progress.add_task("waiting", total=len(todo))
+            async with app.session(max_rps=app.args.max_rps) as s:
+                results = s.as_completed(
+                    todo, concurrency=app.args.concurrency, timeout=app.args.timeout
+                )
+                async for r in results:
+                    record = generation_json(r.task_id, r.generation or _failed(r.error), r.error)
+                    print(result_line(record), file=out, flush=True)
+                    errors.append(r.error)
+                    progress.advance(bar)
+    finally:
+        if out is not app.out:
+            out.close()
+    return exit_code_for(errors)
+
+
+def _failed(error: DeerLumaError | None) -> Generation | None:
+    return error.generation if isinstance(error, GenerationFailed) else None
+
+
+async def cmd_download(app: App) -> int:
+    async with app.session() as s:
+        g = await s.get_generation(app.args.task_id)
+        path = await app.save(
+            s, g, app.args.dest, asset=app.args.asset, overwrite=app.args.overwrite
+        )
+    print(path, file=app.out)
+    return EXIT_OK
+
+
+async def cmd_create(app: App) -> int:
+    from ._render import generation_json
+
+    a = app.args
+    async with app.session() as s:
+        g = await s.create_generation(
+            a.prompt,
+            aspect_ratio=a.aspect_ratio,
+            loop=a.loop,
+            model=a.model,
+            resolution=a.resolution,
+            duration=a.duration,
+            start_image=a.start_image,
+            end_image=a.end_image,
+        )
+        app.console.print(f"created {g.id}", highlight=False)
+        error: DeerLumaError | None = None
+        if a.wait or a.download:
+            (row,) = await app.track(s, [g.id], timeout=a.timeout)
+            g, error = row.generation or g, row.error
+            if error is None and a.download:
+                app.console.print(f"saved {await app.save(s, g, a.download)}", highlight=False)
+    if a.json:
+        app.emit(generation_json(g.id, g, error))
+    else:
+        print(g.id if error is None else f"{g.id}\t{type(error).__name__}\t{error}", file=app.out)
+    return exit_code_for([error])
+
+
+async def cmd_demo(app: App) -> int:
+    from ._render import summary_table
+    from .testing import FakeDeerAPI, ScaledClock
+
+    prompts = _DEMO_PROMPTS[: max(1, app.args.tasks)]
+
+    def script(body: Any) -> dict[str, object]:
+        index = prompts.index(body["prompt"]) if body["prompt"] in prompts else 0
+        fails = index in (5, 13)
+        return {
+            "duration": 3.0 + (index * 7 % 11),
+            "estimate": index % 4 != 3,  # some gateways send no estimate
+            "estimate_bias": (0.8, 1.0, 1.25)[index % 3],
+            "failure_reason": "prompt flagged by moderation" if fails else None,
+            "pending_for": 1.0,
+        }
+
+    app.console.print(
+        "[bold]deerluma demo[/]: a fake DeerAPI on this machine; no key, no network, no cost."
+    )
+    clock = ScaledClock(app.args.speed)
+    app.clock, app.sleep = clock, clock.sleep
+    async with FakeDeerAPI(create_script=script, clock=clock) as fake:
+        app.args.api_key, app.args.base_url = fake.api_key, fake.url
+        async with app.session() as s:
+            created = await asyncio.gather(*(s.create_generation(p) for p in prompts))
+            ids = [g.id for g in created]
+            rows = await app.track(s, ids, timeout=60, labels=prompts, title="generations")
+            done = next((r.generation for r in rows if r.error is None), None)
+            if done is not None:
+                folder = app.args.out or Path(tempfile.mkdtemp(prefix="deerluma-demo-"))
+                path = await app.save(s, done, folder)
+                app.console.print(f"downloaded one result to {path} ({path.stat().st_size} bytes)")
+    app.console.print(summary_table(rows))
+    failed = exit_code_for(r.error for r in rows)
+    # Two generations fail on purpose: that is the demo working, not the command failing.
+    return EXIT_OK if failed == EXIT_FAILED else failed
+
+
+_DEMO_PROMPTS = [
+    "a deer walking through a misty forest at dawn",
+    "waves rolling over black sand, slow motion",
+    "a paper boat drifting down a rainy street",
+    "timelapse of clouds over a mountain ridge",
+    "a hummingbird hovering at a red flower",
+    "neon city street in the rain, cyberpunk",
+    "a cup of coffee steaming on a wooden table",
+    "northern lights over a frozen lake",
+    "a cat stretching in a sunbeam",
+    "lanterns rising into a night sky",
+    "a river delta seen from above, golden hour",
+    "a lighthouse in a storm",
+    "cherry blossoms falling in a quiet temple garden",
+    "an astronaut planting a flag on a red planet",
+    "a fox curling up in fresh snow",
+    "dust motes in a library's light",
+    "a hot air balloon over vineyards",
+    "koi fish circling in a pond",
+    "a train crossing a stone viaduct",
+    "fireworks reflected in a harbour",
+    "a snail crossing a mossy log",
+    "sand dunes shifting in the wind",
+    "a violinist on an empty stage",
+    "rain on a tin roof, close up",
+]
+
+_COMMANDS: dict[str, Callable[[App], Coroutine[Any, Any, int]]] = {
+    "demo": cmd_demo,
+    "get": cmd_get,
+    "wait": cmd_wait,
+    "wait-many": cmd_wait_many,
+    "download": cmd_download,
+    "create": cmd_create,
+}
+
+
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Run the command line; returns the exit code."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        import rich  # noqa: F401 - the CLI needs the `cli` extra
+    except ImportError:
+        print("deerluma: the command line needs rich: pip install 'deerluma[cli]'", file=stderr)
+        return EXIT_USAGE
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has already printed the usage error or help
+        return int(exc.code or 0)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+    app = App(args, stdout, stderr)
+    try:
+        return asyncio.run(_COMMANDS[args.command](app))
+    except KeyboardInterrupt:
+        print("interrupted", file=stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileExistsError, UsageError) as exc:
+        _report(app, exc)
+        return EXIT_USAGE
+    except DeerLumaError as exc:
+        _report(app, exc)
+        return exit_code_for([exc])
+    except OSError as exc:
+        _report(app, exc)
+        return EXIT_ERROR
+
+
+def _report(app: App, exc: BaseException) -> None:
+    if app.args.verbose:
+        app.console.print_exception()
+    print(f"deerluma: error: {exc}", file=app.console.file)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

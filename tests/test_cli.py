@@ -1,0 +1,176 @@
+"""The `deerluma` command through its real entry point, against FakeDeerAPI over sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from deerluma._cli import main
+from deerluma.testing import FakeDeerAPI, Fault
+
+
+async def run(fake: FakeDeerAPI | None, *argv: str) -> tuple[int, str, str]:
+    """Run main() in a thread (it owns its event loop) while the fake serves from ours."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    prefix = ["--api-key", fake.api_key, "--base-url", fake.url] if fake else []
+    code = await asyncio.to_thread(main, [*prefix, *argv], stdout=stdout, stderr=stderr)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture
+async def live_fake() -> FakeDeerAPI:  # real time: the CLI waits with a real clock
+    async with FakeDeerAPI() as server:
+        yield server  # type: ignore[misc]
+
+
+async def test_get_prints_json_of_the_body(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    code, out, _ = await run(live_fake, "get", task_id, "--json")
+    record = json.loads(out)
+    assert code == 0
+    assert record["task_id"] == task_id
+    assert record["state"] == "completed"
+    assert record["generation"]["video"]["download_url"].startswith(live_fake.url)
+
+
+async def test_get_pretty_prints_a_table(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=0, prompt="a very particular prompt")
+    code, out, _ = await run(live_fake, "get", task_id)
+    assert code == 0
+    assert "completed" in out
+    assert "a very particular prompt" in out
+
+
+async def test_wait_reports_results_and_exit_code_1_when_one_failed(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    good = live_fake.add_generation(duration=0.5)
+    bad = live_fake.add_generation(duration=0, failure_reason="nope")
+    code, out, err = await run(live_fake, "wait", good, bad, "--json", "--download", str(tmp_path))
+    records = {r["task_id"]: r for r in map(json.loads, out.splitlines())}
+    assert code == 1
+    assert records[good]["state"] == "completed"
+    assert records[bad]["state"] == "failed"
+    assert records[bad]["error"]["type"] == "GenerationFailed"
+    assert (tmp_path / "video.mp4").read_bytes() == live_fake.video_content(good)
+    assert "\x1b[" not in err  # not a terminal: no animation codes
+
+
+async def test_wait_timeout_exits_3(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=1000)
+    code, out, _ = await run(live_fake, "wait", task_id, "--timeout", "0.2")
+    assert code == 3
+    assert "WaitTimeout" in out
+
+
+async def test_wait_many_writes_jsonl_and_resumes(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
+    ids = [live_fake.add_generation(duration=0) for _ in range(5)]
+    id_file = tmp_path / "ids.txt"
+    out_file = tmp_path / "results.jsonl"
+    id_file.write_text("\n".join(ids[:3]) + "\n# a comment\n\n", encoding="utf-8")
+    code, _, _ = await run(live_fake, "wait-many", "--from", str(id_file), "--out", str(out_file))
+    assert code == 0
+    assert len(out_file.read_text().splitlines()) == 3
+    polls_before = sum(live_fake.polls.values())
+    id_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
+    code, _, err = await run(live_fake, "wait-many", "--from", str(id_file), "--out", str(out_file))
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert code == 0
+    assert sorted(r["task_id"] for r in records) == sorted(ids)
+    assert sum(live_fake.polls.values()) - polls_before == 2  # only the new ids
+    assert "skipping 3" in err
+
+
+async def test_download_command_saves_the_asset(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    dest = tmp_path / "thumb.jpg"
+    code, out, _ = await run(live_fake, "download", task_id, str(dest), "--asset", "thumbnail")
+    assert code == 0
+    assert out.strip() == str(dest)
+    assert dest.read_bytes() == live_fake.video_content(task_id, "thumbnail")
+
+
+async def test_create_with_wait_and_download(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
+    live_fake.create_duration = 0.5
+    code, out, err = await run(
+        live_fake,
+        "create",
+        "a fox",
+        "--aspect-ratio",
+        "16:9",
+        "--download",
+        str(tmp_path),
+        "--json",
+    )
+    record = json.loads(out)
+    assert code == 0
+    assert record["state"] == "completed"
+    assert live_fake.created == [{"prompt": "a fox", "aspect_ratio": "16:9"}]
+    assert (tmp_path / "video.mp4").exists()
+    assert "created" in err
+
+
+async def test_usage_errors_exit_2_with_one_line(live_fake: FakeDeerAPI) -> None:
+    code, _, err = await run(live_fake, "create", "a fox", "--aspect-ratio", "2:1")
+    assert code == 2
+    assert err.strip().startswith("deerluma: error: aspect_ratio")
+    assert "Traceback" not in err
+    code, _, _ = await run(live_fake, "get", "a/b")
+    assert code == 2
+    code, _, _ = await run(None, "no-such-command")
+    assert code == 2
+
+
+async def test_api_errors_exit_4_without_traceback_or_key(live_fake: FakeDeerAPI) -> None:
+    code, _, err = await run(live_fake, "get", "missing-task")
+    assert code == 4
+    assert "HTTP 404" in err
+    assert "Traceback" not in err
+    live_fake.inject(Fault.error(401))
+    task_id = live_fake.add_generation(duration=0)
+    code, _, err = await run(live_fake, "-v", "get", task_id)
+    assert code == 4
+    assert "Traceback" in err  # -v shows it
+    assert live_fake.api_key not in err
+
+
+async def test_missing_key_is_a_clear_error(
+    live_fake: FakeDeerAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEERAPI_API_KEY", raising=False)
+    code, _, err = await run(None, "--base-url", live_fake.url, "get", "abc")
+    assert code == 4
+    assert "DEERAPI_API_KEY" in err
+
+
+async def test_demo_runs_with_no_key_and_exits_0(tmp_path: Path) -> None:
+    code, _, err = await run(None, "demo", "--speed", "25", "--out", str(tmp_path))
+    assert code == 0
+    assert "summary" in err
+    assert (tmp_path / "video.mp4").exists()
+
+
+async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "deerluma",
+        "--api-key",
+        live_fake.api_key,
+        "--base-url",
+        live_fake.url,
+        "get",
+        task_id,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert json.loads(out)["task_id"] == task_id
