@@ -7,6 +7,7 @@ samples without a server.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -64,11 +65,12 @@ def _strict_int(value: object, _: type) -> int:
 def _lenient_float(value: object, _: type) -> float:
     if isinstance(value, bool):
         raise TypeError("expected a number, got a boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    if isinstance(value, int | float | str):
         # Some gateways quote numbers; a non-numeric string still fails here.
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     raise TypeError(f"expected a number, got {type(value).__name__}")
 
 

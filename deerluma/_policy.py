@@ -5,6 +5,7 @@ Kept free of I/O so that tests drive it with plain numbers and a fake clock.
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import timedelta
 
@@ -128,7 +129,7 @@ class PollTracker:
             delay = max(policy.min_interval, self.started + policy.settle_time - now)
         else:
             delay = policy.unhinted_interval
-        delay = min(delay, policy.max_interval)
+        delay = min(delay, policy.max_interval) if math.isfinite(delay) else policy.min_interval
         return delay * (1.0 - policy.jitter * self._rng.random())
 
     def error_delay(self, retry_after: float | None) -> float:

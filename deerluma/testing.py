@@ -167,6 +167,16 @@ class Fault:
         return cls("latency", seconds=seconds)
 
     @classmethod
+    def redirect(cls, location: str, status: int = 302) -> Fault:
+        """Answer with a redirect to `location` (another host, say)."""
+        return cls("redirect", status=status, body=location.encode())
+
+    @classmethod
+    def oversized(cls, size: int = 5 << 20) -> Fault:
+        """Answer 200 with a chunked body of `size` bytes and no Content-Length."""
+        return cls("oversized", status=size)
+
+    @classmethod
     def wrong_id(cls) -> Fault:
         """Answer with another generation's body, as a confused proxy might."""
         return cls("wrong_id")
@@ -389,22 +399,19 @@ class FakeDeerAPI:
         arrived = self.clock()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        status = 499  # nginx's "client closed request", if the handler is cancelled
         try:
             response = await self._answer(request, handler, fault, authorized)
+            status = response.status
         finally:
             self.in_flight -= 1
-        if self.record_requests:
-            self.requests.append(
-                SeenRequest(
-                    request.method,
-                    request.path,
-                    authorized,
-                    sent_auth,
-                    response.status,
-                    fault.kind if fault else None,
-                    arrived,
+            if self.record_requests:
+                kind = fault.kind if fault else None
+                self.requests.append(
+                    SeenRequest(
+                        request.method, request.path, authorized, sent_auth, status, kind, arrived
+                    )
                 )
-            )
         return response
 
     async def _answer(
@@ -436,6 +443,11 @@ class FakeDeerAPI:
                 )
             elif fault.kind == "reset":
                 return _drop(request)
+            elif fault.kind == "redirect":
+                location = fault.body.decode()
+                return web.Response(status=fault.status, headers={"Location": location})
+            elif fault.kind == "oversized":
+                return await _chunked(request, fault.status)
             elif fault.kind in ("truncated", "cut", "wrong_id"):
                 request[_FAULT] = fault.kind
         response = await handler(request)  # type: ignore[misc]
@@ -624,6 +636,19 @@ async def _send_json(request: web.Request, body: Mapping[str, object]) -> web.St
     elif request.get(_FAULT) == "cut":
         return await _cut(request, raw, 200, {"Content-Type": "application/json"})
     return web.Response(body=raw, content_type="application/json")
+
+
+async def _chunked(request: web.Request, size: int) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    block = b" " * (256 * 1024)
+    try:
+        for _ in range(size // len(block)):
+            await response.write(block)
+    except (ConnectionError, RuntimeError):
+        pass  # the client hung up once it had seen enough: that is the point
+    return response
 
 
 async def _cut(

@@ -116,3 +116,12 @@ def test_policy_accepts_timedelta_and_rejects_nonsense() -> None:
         PollPolicy(min_interval=0)
     with pytest.raises(ValueError, match="non-negative"):
         PollPolicy(timeout=-1)
+
+
+@pytest.mark.parametrize("estimate", [float("nan"), float("inf"), -5.0])
+def test_nonsense_estimates_never_make_a_nonsense_sleep(estimate: float) -> None:
+    policy = PollPolicy()
+    tracker = PollTracker(policy, 0.0, random.Random(0))
+    tracker.observe(0.0, _gen(estimate))
+    delay = tracker.next_delay(0.0)
+    assert 0 < delay <= policy.max_interval

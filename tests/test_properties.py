@@ -1,0 +1,99 @@
+"""Property tests: no input crashes decoding, and no task id escapes its path segment."""
+
+from __future__ import annotations
+
+import json
+
+import yarl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import deerluma
+from deerluma import DeerLumaError, Generation, decode_generation
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+FIELDS = [
+    "id",
+    "state",
+    "prompt",
+    "created_at",
+    "video",
+    "video_raw",
+    "thumbnail",
+    "last_frame",
+    "queue_state",
+    "estimate_wait_seconds",
+    "failure_reason",
+    "fail_reason",
+    "liked",
+    "assets",
+    "request",
+]
+generation_like = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=20)},
+    optional={name: json_values for name in FIELDS[1:]},
+)
+statuses = st.sampled_from([200, 201, 301, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504])
+content_types = st.sampled_from(["application/json", "text/html", "text/plain", ""])
+
+
+def _decodes_or_raises_ours(status: int, headers: dict[str, str], body: bytes) -> None:
+    try:
+        result = decode_generation(status, headers, body)
+    except DeerLumaError:
+        return
+    assert isinstance(result, Generation)
+    assert 200 <= status < 300
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=statuses, content_type=content_types, body=st.binary(max_size=300))
+def test_any_bytes_give_a_generation_or_our_error(
+    status: int, content_type: str, body: bytes
+) -> None:
+    _decodes_or_raises_ours(status, {"Content-Type": content_type}, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(status=statuses, value=json_values)
+def test_any_json_value_gives_a_generation_or_our_error(status: int, value: object) -> None:
+    _decodes_or_raises_ours(
+        status, {"Content-Type": "application/json"}, json.dumps(value).encode()
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=generation_like)
+def test_any_generation_shaped_body_gives_a_generation_or_decode_error(
+    body: dict[str, object],
+) -> None:
+    try:
+        g = decode_generation(200, {}, json.dumps(body).encode(), task_id=str(body["id"]))
+    except deerluma.DecodeError:
+        return
+    assert g.id == body["id"]
+    assert g.raw == body
+    assert isinstance(g.state, deerluma.GenerationState)
+
+
+SESSION = deerluma.Session(api_key="k", base_url="https://api.example.com/proxy")
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(task_id=st.text(max_size=60))
+def test_any_task_id_is_safely_quoted_or_refused(task_id: str) -> None:
+    try:
+        url = SESSION.generation_url(task_id)
+    except ValueError:
+        return
+    reparsed = yarl.URL(str(url))
+    assert reparsed.host == "api.example.com"
+    assert reparsed.parts == ("/", "proxy", "dream-machine", "v1", "generations", task_id)
+    assert not reparsed.query_string
+    assert not reparsed.fragment
