@@ -151,8 +151,8 @@ def test_generation_is_hashable_and_equal_by_value() -> None:
         (b'{"id": "x", "state": "pending", "liked": "yes"}', "$.liked"),
         (b"\xff\xfe\x00", "not valid JSON"),
         (b"", "not valid JSON"),
-        (b'{"id": "x", "state": "pending", "estimate_wait_seconds": NaN}', "$.estimate_wait_seconds"),
-        (b'{"id": "x", "state": "pending", "estimate_wait_seconds": "inf"}', "$.estimate_wait_seconds"),
+        (b'{"id": "x", "state": "pending", "estimate_wait_seconds": NaN}', "$.estimate_wait"),
+        (b'{"id": "x", "state": "pending", "estimate_wait_seconds": "inf"}', "$.estimate_wait"),
     ],
 )
 def test_malformed_bodies_raise_decode_error(body: bytes, why: str) -> None:
