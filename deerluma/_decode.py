@@ -16,8 +16,9 @@ from types import MappingProxyType, NoneType, UnionType
 from typing import Union, get_args, get_origin
 
 import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
-from ._models import Generation, GenerationState
+from ._models import Generation, GenerationState, Media, Video
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -42,8 +43,6 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 _ZERO_DATE_YEAR = 1
 _EXCERPT_CHARS = 200
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-_MEDIA_KEYS = ("url", "width", "height")
-_VIDEO_KEYS = (*_MEDIA_KEYS, "download_url", "duration")
 
 
 def _strict_str(value: object, _: type) -> str:
@@ -105,9 +104,10 @@ def _is_optional(type_: object) -> bool:
     return get_origin(type_) in (Union, UnionType) and len(args) == 2 and NoneType in args
 
 
-def _optional_hook(
-    type_: object, converter: cattrs.Converter
-) -> Callable[[object, object], object]:
+_Hook = Callable[[object, object], object]
+
+
+def _optional_hook(type_: object, converter: cattrs.Converter) -> _Hook:
     # cattrs' generic Optional handling dispatches on every call; decoding is on
     # the hot path of batch polling, so resolve the inner hook once.
     inner = next(arg for arg in get_args(type_) if arg is not NoneType)
@@ -131,7 +131,25 @@ def make_converter() -> cattrs.Converter:
     # Untyped fields (queue_state) pass through; an exact match, not a subclass one.
     converter.register_structure_hook_func(lambda t: t is object, lambda value, _: value)
     converter.register_structure_hook_factory(_is_optional, _optional_hook)
+    for cls in (Media, Video):
+        converter.register_structure_hook(cls, _media_hook(cls, converter))
+    # `raw` is the body itself, set after structuring; a body key named "raw" is not it.
+    generation = make_dict_structure_fn(Generation, converter, raw=override(omit=True))
+    converter.register_structure_hook(Generation, generation)
     return converter
+
+
+def _media_hook(cls: type[Media], converter: cattrs.Converter) -> _Hook:
+    from_dict = make_dict_structure_fn(cls, converter)  # extra keys (palette, ...) ignored
+
+    def structure(value: object, _: object) -> object:
+        if isinstance(value, str):
+            return cls(url=value)  # the official shape's assets are plain URLs
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected an object or a URL, got {type(value).__name__}")
+        return from_dict(value, cls)
+
+    return structure
 
 
 _CONVERTER = make_converter()
@@ -259,38 +277,31 @@ _ERROR_CLASSES: dict[int, type[APIError]] = {
 }
 
 
-def _media(value: object, keys: tuple[str, ...]) -> object:
-    if isinstance(value, str):
-        return {"url": value}
-    if isinstance(value, Mapping):
-        return {key: value[key] for key in keys if value.get(key) is not None}
-    return value  # None stays None; anything else fails typing below
+def _normalize(body: Mapping[str, object]) -> Mapping[str, object]:
+    """Map both body shapes (web-app and official Luma) onto Generation's fields.
 
-
-def _normalize(body: Mapping[str, object]) -> dict[str, object]:
-    """Map both body shapes (web-app and official Luma) onto Generation's fields."""
-    fields: dict[str, object] = {
-        key: body[key]
-        for key in ("id", "state", "created_at", "queue_state", "estimate_wait_seconds", "liked")
-        if key in body
-    }
-    assets = body.get("assets")
-    assets = assets if isinstance(assets, Mapping) else {}
+    The web-app shape already has them: it is passed through without a copy,
+    since decoding sits on the hot path of batch polling.
+    """
     request = body.get("request")
-    request = request if isinstance(request, Mapping) else {}
-    fields["prompt"] = (
-        body.get("prompt") if body.get("prompt") is not None else request.get("prompt")
+    needs_mapping = (
+        body.get("state") is None
+        or "assets" in body
+        or (body.get("failure_reason") is None and "fail_reason" in body)
+        or (body.get("prompt") is None and isinstance(request, Mapping))
     )
-    fields["failure_reason"] = (
-        body.get("failure_reason")
-        if body.get("failure_reason") is not None
-        else body.get("fail_reason")
-    )
-    fields["video"] = _media(body.get("video") or assets.get("video"), _VIDEO_KEYS)
-    fields["thumbnail"] = _media(body.get("thumbnail") or assets.get("image"), _MEDIA_KEYS)
-    fields["video_raw"] = _media(body.get("video_raw"), _MEDIA_KEYS)
-    fields["last_frame"] = _media(body.get("last_frame"), _MEDIA_KEYS)
-    if fields.get("state") is None:
+    if not needs_mapping:
+        return body
+    fields = dict(body)
+    assets = body.get("assets")
+    if isinstance(assets, Mapping):
+        fields["video"] = body.get("video") or assets.get("video")
+        fields["thumbnail"] = body.get("thumbnail") or assets.get("image")
+    if body.get("prompt") is None and isinstance(request, Mapping):
+        fields["prompt"] = request.get("prompt")
+    if body.get("failure_reason") is None:
+        fields["failure_reason"] = body.get("fail_reason")
+    if body.get("state") is None:
         fields["state"] = GenerationState.UNKNOWN.value
     return fields
 
