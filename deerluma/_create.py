@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import yarl
 
 from ._validate import check_task_id
 
-__all__ = ["ASPECT_RATIOS", "MAX_PROMPT_CHARS", "build_create_body"]
+__all__ = ["ASPECT_RATIOS", "MAX_PROMPT_CHARS", "CreateOptions", "build_create_body"]
 
 #: The aspect ratios the gateway documents.
 ASPECT_RATIOS = frozenset({"1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21"})
@@ -20,23 +22,34 @@ def _check_url(name: str, url: str) -> str:
     return url
 
 
+class CreateOptions(TypedDict, total=False):
+    """What a create request may carry besides the prompt; None means "not sent"."""
+
+    aspect_ratio: str | None  # one of ASPECT_RATIOS
+    loop: bool | None
+    model: str | None  # e.g. "ray-2"
+    resolution: str | None  # e.g. "720p"
+    duration: str | None  # e.g. "5s"
+    start_image: str | None  # URL: keyframes.frame0
+    end_image: str | None  # URL: keyframes.frame1
+    callback_url: str | None
+
+
 def build_create_body(
-    prompt: str,
-    *,
-    aspect_ratio: str | None = None,
-    loop: bool | None = None,
-    model: str | None = None,
-    resolution: str | None = None,
-    duration: str | None = None,
-    start_image: str | None = None,
-    end_image: str | None = None,
-    callback_url: str | None = None,
-    extend: str | None = None,
+    prompt: str, *, extend: str | None = None, **options: Unpack[CreateOptions]
 ) -> dict[str, object]:
     """The JSON body of `POST /dream-machine/v1/generations`; ValueError if it cannot be right.
 
     `extend` is the task id of a generation to continue (its last frame becomes frame0).
     """
+    unknown = set(options) - set(CreateOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"unknown create option(s): {', '.join(sorted(unknown))}")
+    aspect_ratio = options.get("aspect_ratio")
+    loop = options.get("loop")
+    start_image = options.get("start_image")
+    end_image = options.get("end_image")
+    callback_url = options.get("callback_url")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -49,15 +62,12 @@ def build_create_body(
     if extend is not None and start_image is not None:
         raise ValueError("extend_generation continues the earlier video; it takes no start_image")
     body: dict[str, object] = {"prompt": prompt}
-    optional = {
-        "aspect_ratio": aspect_ratio,
-        "loop": loop,
-        "model": model,
-        "resolution": resolution,
-        "duration": duration,
-        "callback_url": None if callback_url is None else _check_url("callback_url", callback_url),
-    }
-    body.update({key: value for key, value in optional.items() if value is not None})
+    if callback_url is not None:
+        _check_url("callback_url", callback_url)
+    plain = ("aspect_ratio", "loop", "model", "resolution", "duration", "callback_url")
+    body.update(
+        (key, value) for key, value in options.items() if key in plain and value is not None
+    )
     keyframes: dict[str, object] = {}
     if extend is not None:
         keyframes["frame0"] = {"type": "generation", "id": check_task_id(extend)}

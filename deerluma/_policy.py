@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -46,13 +47,13 @@ class PollPolicy:
     #: Pause before the first poll.
     initial_delay: float = attrs.field(default=0.0, converter=to_seconds)
     #: Spacing of polls once completion is due: bounds how late completion is noticed.
-    min_interval: float = attrs.field(default=0.8, converter=to_seconds)
+    min_interval: float = attrs.field(default=0.9, converter=to_seconds)
     #: The longest single sleep, whatever the estimate says.
     max_interval: float = attrs.field(default=60.0, converter=to_seconds)
     #: Spacing of polls when the server gives no estimate.
-    unhinted_interval: float = attrs.field(default=2.9, converter=to_seconds)
+    unhinted_interval: float = attrs.field(default=2.8, converter=to_seconds)
     #: Without an estimate, no poll between the first and this many seconds of waiting.
-    settle_time: float = attrs.field(default=12.0, converter=to_seconds)
+    settle_time: float = attrs.field(default=15.0, converter=to_seconds)
     #: How far off `estimate_wait_seconds` may be, as a fraction (0.3 = ±30 %).
     hint_error: float = attrs.field(default=0.3)
     #: Sleeps are shortened by up to this fraction at random, so waiters never align.
@@ -72,6 +73,10 @@ class PollPolicy:
             raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 #: Bounds for the learned rate at which the estimate falls per real second.
 _MIN_RATE = 0.2
 _MAX_RATE = 5.0
@@ -80,19 +85,34 @@ _MAX_RATE = 5.0
 class PollTracker:
     """What one waiter has seen so far, and from it, how long to sleep next."""
 
-    __slots__ = ("_anchor", "_last", "_rng", "errors", "policy", "started")
+    __slots__ = ("_aged", "_anchor", "_last", "_rng", "_wall", "errors", "policy", "started")
 
-    def __init__(self, policy: PollPolicy, started: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        policy: PollPolicy,
+        started: float,
+        rng: random.Random,
+        wall: Callable[[], datetime] = _utcnow,
+    ) -> None:
         self.policy = policy
         self.started = started
         self.errors = 0
         self._rng = rng
+        self._wall = wall
+        self._aged = False
         self._anchor: tuple[float, float] | None = None
         self._last: tuple[float, float] | None = None
 
     def observe(self, now: float, generation: Generation) -> None:
         """Record a successful poll."""
         self.errors = 0
+        if not self._aged and generation.created_at is not None:
+            # A task created long ago is past its settle time already: count from
+            # its creation, not from when we started waiting (skew only shortens it).
+            self._aged = True
+            age = (self._wall() - generation.created_at).total_seconds()
+            if age > 0:
+                self.started = min(self.started, now - age)
         estimate = generation.estimate_wait_seconds
         if estimate is None:
             self._anchor = self._last = None

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -28,7 +28,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ._batch import BatchResult, batch_as_completed
-from ._create import build_create_body
+from ._create import CreateOptions, build_create_body
 from ._decode import MAX_BODY_BYTES, decode_generation, parse_retry_after
 from ._download import Asset, OnProgress, download_generation
 from ._gate import RateGate
@@ -453,64 +453,23 @@ class Session:
             self, generation, dest, asset=asset, overwrite=overwrite, on_progress=on_progress
         )
 
-    async def create_generation(
-        self,
-        prompt: str,
-        *,
-        aspect_ratio: str | None = None,
-        loop: bool | None = None,
-        model: str | None = None,
-        resolution: str | None = None,
-        duration: str | None = None,
-        start_image: str | None = None,
-        end_image: str | None = None,
-        callback_url: str | None = None,
-    ) -> Generation:
+    async def create_generation(self, prompt: str, **options: Unpack[CreateOptions]) -> Generation:
         """Start a generation; returns it (usually pending). Never resent blindly.
 
-        Only a request that certainly never left (the connection could not be
-        opened) is retried; when the answer is lost after sending,
-        CreateOutcomeUnknown says the generation may or may not exist.
+        Options are those of `CreateOptions` (aspect_ratio, loop, model,
+        resolution, duration, start_image, end_image, callback_url), checked
+        before sending. Only a request that certainly never left (the
+        connection could not be opened) is retried; when the answer is lost
+        after sending, CreateOutcomeUnknown says the generation may or may
+        not exist.
         """
-        body = build_create_body(
-            prompt,
-            aspect_ratio=aspect_ratio,
-            loop=loop,
-            model=model,
-            resolution=resolution,
-            duration=duration,
-            start_image=start_image,
-            end_image=end_image,
-            callback_url=callback_url,
-        )
-        return await self._create(body)
+        return await self._create(build_create_body(prompt, **options))
 
     async def extend_generation(
-        self,
-        task_id: str,
-        prompt: str,
-        *,
-        aspect_ratio: str | None = None,
-        loop: bool | None = None,
-        model: str | None = None,
-        resolution: str | None = None,
-        duration: str | None = None,
-        end_image: str | None = None,
-        callback_url: str | None = None,
+        self, task_id: str, prompt: str, **options: Unpack[CreateOptions]
     ) -> Generation:
-        """Start a new generation that continues `task_id`'s video."""
-        body = build_create_body(
-            prompt,
-            aspect_ratio=aspect_ratio,
-            loop=loop,
-            model=model,
-            resolution=resolution,
-            duration=duration,
-            end_image=end_image,
-            callback_url=callback_url,
-            extend=task_id,
-        )
-        return await self._create(body)
+        """Start a new generation that continues `task_id`'s video (no start_image)."""
+        return await self._create(build_create_body(prompt, extend=task_id, **options))
 
     async def generate(
         self,
@@ -518,27 +477,10 @@ class Session:
         *,
         timeout: Seconds | _Default | None = _DEFAULT,
         on_update: OnUpdate | None = None,
-        aspect_ratio: str | None = None,
-        loop: bool | None = None,
-        model: str | None = None,
-        resolution: str | None = None,
-        duration: str | None = None,
-        start_image: str | None = None,
-        end_image: str | None = None,
-        callback_url: str | None = None,
+        **options: Unpack[CreateOptions],
     ) -> Generation:
         """Create a generation, then wait until it is completed (see wait_until_completed)."""
-        created = await self.create_generation(
-            prompt,
-            aspect_ratio=aspect_ratio,
-            loop=loop,
-            model=model,
-            resolution=resolution,
-            duration=duration,
-            start_image=start_image,
-            end_image=end_image,
-            callback_url=callback_url,
-        )
+        created = await self.create_generation(prompt, **options)
         await notify(on_update, created)
         return await self.wait_until_completed(created.id, timeout=timeout, on_update=on_update)
 

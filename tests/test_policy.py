@@ -125,3 +125,28 @@ def test_nonsense_estimates_never_make_a_nonsense_sleep(estimate: float) -> None
     tracker.observe(0.0, _gen(estimate))
     delay = tracker.next_delay(0.0)
     assert 0 < delay <= policy.max_interval
+
+
+def test_settle_time_counts_from_creation_for_an_old_task() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    created = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    now_wall = created + timedelta(minutes=5)
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 100.0, random.Random(0), wall=lambda: now_wall)
+    old = Generation(id="t", state=GenerationState.PROCESSING, created_at=created)
+    tracker.observe(100.0, old)
+    assert tracker.next_delay(100.0) == policy.unhinted_interval
+
+
+def test_a_server_clock_ahead_of_ours_never_lengthens_the_settle_time() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now_wall = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    policy = PollPolicy(jitter=0)
+    tracker = PollTracker(policy, 100.0, random.Random(0), wall=lambda: now_wall)
+    future = Generation(
+        id="t", state=GenerationState.PENDING, created_at=now_wall + timedelta(minutes=1)
+    )
+    tracker.observe(100.0, future)
+    assert tracker.next_delay(100.0) == policy.settle_time
