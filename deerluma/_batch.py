@@ -11,6 +11,7 @@ import heapq
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 
 import attrs
@@ -54,6 +55,10 @@ class BatchResult:
         return self.generation
 
 
+#: Under a binding rate limit, at most this many re-polls before a first poll.
+_REPOLLS_PER_FIRST = 3
+
+
 class _Waiter:
     __slots__ = ("last", "task_id", "tracker")
 
@@ -87,6 +92,9 @@ class _Scheduler:
         self.order = itertools.count()
         self.wake = asyncio.Event()
         self.timer_running = False
+        self.unseen: deque[_Waiter] = deque()
+        self.first_poll = self.started + policy.initial_delay
+        self.repolls_in_a_row = 0
         self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
 
     def schedule(self, waiter: _Waiter, at: float) -> None:
@@ -95,14 +103,43 @@ class _Scheduler:
         heapq.heappush(self.heap, (at, next(self.order), waiter))
         self.wake.set()
 
+    def _next_due(self, now: float) -> _Waiter | None:
+        """The next poll to make now, if any.
+
+        A due re-poll (aimed at a predicted completion) usually finds the
+        generation done, while a first poll is a shot in the dark; when the
+        rate limit binds, re-polls go first, but never more than
+        `_REPOLLS_PER_FIRST` in a row while ids wait for their first look.
+        """
+        heap, unseen = self.heap, self.unseen
+        repoll_due = bool(heap) and heap[0][0] <= now
+        first_due = bool(unseen) and now >= self.first_poll
+        if first_due and (not repoll_due or self.repolls_in_a_row >= _REPOLLS_PER_FIRST):
+            self.repolls_in_a_row = 0
+            return unseen.popleft()
+        if repoll_due:
+            self.repolls_in_a_row += 1
+            return heapq.heappop(heap)[2]
+        return None
+
+    def _next_is_due(self, now: float) -> bool:
+        return (bool(self.heap) and self.heap[0][0] <= now) or (
+            bool(self.unseen) and now >= self.first_poll
+        )
+
+    def _wake_at(self) -> float | None:
+        times = [self.heap[0][0]] if self.heap else []
+        if self.unseen:
+            times.append(self.first_poll)
+        return min(times, default=None)
+
     async def work(self) -> None:
         try:
             while True:
                 now = self.clock()
-                heap = self.heap
-                if heap and heap[0][0] <= now:
-                    waiter = heapq.heappop(heap)[2]
-                    if heap and heap[0][0] <= now:
+                waiter = self._next_due(now)
+                if waiter is not None:
+                    if self._next_is_due(now):
                         self.wake.set()  # more is due: rouse an idle peer
                     result = await self._poll_once(waiter)
                     if result is not None:
@@ -110,10 +147,11 @@ class _Scheduler:
                     continue
                 # No await between the check above and clear(): no wake-up is lost.
                 self.wake.clear()
-                if heap and not self.timer_running:
+                wake_at = self._wake_at()
+                if wake_at is not None and not self.timer_running:
                     self.timer_running = True
                     try:
-                        await self._sleep_or_wake(heap[0][0] - now)
+                        await self._sleep_or_wake(wake_at - now)
                     finally:
                         self.timer_running = False
                 else:
@@ -175,7 +213,6 @@ async def batch_as_completed(
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     scheduler = _Scheduler(fetch, policy, clock, sleep)
-    first_poll = scheduler.started + policy.initial_delay
     invalid: list[BatchResult] = []
     expected = 0
     for task_id in dict.fromkeys(task_ids):
@@ -186,7 +223,7 @@ async def batch_as_completed(
             invalid.append(BatchResult(task_id, error=exc))
             continue
         waiter = _Waiter(task_id, PollTracker(policy, scheduler.started, rng))
-        scheduler.schedule(waiter, first_poll)
+        scheduler.unseen.append(waiter)
     for result in invalid:
         yield result
     waiting = expected - len(invalid)

@@ -158,3 +158,37 @@ async def test_breaking_out_of_as_completed_cleans_up(
 async def test_concurrency_must_be_positive(session: deerluma.Session) -> None:
     with pytest.raises(ValueError, match="concurrency"):
         await session.wait_many(["a"], concurrency=0)
+
+
+async def test_due_repolls_go_before_first_polls_when_requests_are_scarce() -> None:
+    """Each request takes a second here, as under a binding rate limit."""
+    import random
+
+    from deerluma import Generation, GenerationState
+    from deerluma._batch import batch_as_completed
+
+    clock = FakeClock()
+    order: list[str] = []
+
+    async def fetch(task_id: str, deadline: float | None) -> Generation:
+        order.append(task_id)
+        clock.advance(1.0)
+        done = order.count(task_id) > 1
+        state = GenerationState.COMPLETED if done else GenerationState.PROCESSING
+        return Generation(id=task_id, state=state, estimate_wait_seconds=0)
+
+    ids = [f"t{i}" for i in range(8)]
+    results = batch_as_completed(
+        fetch,
+        ids,
+        concurrency=1,
+        policy=PollPolicy(jitter=0),
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(0),
+    )
+    finished = [r.task_id async for r in results]
+    assert sorted(finished) == ids
+    first_repoll = next(i for i, t in enumerate(order) if order[:i].count(t))
+    assert first_repoll < len(ids)  # a re-poll came before every id had its first look
+    assert len(order) == 16  # and nothing was polled more than needed
