@@ -81,8 +81,10 @@ class _Scheduler:
         policy: PollPolicy,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random,
     ) -> None:
         self.fetch = fetch
+        self.rng = rng
         self.policy = policy
         self.clock = clock
         self.sleep = sleep
@@ -92,7 +94,7 @@ class _Scheduler:
         self.order = itertools.count()
         self.wake = asyncio.Event()
         self.timer_running = False
-        self.unseen: deque[_Waiter] = deque()
+        self.unseen: deque[str] = deque()  # ids not yet looked at
         self.first_poll = self.started + policy.initial_delay
         self.repolls_in_a_row = 0
         self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
@@ -103,7 +105,7 @@ class _Scheduler:
         heapq.heappush(self.heap, (at, next(self.order), waiter))
         self.wake.set()
 
-    def _next_due(self, now: float) -> _Waiter | None:
+    def _next_due(self, now: float) -> _Waiter | str | None:
         """The next poll to make now, if any.
 
         A due re-poll (aimed at a predicted completion) usually finds the
@@ -168,35 +170,43 @@ class _Scheduler:
             sleeper.cancel()
             waker.cancel()
 
-    async def _poll_once(self, waiter: _Waiter) -> BatchResult | None:
-        task_id, tracker = waiter.task_id, waiter.tracker
+    async def _poll_once(self, item: _Waiter | str) -> BatchResult | None:
+        # An id's first look needs no bookkeeping: most batches are mostly done.
+        waiter = item if isinstance(item, _Waiter) else None
+        task_id = item.task_id if isinstance(item, _Waiter) else item
         if self.deadline is not None and self.clock() >= self.deadline:
-            return BatchResult(task_id, error=self._timeout(waiter))
+            return BatchResult(task_id, error=self._timeout(task_id, waiter))
         try:
             generation = await self.fetch(task_id, self.deadline)
         except DeadlineExceeded as exc:
-            error = self._timeout(waiter)
+            error = self._timeout(task_id, waiter)
             error.__cause__ = exc
             return BatchResult(task_id, error=error)
         except DeerLumaError as exc:
-            tracker.errors += 1
-            if not is_transient(exc) or tracker.errors > self.policy.max_consecutive_errors:
+            waiter = waiter or self._waiter(task_id)
+            waiter.tracker.errors += 1
+            if not is_transient(exc) or waiter.tracker.errors > self.policy.max_consecutive_errors:
                 return BatchResult(task_id, error=exc)
             retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-            self.schedule(waiter, self.clock() + tracker.error_delay(retry_after))
+            self.schedule(waiter, self.clock() + waiter.tracker.error_delay(retry_after))
             return None
-        now = self.clock()
-        tracker.observe(now, generation)
-        waiter.last = generation
         if generation.state is GenerationState.COMPLETED:
             return BatchResult(task_id, generation=generation)
         if generation.state is GenerationState.FAILED:
             return BatchResult(task_id, error=GenerationFailed(generation))
-        self.schedule(waiter, now + tracker.next_delay(now))
+        waiter = waiter or self._waiter(task_id)
+        now = self.clock()
+        waiter.tracker.observe(now, generation)
+        waiter.last = generation
+        self.schedule(waiter, now + waiter.tracker.next_delay(now))
         return None
 
-    def _timeout(self, waiter: _Waiter) -> WaitTimeout:
-        return WaitTimeout(waiter.task_id, waiter.last, self.policy.timeout or 0.0)
+    def _waiter(self, task_id: str) -> _Waiter:
+        return _Waiter(task_id, PollTracker(self.policy, self.started, self.rng))
+
+    def _timeout(self, task_id: str, waiter: _Waiter | None) -> WaitTimeout:
+        last = waiter.last if waiter is not None else None
+        return WaitTimeout(task_id, last, self.policy.timeout or 0.0)
 
 
 async def batch_as_completed(
@@ -212,7 +222,7 @@ async def batch_as_completed(
     """Yield one BatchResult per distinct task id, in the order they finish."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    scheduler = _Scheduler(fetch, policy, clock, sleep)
+    scheduler = _Scheduler(fetch, policy, clock, sleep, rng)
     invalid: list[BatchResult] = []
     expected = 0
     for task_id in dict.fromkeys(task_ids):
@@ -222,8 +232,7 @@ async def batch_as_completed(
         except DeerLumaError as exc:  # InvalidTaskId: report it, let the others run
             invalid.append(BatchResult(task_id, error=exc))
             continue
-        waiter = _Waiter(task_id, PollTracker(policy, scheduler.started, rng))
-        scheduler.unseen.append(waiter)
+        scheduler.unseen.append(task_id)
     for result in invalid:
         yield result
     waiting = expected - len(invalid)

@@ -163,6 +163,9 @@ def excerpt(body: bytes | str, limit: int = _EXCERPT_CHARS) -> str:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)  # a case-insensitive mapping (aiohttp's) answers here
+    if value is not None:
+        return value
     lowered = name.lower()
     for key, value in headers.items():
         if key.lower() == lowered:
