@@ -125,8 +125,8 @@ async def memory(count: int) -> None:
 
         policy = PollPolicy(settle_time=3600, timeout=None)
         async with deerluma.Session(api_key=KEY, base_url=url, policy=policy) as s:
-            fetch = s.fetch
-            s.fetch = counting_fetch  # type: ignore[method-assign]
+            fetch = s._fetch
+            s._fetch = counting_fetch  # type: ignore[method-assign]
             await s.get_generation(ids[0])  # warm the pool and the converter
             gc.collect()
             tracemalloc.start()

@@ -24,9 +24,7 @@ from .exceptions import (
     DeadlineExceeded,
     DeerLumaError,
     GenerationFailed,
-    RateLimitError,
     WaitTimeout,
-    is_transient,
 )
 
 __all__ = ["BatchResult", "batch_as_completed"]
@@ -184,11 +182,9 @@ class _Scheduler:
             return BatchResult(task_id, error=error)
         except DeerLumaError as exc:
             waiter = waiter or self._waiter(task_id)
-            waiter.tracker.errors += 1
-            if not is_transient(exc) or waiter.tracker.errors > self.policy.max_consecutive_errors:
+            if waiter.tracker.record_error(exc):
                 return BatchResult(task_id, error=exc)
-            retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-            self.schedule(waiter, self.clock() + waiter.tracker.error_delay(retry_after))
+            self.schedule(waiter, self.clock() + waiter.tracker.error_delay(exc))
             return None
         if generation.state is GenerationState.COMPLETED:
             return BatchResult(task_id, generation=generation)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -108,9 +109,8 @@ class Transfer:
 
 
 def _download_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ServerError):
-        return True
-    return isinstance(exc, TransportError)
+    # Any 5xx from storage, or a broken transfer (resumed with Range next time).
+    return isinstance(exc, ServerError | TransportError)
 
 
 async def stream_to(
@@ -172,7 +172,7 @@ def _range_start(resp: aiohttp.ClientResponse) -> int | None:
 async def _report(on_progress: OnProgress | None, transfer: Transfer) -> None:
     if on_progress is not None:
         result = on_progress(transfer.done, transfer.total)
-        if isinstance(result, Awaitable):
+        if inspect.isawaitable(result):
             await result
 
 
@@ -235,13 +235,13 @@ async def download_generation(
             try:
                 attempt = functools.partial(
                     stream_to,
-                    session.http(),
+                    session._http(),
                     url,
                     transfer,
-                    timeout=session.timeout,
+                    timeout=session._timeout,
                     on_progress=on_progress,
                 )
-                await session.with_retries(attempt, deadline=None, retry_on=_download_transient)
+                await session._with_retries(attempt, deadline=None, retry_on=_download_transient)
                 break
             except LinkRejected as exc:
                 if refreshed:

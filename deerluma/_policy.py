@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 
 from ._models import Generation
+from .exceptions import RateLimitError, is_transient
 
 __all__ = ["PollPolicy", "PollTracker", "Seconds", "to_seconds"]
 
@@ -152,9 +153,18 @@ class PollTracker:
         delay = min(delay, policy.max_interval) if math.isfinite(delay) else policy.min_interval
         return delay * (1.0 - policy.jitter * self._rng.random())
 
-    def error_delay(self, retry_after: float | None) -> float:
-        """Seconds to sleep after a poll failed (its request's own retries included)."""
+    def record_error(self, exc: BaseException) -> bool:
+        """Count a failed poll; True when the waiter should give up and report `exc`."""
+        self.errors += 1
+        return not is_transient(exc) or self.errors > self.policy.max_consecutive_errors
+
+    def error_delay(self, exc: BaseException | None = None) -> float:
+        """Seconds to sleep after a failed poll (its request's own retries included).
+
+        Grows with each failure in a row; a 429's Retry-After overrides it.
+        """
         policy = self.policy
         backoff = min(policy.max_interval, policy.min_interval * 2.0 ** max(0, self.errors - 1))
         delay = backoff * (1.0 - policy.jitter * self._rng.random())
+        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
         return max(delay, retry_after or 0.0)

@@ -192,15 +192,6 @@ class Session:
             owned, self._owned = self._owned, None
             await owned.close()
 
-    @property
-    def timeout(self) -> float:
-        """Seconds one request may take (for downloads: between two reads)."""
-        return self._timeout
-
-    def http(self) -> aiohttp.ClientSession:
-        """The connection pool in use (borrowed or owned)."""
-        return self._http()
-
     def _http(self) -> aiohttp.ClientSession:
         if self._borrowed is not None:
             return self._borrowed
@@ -226,7 +217,7 @@ class Session:
         quoted = quote(check_task_id(task_id), safe="")
         return yarl.URL(f"{self._collection_text}/{quoted}", encoded=True)
 
-    async def exchange(
+    async def _exchange(
         self,
         method: str,
         url: yarl.URL,
@@ -273,7 +264,7 @@ class Session:
             self._gate.clear_strikes()
         return RawResponse(status, headers, body)
 
-    def retrying(
+    def _retrying(
         self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
     ) -> AsyncRetrying:
         """The per-request retry loop: bounded by max_retries and never sleeping past `deadline`."""
@@ -308,9 +299,9 @@ class Session:
 
     async def get_generation(self, task_id: str) -> Generation:
         """Fetch one generation by task id, retrying transient faults (up to `max_retries`)."""
-        return await self.fetch(task_id, None)
+        return await self._fetch(task_id, None)
 
-    async def fetch(self, task_id: str, deadline: float | None) -> Generation:
+    async def _fetch(self, task_id: str, deadline: float | None) -> Generation:
         """Like get_generation, but no retry sleeps past `deadline` (a `clock` time)."""
         url = self.generation_url(task_id)
         # The first attempt inline, with nothing allocated for the retry path:
@@ -322,7 +313,7 @@ class Session:
             if not is_transient(exc):
                 raise
             first_failure = exc
-        return await self.with_retries(
+        return await self._with_retries(
             functools.partial(self._get, url, task_id, deadline),
             deadline=deadline,
             retry_on=is_transient,
@@ -330,10 +321,10 @@ class Session:
         )
 
     async def _get(self, url: yarl.URL, task_id: str, deadline: float | None) -> Generation:
-        resp = await self.exchange("GET", url, deadline=deadline)
+        resp = await self._exchange("GET", url, deadline=deadline)
         return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
 
-    async def with_retries(
+    async def _with_retries(
         self,
         call: Callable[[], Awaitable[T]],
         *,
@@ -341,12 +332,12 @@ class Session:
         retry_on: Callable[[BaseException], bool],
         first_failure: Exception | None = None,
     ) -> T:
-        """Run `call`, retrying the failures `retry_on` accepts, per `retrying()`.
+        """Run `call`, retrying the failures `retry_on` accepts, per `_retrying()`.
 
         `first_failure` is an attempt the caller already made and lost: it
         counts against the budget and is waited out like any other.
         """
-        async for attempt in self.retrying(deadline=deadline, retry_on=retry_on):
+        async for attempt in self._retrying(deadline=deadline, retry_on=retry_on):
             with attempt:
                 if first_failure is not None and attempt.retry_state.attempt_number == 1:
                     raise first_failure
@@ -375,7 +366,7 @@ class Session:
         """
         check_task_id(task_id)
         return watch_generation(
-            self.fetch,
+            self._fetch,
             task_id,
             policy=self._policy_for(timeout, policy),
             clock=self._clock,
@@ -418,7 +409,7 @@ class Session:
         Session's rate-limit gate.
         """
         return batch_as_completed(
-            self.fetch,
+            self._fetch,
             task_ids,
             concurrency=concurrency,
             policy=self._policy_for(timeout, policy),
@@ -501,11 +492,11 @@ class Session:
         url = self.generation_url()
 
         async def attempt() -> Generation:
-            resp = await self.exchange("POST", url, json_body=body)
+            resp = await self._exchange("POST", url, json_body=body)
             return decode_generation(resp.status, resp.headers, resp.body)
 
         try:
-            return await self.with_retries(attempt, deadline=None, retry_on=_never_sent)
+            return await self._with_retries(attempt, deadline=None, retry_on=_never_sent)
         except TransportError as exc:
             if not exc.request_sent:
                 raise  # it never left: certainly nothing was created

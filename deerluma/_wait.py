@@ -20,7 +20,6 @@ from ._policy import PollPolicy, PollTracker
 from .exceptions import (
     DeadlineExceeded,
     GenerationFailed,
-    RateLimitError,
     WaitTimeout,
     is_transient,
 )
@@ -82,11 +81,7 @@ async def watch_generation(
     def wait(state: RetryCallState) -> float:
         now = clock()
         exc = state.outcome.exception() if state.outcome is not None else None
-        if exc is None:
-            delay = tracker.next_delay(now)
-        else:
-            retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-            delay = tracker.error_delay(retry_after)
+        delay = tracker.next_delay(now) if exc is None else tracker.error_delay(exc)
         # Never sleep past the deadline; the next attempt then raises WaitTimeout.
         return delay if deadline is None else max(0.0, min(delay, deadline - now))
 
@@ -109,7 +104,9 @@ async def watch_generation(
             except DeadlineExceeded as exc:
                 raise WaitTimeout(task_id, last, policy.timeout or 0.0) from exc
         if generation is None:
-            tracker.errors += 1
+            failure = attempt.retry_state.outcome
+            if failure is not None and (exc := failure.exception()) is not None:
+                tracker.record_error(exc)  # tenacity's stop and retry decide what follows
             continue
         attempt.retry_state.set_result(generation)
         tracker.observe(clock(), generation)
