@@ -240,7 +240,7 @@ async def cmd_wait(app: App) -> int:
         rows = await app.track(s, ids, timeout=app.args.timeout)
         for row in rows:
             if app.args.download and row.error is None and row.generation is not None:
-                path = await app.save(s, row.generation, app.args.download)
+                path = await app.save(s, row.generation, _named(app.args.download, row.task_id))
                 app.console.print(f"saved {path}", highlight=False)
     for row in rows:
         if app.args.json:
@@ -250,6 +250,12 @@ async def cmd_wait(app: App) -> int:
     if not app.args.json:
         app.console.print(summary_table(rows))
     return exit_code_for(row.error for row in rows)
+
+
+def _named(folder: Path, task_id: str) -> Path:
+    """One file per task in a --download folder: URLs' own names may repeat."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{task_id}.mp4"
 
 
 def _plain(row: Row) -> str:
@@ -347,7 +353,8 @@ async def cmd_create(app: App) -> int:
             (row,) = await app.track(s, [g.id], timeout=a.timeout)
             g, error = row.generation or g, row.error
             if error is None and a.download:
-                app.console.print(f"saved {await app.save(s, g, a.download)}", highlight=False)
+                path = await app.save(s, g, _named(a.download, g.id))
+                app.console.print(f"saved {path}", highlight=False)
     if a.json:
         app.emit(generation_json(g.id, g, error))
     else:
@@ -386,7 +393,7 @@ async def cmd_demo(app: App) -> int:
             done = next((r.generation for r in rows if r.error is None), None)
             if done is not None:
                 folder = app.args.out or Path(tempfile.mkdtemp(prefix="deerluma-demo-"))
-                path = await app.save(s, done, folder)
+                path = await app.save(s, done, _named(folder, done.id))
                 app.console.print(f"downloaded one result to {path} ({path.stat().st_size} bytes)")
     app.console.print(summary_table(rows))
     failed = exit_code_for(r.error for r in rows)

@@ -50,14 +50,18 @@ async def test_wait_reports_results_and_exit_code_1_when_one_failed(
     live_fake: FakeDeerAPI, tmp_path: Path
 ) -> None:
     good = live_fake.add_generation(duration=0.5)
+    other = live_fake.add_generation(duration=0)
     bad = live_fake.add_generation(duration=0, failure_reason="nope")
-    code, out, err = await run(live_fake, "wait", good, bad, "--json", "--download", str(tmp_path))
+    code, out, err = await run(
+        live_fake, "wait", good, other, bad, "--json", "--download", str(tmp_path)
+    )
     records = {r["task_id"]: r for r in map(json.loads, out.splitlines())}
     assert code == 1
     assert records[good]["state"] == "completed"
     assert records[bad]["state"] == "failed"
     assert records[bad]["error"]["type"] == "GenerationFailed"
-    assert (tmp_path / "video.mp4").read_bytes() == live_fake.video_content(good)
+    assert (tmp_path / f"{good}.mp4").read_bytes() == live_fake.video_content(good)
+    assert (tmp_path / f"{other}.mp4").read_bytes() == live_fake.video_content(other)
     assert "\x1b[" not in err  # not a terminal: no animation codes
 
 
@@ -111,7 +115,7 @@ async def test_create_with_wait_and_download(live_fake: FakeDeerAPI, tmp_path: P
     assert code == 0
     assert record["state"] == "completed"
     assert live_fake.created == [{"prompt": "a fox", "aspect_ratio": "16:9"}]
-    assert (tmp_path / "video.mp4").exists()
+    assert (tmp_path / f"{record['task_id']}.mp4").exists()
     assert "created" in err
 
 
@@ -152,7 +156,7 @@ async def test_demo_runs_with_no_key_and_exits_0(tmp_path: Path) -> None:
     code, _, err = await run(None, "demo", "--speed", "25", "--out", str(tmp_path))
     assert code == 0
     assert "summary" in err
-    assert (tmp_path / "video.mp4").exists()
+    assert len(list(tmp_path.glob("*.mp4"))) == 1
 
 
 async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> None:
@@ -174,3 +178,29 @@ async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> No
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert json.loads(out)["task_id"] == task_id
+
+
+async def test_ctrl_c_stops_cleanly_with_exit_130(live_fake: FakeDeerAPI) -> None:
+    import signal
+
+    task_id = live_fake.add_generation(duration=1000)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "deerluma",
+        "--api-key",
+        live_fake.api_key,
+        "--base-url",
+        live_fake.url,
+        "wait",
+        task_id,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    while not live_fake.polls[task_id]:  # it is waiting now
+        await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    assert proc.returncode == 130
+    assert b"interrupted" in err
+    assert b"Traceback" not in err
