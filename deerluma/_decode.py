@@ -262,15 +262,10 @@ def decode_error(
     if status == 429:
         retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
         return RateLimitError(
-            status,
-            message,
-            retry_after=retry_after,
-            code=code,
-            body_excerpt=preview,
-            task_id=task_id,
+            status, code, message, preview, retry_after=retry_after, task_id=task_id
         )
     cls = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
-    return cls(status, message, code=code, body_excerpt=preview, task_id=task_id)
+    return cls(status, code, message, preview, task_id=task_id)
 
 
 _ERROR_CLASSES: dict[int, type[APIError]] = {

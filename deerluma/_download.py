@@ -138,7 +138,7 @@ async def stream_to(
             if resp.status in (400, 401, 403):
                 raise LinkRejected(f"storage at {host} refused the link (HTTP {resp.status})")
             if resp.status >= 500:
-                raise ServerError(resp.status, f"storage at {host} failed")
+                raise ServerError(resp.status, message=f"storage at {host} failed")
             if resp.status not in (200, 206):
                 raise DownloadError(f"storage at {host} answered HTTP {resp.status}")
             append = resp.status == 206 and _range_start(resp) == transfer.done

@@ -37,15 +37,19 @@ class DeerLumaError(Exception):
 
 
 class APIError(DeerLumaError):
-    """The API answered with an error status."""
+    """The API answered with an error status.
+
+    `status` is the HTTP status, `code` the gateway's error code if it sent
+    one, `message` its explanation, `body_excerpt` a short preview of the body.
+    """
 
     def __init__(
         self,
         status: int,
-        message: str,
-        *,
         code: str | None = None,
+        message: str = "",
         body_excerpt: str = "",
+        *,
         task_id: str | None = None,
     ) -> None:
         self.status = status
@@ -80,16 +84,16 @@ class RateLimitError(APIError):
 
     def __init__(
         self,
-        status: int,
-        message: str,
+        status: int = 429,
+        code: str | None = None,
+        message: str = "",
+        body_excerpt: str = "",
         *,
         retry_after: float | None = None,
-        code: str | None = None,
-        body_excerpt: str = "",
         task_id: str | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(status, message, code=code, body_excerpt=body_excerpt, task_id=task_id)
+        super().__init__(status, code, message, body_excerpt, task_id=task_id)
 
     def _advice(self) -> str:
         after = f" after {self.retry_after:g}s" if self.retry_after is not None else " later"
@@ -168,14 +172,14 @@ class GenerationFailed(DeerLumaError):
 class WaitTimeout(DeerLumaError, TimeoutError):
     """The deadline passed before the generation finished; `last` is the last state seen."""
 
-    def __init__(self, task_id: str, last: Generation | None, timeout: float) -> None:
+    def __init__(self, task_id: str, last: Generation | None, timeout: float | None = None) -> None:
         self.task_id = task_id
         self.last = last
         self.timeout = timeout
         seen = f"last state {last.state.value}" if last is not None else "never fetched"
+        after = f" after {timeout:g}s" if timeout is not None else ""
         super().__init__(
-            f"generation {task_id!r} not finished after {timeout:g}s ({seen}); "
-            "wait again with a longer timeout"
+            f"generation {task_id!r} not finished{after} ({seen}); wait again with a longer timeout"
         )
 
 

@@ -106,19 +106,19 @@ def test_sleeps_are_capped_and_jitter_only_shortens_them() -> None:
 def test_error_delay_grows_and_honours_retry_after() -> None:
     policy = PollPolicy(jitter=0, max_consecutive_errors=3)
     tracker = PollTracker(policy, 0.0, random.Random(0))
-    busy = ServerError(502, "bad gateway")
+    busy = ServerError(502, message="bad gateway")
     assert not tracker.record_error(busy)
     first = tracker.error_delay(busy)
     assert not tracker.record_error(busy)
     assert not tracker.record_error(busy)
     assert tracker.error_delay(busy) == 4 * first
-    assert tracker.error_delay(RateLimitError(429, "slow", retry_after=30.0)) == 30.0
+    assert tracker.error_delay(RateLimitError(429, message="slow", retry_after=30.0)) == 30.0
     assert tracker.record_error(busy)  # the fourth in a row: give up
 
 
 def test_a_client_error_gives_up_at_once() -> None:
     tracker = PollTracker(PollPolicy(), 0.0, random.Random(0))
-    assert tracker.record_error(NotFoundError(404, "no such task"))
+    assert tracker.record_error(NotFoundError(404, message="no such task"))
 
 
 def test_policy_accepts_timedelta_and_rejects_nonsense() -> None:
