@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -159,44 +160,33 @@ async def test_demo_runs_with_no_key_and_exits_0(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.mp4"))) == 1
 
 
-async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> None:
-    task_id = live_fake.add_generation(duration=0)
-    proc = await asyncio.create_subprocess_exec(
+async def spawn(fake: FakeDeerAPI, *argv: str) -> asyncio.subprocess.Process:
+    """`python -m deerluma` in a child process, pointed at the fake."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "deerluma",
         "--api-key",
-        live_fake.api_key,
+        fake.api_key,
         "--base-url",
-        live_fake.url,
-        "get",
-        task_id,
-        "--json",
+        fake.url,
+        *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    proc = await spawn(live_fake, "get", task_id, "--json")
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert json.loads(out)["task_id"] == task_id
 
 
 async def test_ctrl_c_stops_cleanly_with_exit_130(live_fake: FakeDeerAPI) -> None:
-    import signal
-
     task_id = live_fake.add_generation(duration=1000)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "deerluma",
-        "--api-key",
-        live_fake.api_key,
-        "--base-url",
-        live_fake.url,
-        "wait",
-        task_id,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn(live_fake, "wait", task_id)
     while not live_fake.polls[task_id]:  # it is waiting now
         await asyncio.sleep(0.02)
     proc.send_signal(signal.SIGINT)
