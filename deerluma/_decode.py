@@ -42,6 +42,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _ZERO_DATE_YEAR = 1
 _EXCERPT_CHARS = 200
+_MARKUP = re.compile(rb"\s*<")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -195,7 +196,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 def _looks_like_html(headers: Mapping[str, str], body: bytes) -> bool:
     content_type = (_header(headers, "Content-Type") or "").lower()
-    return "html" in content_type or body.lstrip()[:1] == b"<"
+    return "html" in content_type or _MARKUP.match(body) is not None
 
 
 def _html_title(body: bytes) -> str:

@@ -224,6 +224,7 @@ class Session:
         *,
         json_body: Mapping[str, object] | None = None,
         deadline: float | None = None,
+        task_id: str | None = None,
     ) -> RawResponse:
         """One HTTP exchange with the API: gate, auth, timeout, body cap; no retries."""
         request_headers = self._auth_headers()
@@ -243,18 +244,24 @@ class Session:
                 allow_redirects=False,
                 timeout=client_timeout,
             ) as resp:
-                body = await _read_capped(resp)
+                body = await _read_capped(resp, task_id)
                 headers = resp.headers
                 status = resp.status
         except TimeoutError as exc:
-            raise TransportError(f"no answer from {url.host} within {timeout:.3g}s") from exc
+            raise TransportError(
+                f"no answer from {url.host} within {timeout:.3g}s{_about(task_id)}",
+                task_id=task_id,
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise TransportError(
-                f"could not connect to {url.host}: {exc.os_error or exc}", request_sent=False
+                f"could not connect to {url.host}{_about(task_id)}: {exc.os_error or exc}",
+                task_id=task_id,
+                request_sent=False,
             ) from exc
         except aiohttp.ClientError as exc:
             raise TransportError(
-                f"connection to {url.host} failed: {type(exc).__name__}: {exc}"
+                f"connection to {url.host} failed{_about(task_id)}: {type(exc).__name__}: {exc}",
+                task_id=task_id,
             ) from exc
         log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
         if status == 429:
@@ -321,7 +328,7 @@ class Session:
         )
 
     async def _get(self, url: yarl.URL, task_id: str, deadline: float | None) -> Generation:
-        resp = await self._exchange("GET", url, deadline=deadline)
+        resp = await self._exchange("GET", url, deadline=deadline, task_id=task_id)
         return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
 
     async def _with_retries(
@@ -505,11 +512,16 @@ class Session:
             raise CreateOutcomeUnknown(f"a create request failed after sending: {exc}") from exc
 
 
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+def _about(task_id: str | None) -> str:
+    return f" (task {task_id!r})" if task_id else ""
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, task_id: str | None) -> bytes:
     if resp.content_length is not None:
         if resp.content_length > MAX_BODY_BYTES:
             raise DecodeError(
-                f"the server announced a {resp.content_length}-byte body; refusing to read it"
+                f"the server announced a {resp.content_length}-byte body; refusing to read it",
+                task_id=task_id,
             )
         return await resp.read()
     chunks: list[bytes] = []
@@ -517,6 +529,8 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     async for chunk in resp.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise DecodeError(f"the body is larger than {MAX_BODY_BYTES} bytes; refusing it")
+            raise DecodeError(
+                f"the body is larger than {MAX_BODY_BYTES} bytes; refusing it", task_id=task_id
+            )
         chunks.append(chunk)
     return b"".join(chunks)

@@ -156,6 +156,8 @@ class DecodeError(DeerLumaError):
         self.body_excerpt = body_excerpt
         self.task_id = task_id
         self.transient = transient
+        if task_id and repr(task_id) not in message:
+            message = f"{message} (task {task_id!r})"
         super().__init__(message)
 
 

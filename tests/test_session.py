@@ -92,7 +92,8 @@ async def test_retry_budget_exhausted_raises_the_last_error(
         await session.get_generation(task_id)
     # max_retries=3: four attempts (aiohttp itself resends once on a reset keep-alive socket)
     assert 4 <= len(fake.requests) <= 8
-    assert info.value.task_id in (task_id, None)
+    assert info.value.task_id == task_id
+    assert task_id in str(info.value)
 
 
 async def test_rate_limit_retry_honours_retry_after(
