@@ -40,10 +40,6 @@ ASSET_CHOICES = ("video", "video_raw", "thumbnail", "last_frame")
 log = logging.getLogger("deerluma")
 
 
-class UsageError(Exception):
-    """The command line is wrong (exit code 2)."""
-
-
 def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
     """The worst outcome decides: an error beats a timeout, which beats a failed generation."""
     code = EXIT_OK
@@ -111,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--duration")
     create.add_argument("--start-image", metavar="URL")
     create.add_argument("--end-image", metavar="URL")
+    create.add_argument("--callback-url", metavar="URL", help="the API calls it when done")
     create.add_argument("--wait", action="store_true", help="wait until it is finished")
     create.add_argument("--timeout", type=float, default=900.0)
     create.add_argument(
@@ -346,6 +343,7 @@ async def cmd_create(app: App) -> int:
             duration=a.duration,
             start_image=a.start_image,
             end_image=a.end_image,
+            callback_url=a.callback_url,
         )
         app.console.print(f"created {g.id}", highlight=False)
         error: DeerLumaError | None = None
@@ -461,7 +459,7 @@ def main(
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileExistsError, UsageError) as exc:
+    except (ValueError, FileExistsError) as exc:  # bad arguments, or a file in the way
         _report(app, exc)
         return EXIT_USAGE
     except DeerLumaError as exc:
