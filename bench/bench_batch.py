@@ -94,7 +94,7 @@ async def _best_of(rounds: int, url: str, ids: list[str], concurrency: int) -> t
     return bare, ours
 
 
-async def throughput(count: int, concurrency: int, rounds: int = 3) -> None:
+async def throughput(count: int, concurrency: int, rounds: int = 5) -> None:
     print(f"\n(b) {count} completed ids, concurrency {concurrency}, best of {rounds}")
     async with FakeDeerAPI() as fake:
         fake.record_requests = False
