@@ -37,7 +37,8 @@ What it does:
   answers 429 with Retry-After beyond a request rate.
 - It records what it saw: ``requests`` (method, path, whether a key was sent,
   status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
-  time of the first answer showing it terminal) and ``max_in_flight``.
+  time of the first answer showing it terminal) and ``max_in_flight``; set
+  ``record_requests = False`` for long benchmark runs.
 """
 
 from __future__ import annotations
@@ -57,7 +58,14 @@ from typing import Self
 import attrs
 from aiohttp import web
 
-__all__ = ["FakeClock", "FakeDeerAPI", "Fault", "ScaledClock", "SeenRequest"]
+__all__ = [
+    "DEFAULT_FAULT_MIX",
+    "FakeClock",
+    "FakeDeerAPI",
+    "Fault",
+    "ScaledClock",
+    "SeenRequest",
+]
 
 _API = "/dream-machine/v1/generations"
 _FAULT = web.RequestKey("fault", str)
