@@ -192,3 +192,8 @@ async def test_due_repolls_go_before_first_polls_when_requests_are_scarce() -> N
     first_repoll = next(i for i, t in enumerate(order) if order[:i].count(t))
     assert first_repoll < len(ids)  # a re-poll came before every id had its first look
     assert len(order) == 16  # and nothing was polled more than needed
+
+
+async def test_an_empty_batch_returns_at_once(session: deerluma.Session) -> None:
+    assert await session.wait_many([]) == {}
+    assert [r async for r in session.as_completed([])] == []

@@ -68,6 +68,9 @@ async def test_soak_500_tasks_with_15_percent_faults_loses_and_leaks_nothing(
     assert key not in _everything_logged(caplog)
     assert key not in session_repr
     assert all(key not in str(o) and key not in repr(o) for o in results.values())
+    for outcome in results.values():
+        if isinstance(outcome, BaseException):  # the whole chain, causes included
+            assert key not in "".join(traceback.format_exception(outcome))
     assert all(key not in r.path for r in fake.requests)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import traceback
 
 import aiohttp
 import pytest
@@ -248,12 +249,15 @@ async def test_connection_refused_is_a_transport_error_marked_unsent(clock: Fake
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    secret = "sk-never-shown-0123"
     async with deerluma.Session(
-        api_key="k", base_url=f"http://127.0.0.1:{port}", sleep=clock.sleep
+        api_key=secret, base_url=f"http://127.0.0.1:{port}", sleep=clock.sleep
     ) as s:
         with pytest.raises(TransportError, match="could not connect") as info:
             await s.get_generation("abc")
     assert info.value.request_sent is False
+    assert info.value.task_id == "abc"
+    assert secret not in "".join(traceback.format_exception(info.value))  # causes included
     assert len(clock.sleeps) == 3  # retried max_retries times
 
 
