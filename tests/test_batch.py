@@ -197,3 +197,36 @@ async def test_due_repolls_go_before_first_polls_when_requests_are_scarce() -> N
 async def test_an_empty_batch_returns_at_once(session: deerluma.Session) -> None:
     assert await session.wait_many([]) == {}
     assert [r async for r in session.as_completed([])] == []
+
+
+async def test_ten_thousand_waiting_ids_cost_no_task_each() -> None:
+    import random
+
+    from deerluma import Generation, GenerationState
+    from deerluma._batch import batch_as_completed
+
+    clock = FakeClock()
+    seen: set[str] = set()
+    most_tasks = 0
+
+    async def fetch(task_id: str, deadline: float | None) -> Generation:
+        nonlocal most_tasks
+        most_tasks = max(most_tasks, len(asyncio.all_tasks()))
+        done = task_id in seen
+        seen.add(task_id)
+        state = GenerationState.COMPLETED if done else GenerationState.PENDING
+        return Generation(id=task_id, state=state, estimate_wait_seconds=5)
+
+    ids = [f"t{i}" for i in range(10_000)]
+    results = batch_as_completed(
+        fetch,
+        [*ids, *ids[:100]],  # duplicates are polled once
+        concurrency=16,
+        policy=PollPolicy(),
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(0),
+    )
+    finished = [r.task_id async for r in results]
+    assert sorted(finished) == sorted(ids)
+    assert most_tasks <= 16 + 3  # the workers, the test, and a timer: not one per id
