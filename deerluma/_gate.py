@@ -42,6 +42,14 @@ class RateGate:
         """Clock time until which no request is sent."""
         return self._paused_until
 
+    def try_pass(self) -> bool:
+        """Take a turn if one is free right now (no pause, no queue); the common case."""
+        now = self._clock()
+        if now < self._paused_until or now < self._next_slot:
+            return False
+        self._next_slot = now + self._spacing
+        return True
+
     async def acquire(self, deadline: float | None = None) -> None:
         """Wait for this request's turn; raise DeadlineExceeded rather than wait past `deadline`."""
         while True:

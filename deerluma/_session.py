@@ -228,13 +228,13 @@ class Session:
     ) -> RawResponse:
         """One HTTP exchange with the API: gate, auth, timeout, body cap; no retries."""
         request_headers = self._auth_headers()
-        await self._gate.acquire(deadline)
+        if not self._gate.try_pass():
+            await self._gate.acquire(deadline)
         timeout = self._timeout
         client_timeout = self._client_timeout
         if deadline is not None and deadline - self._clock() < timeout:
             timeout = max(deadline - self._clock(), 0.0)
             client_timeout = aiohttp.ClientTimeout(total=timeout)
-        log.debug("%s %s", method, url)
         try:
             async with self._http().request(
                 method,
