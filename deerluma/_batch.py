@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import logging
 import random
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -19,7 +18,7 @@ import attrs
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy, PollTracker
 from ._validate import check_task_id
-from ._wait import Fetch
+from ._wait import Fetch, warn_unknown_state
 from .exceptions import (
     DeadlineExceeded,
     DeerLumaError,
@@ -28,8 +27,6 @@ from .exceptions import (
 )
 
 __all__ = ["BatchResult", "batch_as_completed"]
-
-log = logging.getLogger("deerluma")
 
 
 @attrs.frozen
@@ -95,6 +92,7 @@ class _Scheduler:
         self.unseen: deque[str] = deque()  # ids not yet looked at
         self.first_poll = self.started + policy.initial_delay
         self.repolls_in_a_row = 0
+        self.warned_unknown = False  # once per batch, not once per id
         self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
 
     def schedule(self, waiter: _Waiter, at: float) -> None:
@@ -190,6 +188,9 @@ class _Scheduler:
             return BatchResult(task_id, generation=generation)
         if generation.state is GenerationState.FAILED:
             return BatchResult(task_id, error=GenerationFailed(generation))
+        if generation.state is GenerationState.UNKNOWN and not self.warned_unknown:
+            self.warned_unknown = True
+            warn_unknown_state(generation)
         waiter = waiter or self._waiter(task_id)
         now = self.clock()
         waiter.tracker.observe(now, generation)

@@ -305,7 +305,8 @@ async def cmd_wait_many(app: App) -> int:
                     todo, concurrency=app.args.concurrency, timeout=app.args.timeout
                 )
                 async for r in results:
-                    record = generation_json(r.task_id, r.generation or _failed(r.error), r.error)
+                    seen = r.generation or _last_seen(r.error)
+                    record = generation_json(r.task_id, seen, r.error)
                     print(result_line(record), file=out, flush=True)
                     errors.append(r.error)
                     progress.advance(bar)
@@ -315,8 +316,11 @@ async def cmd_wait_many(app: App) -> int:
     return exit_code_for(errors)
 
 
-def _failed(error: DeerLumaError | None) -> Generation | None:
-    return error.generation if isinstance(error, GenerationFailed) else None
+def _last_seen(error: DeerLumaError | None) -> Generation | None:
+    """The generation an error carries: the failed one, or the last state before a timeout."""
+    if isinstance(error, GenerationFailed):
+        return error.generation
+    return error.last if isinstance(error, WaitTimeout) else None
 
 
 async def cmd_download(app: App) -> int:

@@ -24,7 +24,15 @@ from .exceptions import (
     is_transient,
 )
 
-__all__ = ["Fetch", "OnUpdate", "changed", "notify", "wait_for", "watch_generation"]
+__all__ = [
+    "Fetch",
+    "OnUpdate",
+    "changed",
+    "notify",
+    "wait_for",
+    "warn_unknown_state",
+    "watch_generation",
+]
 
 log = logging.getLogger("deerluma")
 
@@ -48,6 +56,15 @@ async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
         result = on_update(generation)
         if inspect.isawaitable(result):
             await result
+
+
+def warn_unknown_state(generation: Generation) -> None:
+    """Say once that a state is new to us; waiting goes on (it may mean anything)."""
+    log.warning(
+        "generation %r is in a state deerluma does not know (%r); still waiting",
+        generation.id,
+        generation.raw.get("state"),
+    )
 
 
 class _TooManyErrors(stop_base):
@@ -112,11 +129,7 @@ async def watch_generation(
         tracker.observe(clock(), generation)
         if generation.state is GenerationState.UNKNOWN and not warned_unknown:
             warned_unknown = True
-            log.warning(
-                "generation %r is in a state deerluma does not know (%r); still waiting",
-                task_id,
-                generation.raw.get("state"),
-            )
+            warn_unknown_state(generation)
         previous, last = last, generation
         if changed(previous, generation):
             yield generation

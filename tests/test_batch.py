@@ -230,3 +230,19 @@ async def test_ten_thousand_waiting_ids_cost_no_task_each() -> None:
     finished = [r.task_id async for r in results]
     assert sorted(finished) == sorted(ids)
     assert most_tasks <= 16 + 3  # the workers, the test, and a timer: not one per id
+
+
+async def test_unknown_states_keep_the_batch_waiting_and_warn_once(
+    fake: FakeDeerAPI, session: deerluma.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="deerluma")
+    for name in ("odd-1", "odd-2"):
+        fake.serve_raw(name, json.dumps({"id": name, "state": "upscaling"}).encode())
+    results = await session.wait_many(["odd-1", "odd-2"], timeout=30)
+    assert all(isinstance(r, WaitTimeout) for r in results.values())
+    assert all(r.last is not None for r in results.values())  # type: ignore[union-attr]
+    warnings = [r for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warnings) == 1

@@ -194,3 +194,16 @@ async def test_ctrl_c_stops_cleanly_with_exit_130(live_fake: FakeDeerAPI) -> Non
     assert proc.returncode == 130
     assert b"interrupted" in err
     assert b"Traceback" not in err
+
+
+async def test_wait_many_records_the_last_state_of_a_timeout(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    task_id = live_fake.add_generation(duration=1000, pending_for=0)
+    ids = tmp_path / "ids.txt"
+    ids.write_text(task_id + "\n", encoding="utf-8")
+    code, out, _ = await run(live_fake, "wait-many", "--from", str(ids), "--timeout", "0.3")
+    record = json.loads(out)
+    assert code == 3
+    assert record["error"]["type"] == "WaitTimeout"
+    assert record["state"] == "processing"  # not terminal: a re-run with --out retries it
