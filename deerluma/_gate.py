@@ -37,11 +37,6 @@ class RateGate:
         self._strikes = 0
         self.rate_limited = 0
 
-    @property
-    def paused_until(self) -> float:
-        """Clock time until which no request is sent."""
-        return self._paused_until
-
     def try_pass(self) -> bool:
         """Take a turn if one is free right now (no pause, no queue); the common case."""
         now = self._clock()
