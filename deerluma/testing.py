@@ -34,6 +34,7 @@ What it does:
   any request carrying an Authorization header and supports ``Range``.
 - Faults on demand: ``inject(...)`` queues faults for the next requests;
   ``fault_rate`` faults a random share of requests (seeded); ``max_rps``
+  (with ``burst`` requests at once, by default one second's worth)
   answers 429 with Retry-After beyond a request rate.
 - It records what it saw: ``requests`` (method, path, whether a key was sent,
   status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
@@ -249,6 +250,7 @@ class FakeDeerAPI:
         api_key: str = "fake-key-0123456789",
         clock: Callable[[], float] | None = None,
         max_rps: float | None = None,
+        burst: float | None = None,
         fault_rate: float = 0.0,
         fault_mix: Iterable[Fault] = DEFAULT_FAULT_MIX,
         seed: int = 0,
@@ -260,6 +262,7 @@ class FakeDeerAPI:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
         self.max_rps = max_rps
+        self.burst = burst if burst is not None else (max_rps or 0.0)
         self.fault_rate = fault_rate
         self.fault_mix = tuple(fault_mix)
         self.link_ttl = link_ttl
@@ -278,7 +281,7 @@ class FakeDeerAPI:
         self._raw: dict[str, bytes] = {}
         self._faults: deque[Fault] = deque()
         self._storage_faults: deque[Fault] = deque()
-        self._bucket = float(max_rps or 0)
+        self._bucket = float(self.burst)
         self._bucket_time = self.clock()
         self._links: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
@@ -465,7 +468,7 @@ class FakeDeerAPI:
     def _take_token(self) -> bool:
         assert self.max_rps
         now = self.clock()
-        self._bucket = min(self.max_rps, self._bucket + (now - self._bucket_time) * self.max_rps)
+        self._bucket = min(self.burst, self._bucket + (now - self._bucket_time) * self.max_rps)
         self._bucket_time = now
         if self._bucket >= 1.0:
             self._bucket -= 1.0

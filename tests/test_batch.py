@@ -121,9 +121,11 @@ async def test_max_rps_spaces_requests_and_avoids_429s() -> None:
 
 
 async def test_without_max_rps_a_burst_meets_the_servers_limit_and_recovers() -> None:
-    async with FakeDeerAPI(max_rps=300) as fake:
-        ids = [fake.add_generation(duration=0) for _ in range(400)]
-        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url) as s:
+    # Five at once, then 300/s: 100 ids at concurrency 32 must meet the limit.
+    async with FakeDeerAPI(max_rps=300, burst=5) as fake:
+        ids = [fake.add_generation(duration=0) for _ in range(100)]
+        policy = PollPolicy(min_interval=0.05)
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, policy=policy) as s:
             results = await s.wait_many(ids, concurrency=32)
             assert s.rate_limited_count > 0
     assert all(isinstance(g, deerluma.Generation) for g in results.values())
