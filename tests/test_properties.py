@@ -97,3 +97,31 @@ def test_any_task_id_is_safely_quoted_or_refused(task_id: str) -> None:
     assert reparsed.parts == ("/", "proxy", "dream-machine", "v1", "generations", task_id)
     assert not reparsed.query_string
     assert not reparsed.fragment
+
+
+async def _request_each(ids: list[str]) -> None:
+    from deerluma.testing import FakeDeerAPI
+
+    async with (
+        FakeDeerAPI() as fake,
+        deerluma.Session(api_key=fake.api_key, base_url=fake.url, max_retries=0) as s,
+    ):
+        for task_id in ids:
+            fake.requests.clear()
+            try:
+                await s.get_generation(task_id)
+            except ValueError:
+                assert fake.requests == []  # refused before sending
+                continue
+            except deerluma.NotFoundError:
+                pass
+            (seen,) = fake.requests
+            assert seen.path == f"/dream-machine/v1/generations/{task_id}"
+
+
+@settings(max_examples=15, deadline=None)
+@given(ids=st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=20))
+def test_over_a_real_socket_a_task_id_reaches_exactly_its_own_path(ids: list[str]) -> None:
+    import asyncio
+
+    asyncio.run(_request_each(ids))
