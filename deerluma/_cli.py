@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
     download = commands.add_parser("download", help="save a finished generation's file")
     download.add_argument("task_id")
-    download.add_argument("dest", type=Path)
+    # A str, not a Path: Path drops the trailing "/" that says "a folder".
+    download.add_argument("dest", help="a file, or a folder (existing, or ending in /)")
     download.add_argument("--asset", choices=ASSET_CHOICES, default="video")
     download.add_argument("--overwrite", action="store_true")
 
@@ -188,7 +189,7 @@ class App:
         self,
         session: Session,
         generation: Generation,
-        dest: Path,
+        dest: str | Path,
         *,
         asset: Asset = "video",
         overwrite: bool = False,

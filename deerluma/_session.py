@@ -454,7 +454,8 @@ class Session:
         """Save an asset of a completed generation (or task id) to `dest`; return the path.
 
         `asset` is "video" (the presigned download_url when there is one),
-        "video_raw", "thumbnail" or "last_frame". `dest` may be a folder. The
+        "video_raw", "thumbnail" or "last_frame". `dest` may be a folder (an
+        existing one, or a string ending in "/"), named from the URL. The
         file streams to a temporary name beside `dest` and is renamed only when
         complete, so `dest` never holds a partial file; an expired link is
         refreshed once; the API key is never sent to the storage host.

@@ -91,6 +91,16 @@ async def test_wait_many_writes_jsonl_and_resumes(live_fake: FakeDeerAPI, tmp_pa
     assert "skipping 3" in err
 
 
+async def test_download_into_a_new_folder_named_with_a_trailing_slash(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    code, out, _ = await run(live_fake, "download", task_id, f"{tmp_path}/new/")
+    assert code == 0
+    assert Path(out.strip()) == tmp_path / "new" / "video.mp4"
+    assert (tmp_path / "new" / "video.mp4").read_bytes() == live_fake.video_content(task_id)
+
+
 async def test_download_command_saves_the_asset(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
     task_id = live_fake.add_generation(duration=0)
     dest = tmp_path / "thumb.jpg"
