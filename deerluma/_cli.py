@@ -464,7 +464,10 @@ def main(
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileExistsError) as exc:  # bad arguments, or a file in the way
+    except FileExistsError as exc:
+        _report(app, exc, "the --overwrite flag replaces it")
+        return EXIT_USAGE
+    except ValueError as exc:  # bad arguments, found before anything was sent
         _report(app, exc)
         return EXIT_USAGE
     except DeerLumaError as exc:
@@ -475,10 +478,10 @@ def main(
         return EXIT_ERROR
 
 
-def _report(app: App, exc: BaseException) -> None:
+def _report(app: App, exc: BaseException, hint: str = "") -> None:
     if app.args.verbose:
         app.console.print_exception()
-    print(f"deerluma: error: {exc}", file=app.console.file)
+    print(f"deerluma: error: {exc}" + (f" ({hint})" if hint else ""), file=app.console.file)
 
 
 def run() -> None:

@@ -108,6 +108,9 @@ async def test_download_command_saves_the_asset(live_fake: FakeDeerAPI, tmp_path
     assert code == 0
     assert out.strip() == str(dest)
     assert dest.read_bytes() == live_fake.video_content(task_id, "thumbnail")
+    code, _, err = await run(live_fake, "download", task_id, str(dest), "--asset", "thumbnail")
+    assert code == 2
+    assert "--overwrite" in err
 
 
 async def test_create_with_wait_and_download(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
