@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import random
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 import attrs
 
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy, PollTracker
 from ._validate import check_task_id
-from ._wait import Fetch, warn_unknown_state
+from ._wait import Poller, warn_unknown_state
 from .exceptions import (
     DeadlineExceeded,
     DeerLumaError,
@@ -70,20 +69,13 @@ class _Scheduler:
     falls due, so an injected fake clock advances once, not once per worker.
     """
 
-    def __init__(
-        self,
-        fetch: Fetch,
-        policy: PollPolicy,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-        rng: random.Random,
-    ) -> None:
-        self.fetch = fetch
-        self.rng = rng
+    def __init__(self, poller: Poller, policy: PollPolicy) -> None:
+        self.fetch = poller.fetch
+        self.rng = poller.rng
         self.policy = policy
-        self.clock = clock
-        self.sleep = sleep
-        self.started = clock()
+        self.clock = poller.clock
+        self.sleep = poller.sleep
+        self.started = poller.clock()
         self.deadline = None if policy.timeout is None else self.started + policy.timeout
         self.heap: list[tuple[float, int, _Waiter]] = []
         self.order = itertools.count()
@@ -207,19 +199,12 @@ class _Scheduler:
 
 
 async def batch_as_completed(
-    fetch: Fetch,
-    task_ids: Iterable[str],
-    *,
-    concurrency: int,
-    policy: PollPolicy,
-    clock: Callable[[], float],
-    sleep: Callable[[float], Awaitable[None]],
-    rng: random.Random,
+    poller: Poller, task_ids: Iterable[str], *, concurrency: int, policy: PollPolicy
 ) -> AsyncGenerator[BatchResult, None]:
     """Yield one BatchResult per distinct task id, in the order they finish."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    scheduler = _Scheduler(fetch, policy, clock, sleep, rng)
+    scheduler = _Scheduler(poller, policy)
     invalid: list[BatchResult] = []
     expected = 0
     for task_id in dict.fromkeys(task_ids):

@@ -36,7 +36,7 @@ from ._gate import RateGate
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
 from ._validate import check_base_url, check_task_id
-from ._wait import OnUpdate, notify, wait_for, watch_generation
+from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
 from .exceptions import (
     ConfigurationError,
     CreateOutcomeUnknown,
@@ -351,6 +351,9 @@ class Session:
                 return await call()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
+    def _poller(self) -> Poller:
+        return Poller(self._fetch, self._clock, self._sleep, self._rng)
+
     def _policy_for(
         self, timeout: Seconds | _Default | None, policy: PollPolicy | None
     ) -> PollPolicy:
@@ -372,14 +375,7 @@ class Session:
         ``contextlib.aclosing`` if you may stop iterating early.
         """
         check_task_id(task_id)
-        return watch_generation(
-            self._fetch,
-            task_id,
-            policy=self._policy_for(timeout, policy),
-            clock=self._clock,
-            sleep=self._sleep,
-            rng=self._rng,
-        )
+        return watch_generation(self._poller(), task_id, self._policy_for(timeout, policy))
 
     async def wait_until_completed(
         self,
@@ -416,13 +412,10 @@ class Session:
         Session's rate-limit gate.
         """
         return batch_as_completed(
-            self._fetch,
+            self._poller(),
             task_ids,
             concurrency=concurrency,
             policy=self._policy_for(timeout, policy),
-            clock=self._clock,
-            sleep=self._sleep,
-            rng=self._rng,
         )
 
     async def wait_many(

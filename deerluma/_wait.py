@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
+import attrs
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,6 +28,7 @@ from .exceptions import (
 __all__ = [
     "Fetch",
     "OnUpdate",
+    "Poller",
     "changed",
     "notify",
     "wait_for",
@@ -39,6 +41,16 @@ log = logging.getLogger("deerluma")
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
 OnUpdate = Callable[[Generation], object]
+
+
+@attrs.frozen
+class Poller:
+    """What polling needs from a Session: how to fetch, and the time it keeps."""
+
+    fetch: Fetch
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+    rng: random.Random
 
 
 def changed(before: Generation | None, after: Generation) -> bool:
@@ -76,21 +88,16 @@ class _TooManyErrors(stop_base):
 
 
 async def watch_generation(
-    fetch: Fetch,
-    task_id: str,
-    *,
-    policy: PollPolicy,
-    clock: Callable[[], float],
-    sleep: Callable[[float], Awaitable[None]],
-    rng: random.Random,
+    poller: Poller, task_id: str, policy: PollPolicy
 ) -> AsyncGenerator[Generation, None]:
     """Yield the generation each time it changes, ending with its terminal state.
 
     Polls are paced by `policy`; transient faults are retried within their own
     budget; no sleep ends past the deadline, which raises WaitTimeout.
     """
+    fetch, clock, sleep = poller.fetch, poller.clock, poller.sleep
     started = clock()
-    tracker = PollTracker(policy, started, rng)
+    tracker = PollTracker(policy, started, poller.rng)
     deadline = None if policy.timeout is None else started + policy.timeout
     last: Generation | None = None
     warned_unknown = False

@@ -168,6 +168,7 @@ async def test_due_repolls_go_before_first_polls_when_requests_are_scarce() -> N
 
     from deerluma import Generation, GenerationState
     from deerluma._batch import batch_as_completed
+    from deerluma._wait import Poller
 
     clock = FakeClock()
     order: list[str] = []
@@ -180,15 +181,8 @@ async def test_due_repolls_go_before_first_polls_when_requests_are_scarce() -> N
         return Generation(id=task_id, state=state, estimate_wait_seconds=0)
 
     ids = [f"t{i}" for i in range(8)]
-    results = batch_as_completed(
-        fetch,
-        ids,
-        concurrency=1,
-        policy=PollPolicy(jitter=0),
-        clock=clock,
-        sleep=clock.sleep,
-        rng=random.Random(0),
-    )
+    poller = Poller(fetch, clock, clock.sleep, random.Random(0))
+    results = batch_as_completed(poller, ids, concurrency=1, policy=PollPolicy(jitter=0))
     finished = [r.task_id async for r in results]
     assert sorted(finished) == ids
     first_repoll = next(i for i, t in enumerate(order) if order[:i].count(t))
@@ -206,6 +200,7 @@ async def test_ten_thousand_waiting_ids_cost_no_task_each() -> None:
 
     from deerluma import Generation, GenerationState
     from deerluma._batch import batch_as_completed
+    from deerluma._wait import Poller
 
     clock = FakeClock()
     seen: set[str] = set()
@@ -220,15 +215,9 @@ async def test_ten_thousand_waiting_ids_cost_no_task_each() -> None:
         return Generation(id=task_id, state=state, estimate_wait_seconds=5)
 
     ids = [f"t{i}" for i in range(10_000)]
-    results = batch_as_completed(
-        fetch,
-        [*ids, *ids[:100]],  # duplicates are polled once
-        concurrency=16,
-        policy=PollPolicy(),
-        clock=clock,
-        sleep=clock.sleep,
-        rng=random.Random(0),
-    )
+    poller = Poller(fetch, clock, clock.sleep, random.Random(0))
+    # Duplicates are polled once.
+    results = batch_as_completed(poller, [*ids, *ids[:100]], concurrency=16, policy=PollPolicy())
     finished = [r.task_id async for r in results]
     assert sorted(finished) == sorted(ids)
     assert most_tasks <= 16 + 3  # the workers, the test, and a timer: not one per id
