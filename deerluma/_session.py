@@ -125,6 +125,18 @@ class Session:
 
     Use it as ``async with deerluma.Session() as s:``; one Session shares one
     connection pool and one rate-limit gate across every call and waiter.
+
+    :param api_key: the key; None reads ``$DEERAPI_API_KEY`` (missing: an error at the first
+        request, never at construction).
+    :param base_url: the API's address; None reads ``$DEERAPI_BASE_URL``, else DeerAPI's.
+        Plain http is refused except to loopback.
+    :param session: an ``aiohttp.ClientSession`` to borrow (it is never closed here).
+    :param timeout: seconds (or a timedelta) one request may take.
+    :param max_retries: retries of one request on transient faults.
+    :param max_rps: requests per second to stay under, shared by everything this Session sends.
+    :param policy: the default PollPolicy of waits and batches.
+    :param sleep: injectable ``asyncio.sleep`` (tests pass a fake clock's).
+    :param clock: injectable monotonic clock, in seconds.
     """
 
     def __init__(
