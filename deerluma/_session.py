@@ -40,6 +40,7 @@ from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
 from .exceptions import (
     ConfigurationError,
     CreateOutcomeUnknown,
+    DeadlineExceeded,
     DecodeError,
     DeerLumaError,
     RateLimitError,
@@ -244,9 +245,14 @@ class Session:
             await self._gate.acquire(deadline)
         timeout = self._timeout
         client_timeout = self._client_timeout
-        if deadline is not None and deadline - self._clock() < timeout:
-            timeout = max(deadline - self._clock(), 0.0)
-            client_timeout = aiohttp.ClientTimeout(total=timeout)
+        if deadline is not None:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                # aiohttp reads a total of 0 as "no timeout": never send past the deadline.
+                raise DeadlineExceeded(f"the deadline passed before a request{_about(task_id)}")
+            if remaining < timeout:
+                timeout = remaining
+                client_timeout = aiohttp.ClientTimeout(total=remaining)
         try:
             async with self._http().request(
                 method,

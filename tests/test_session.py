@@ -310,3 +310,12 @@ def _json(body: object) -> bytes:
 
 def _session(fake: FakeDeerAPI, clock: FakeClock) -> deerluma.Session:
     return deerluma.Session(api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep)
+
+
+async def test_nothing_is_sent_once_the_deadline_has_passed(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    with pytest.raises(deerluma.DeadlineExceeded):
+        await session._fetch(task_id, deadline=clock() - 1.0)
+    assert fake.requests == []
