@@ -164,6 +164,8 @@ class Session:
         self._collection = self._base.joinpath(*GENERATIONS_PATH)
         self._collection_text = str(self._collection).rstrip("/")
         self._timeout = to_seconds(timeout)
+        if not self._timeout:
+            raise ValueError("timeout must be positive: aiohttp would read 0 as no timeout")
         self._client_timeout = aiohttp.ClientTimeout(total=self._timeout)
         self._max_retries = max_retries
         self._borrowed = session

@@ -223,6 +223,19 @@ def test_unsafe_base_urls_are_refused(url: str) -> None:
         deerluma.Session(api_key="k", base_url=url)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "non-negative"),
+        ({"max_retries": -1}, "retries"),
+    ],
+)
+def test_nonsense_settings_are_refused(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        deerluma.Session(api_key="k", **kwargs)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1", "http://localhost:8080", "http://[::1]:9"])
 def test_plain_http_to_loopback_is_allowed(url: str) -> None:
     assert deerluma.Session(api_key="k", base_url=url).base_url.startswith("http://")
