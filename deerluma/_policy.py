@@ -123,26 +123,24 @@ class PollTracker:
             self._anchor = point  # first estimate, or it went up: start learning afresh
         self._last = point
 
-    def _rate_bounds(self) -> tuple[float, float]:
-        """Lowest and highest plausible speed at which the estimate runs down."""
-        error = self.policy.hint_error
+    def _fastest_rate(self) -> float:
+        """The highest plausible speed at which the estimate runs down, per real second."""
+        fastest = 1.0 + self.policy.hint_error
         if self._anchor is None or self._last is None:
-            return 1.0 - error, 1.0 + error
+            return fastest
         (t0, e0), (t1, e1) = self._anchor, self._last
         span = t1 - t0
         if span < self.policy.min_interval or e0 <= e1:
-            return 1.0 - error, 1.0 + error
+            return fastest
         rate = min(_MAX_RATE, max(_MIN_RATE, (e0 - e1) / span))
-        slack = 1.0 / span  # whole-second estimates: ±0.5 at each end
-        return max(_MIN_RATE, rate - slack), rate + slack
+        return rate + 1.0 / span  # whole-second estimates: ±0.5 at each end
 
     def next_delay(self, now: float) -> float:
         """Seconds to sleep before the next poll, jittered and clamped."""
         policy = self.policy
         if self._last is not None:
             _, estimate = self._last
-            _, fastest = self._rate_bounds()
-            earliest = max(0.0, estimate - 0.5) / fastest
+            earliest = max(0.0, estimate - 0.5) / self._fastest_rate()
             # A poll one interval after the earliest completion keeps the lag
             # within `min_interval` while saving the poll at the boundary.
             delay = earliest + policy.min_interval

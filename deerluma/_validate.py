@@ -14,7 +14,7 @@ __all__ = ["check_base_url", "check_task_id"]
 
 _FORBIDDEN = frozenset("/\\?#%")
 _MAX_TASK_ID = 200
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:~-]{1,200}")
+_PLAIN_ID = re.compile(rf"[A-Za-z0-9_.:~-]{{1,{_MAX_TASK_ID}}}")
 
 
 def check_task_id(task_id: object) -> str:
