@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,16 @@ import deerluma
 from deerluma.testing import FakeClock, FakeDeerAPI
 
 SAMPLES = Path(__file__).parent / "samples"
+
+
+def our_tasks() -> list[asyncio.Task[object]]:
+    """Tasks still alive apart from this test's own and the fake server's handlers."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task is not asyncio.current_task()
+        and not task.get_coro().__qualname__.startswith("RequestHandler")  # type: ignore[union-attr]
+    ]
 
 
 def sample(name: str) -> bytes:

@@ -16,7 +16,7 @@ from deerluma import (
 )
 from deerluma.testing import FakeClock, FakeDeerAPI, Fault
 
-from .test_wait import _our_tasks
+from .conftest import our_tasks
 
 
 async def test_results_arrive_in_completion_order(
@@ -142,7 +142,7 @@ async def test_cancelling_wait_many_cancels_every_poll(fake: FakeDeerAPI) -> Non
         batch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await batch
-        assert _our_tasks() == []
+        assert our_tasks() == []
 
 
 async def test_breaking_out_of_as_completed_cleans_up(
@@ -154,7 +154,7 @@ async def test_breaking_out_of_as_completed_cleans_up(
         assert result.task_id == ids[0]
         break
     await results.aclose()
-    assert _our_tasks() == []
+    assert our_tasks() == []
 
 
 async def test_concurrency_must_be_positive(session: deerluma.Session) -> None:

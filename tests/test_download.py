@@ -13,7 +13,7 @@ from deerluma import DownloadError
 from deerluma._download import is_expired, link_expires_at
 from deerluma.testing import FakeClock, FakeDeerAPI, Fault
 
-from .test_wait import _our_tasks
+from .conftest import our_tasks
 
 
 def _storage_requests(fake: FakeDeerAPI) -> list[deerluma.testing.SeenRequest]:
@@ -152,7 +152,7 @@ async def test_cancelled_download_leaves_no_partial_file_and_no_tasks(
     with pytest.raises(asyncio.CancelledError):
         await job
     assert list(tmp_path.iterdir()) == []
-    assert _our_tasks() == []
+    assert our_tasks() == []
 
 
 def test_presigned_expiry_is_read_from_the_link() -> None:

@@ -16,7 +16,7 @@ import deerluma
 from deerluma import DecodeError, GenerationFailed, PollPolicy
 from deerluma.testing import DEFAULT_FAULT_MIX, FakeClock, FakeDeerAPI, Fault
 
-from .test_wait import _our_tasks
+from .conftest import our_tasks
 
 SOAK_FAULTS = (*DEFAULT_FAULT_MIX, Fault.rate_limit(1), Fault.error(503), Fault.latency(0.05))
 
@@ -122,7 +122,7 @@ async def test_cancelling_anything_at_a_random_point_leaves_nothing_behind(
                 fake.requests.clear()
                 await _cancel_at_random(job, rng, fake)
                 await asyncio.sleep(0)
-                assert _our_tasks() == []
+                assert our_tasks() == []
                 assert _acquired(s) == 0  # no response left open
             await watched.aclose()
             assert not dest.exists() or dest.read_bytes() == fake.video_content(done)

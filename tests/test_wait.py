@@ -21,6 +21,8 @@ from deerluma import (
 )
 from deerluma.testing import FakeClock, FakeDeerAPI, Fault
 
+from .conftest import our_tasks
+
 
 async def test_wait_returns_completed_generation_soon_after_it_finishes(
     fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
@@ -206,17 +208,7 @@ async def test_cancelling_a_wait_stops_at_once_and_leaves_nothing_behind(
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        assert _our_tasks() == []
+        assert our_tasks() == []
         # The Session is still usable after a cancelled wait.
         done = fake.add_generation(duration=0)
         assert (await s.get_generation(done)).is_completed
-
-
-def _our_tasks() -> list[asyncio.Task[object]]:
-    """Tasks still alive apart from this test's own and the fake server's handlers."""
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if task is not asyncio.current_task()
-        and not task.get_coro().__qualname__.startswith("RequestHandler")  # type: ignore[union-attr]
-    ]
