@@ -22,8 +22,10 @@ What it does:
   for ``pending_for`` seconds, then ``processing`` with a falling
   ``estimate_wait_seconds`` (whole seconds, skewed by ``estimate_bias``, or
   ``null`` when ``estimate=False``), then ``completed`` (or ``failed`` with
-  ``failure_reason``). Bodies have the shape of the API page's example, or the
-  official Luma shape with ``shape="luma"``.
+  ``failure_reason``). Bodies have the shape of the API page's example, the
+  official Luma shape with ``shape="luma"``, or the gateway's newer shape with
+  ``shape="new"`` (no ``prompt``, ``estimate_wait_seconds`` or ``queue_state``,
+  a zero ``created_at``; ``media_type``, ``video.duration``, ``thumbnail.palette``).
 - It checks ``Authorization: Bearer <api_key>`` (401 otherwise) and answers an
   unknown id with 404, both in the gateway's error body shapes.
 - ``POST /dream-machine/v1/generations`` creates generations
@@ -584,6 +586,8 @@ class FakeDeerAPI:
                 "model": "ray-2",
                 "request": gen.request or {"prompt": gen.prompt},
             }
+        if gen.shape == "new":
+            return self._new_body(gen, state, done)
         return {
             "id": gen.id,
             "liked": None,
@@ -605,6 +609,27 @@ class FakeDeerAPI:
             "last_frame": self._media(gen, "last_frame", "jpg") if done else None,
             "queue_state": None,
             "estimate_wait_seconds": estimate,
+            "failure_reason": gen.failure_reason if state == "failed" else None,
+        }
+
+    def _new_body(self, gen: _Gen, state: str, done: bool) -> dict[str, object]:
+        """The gateway's newer body: no prompt, estimate or queue, and a zero created_at."""
+        video: dict[str, object] | None = None
+        thumbnail: dict[str, object] | None = None
+        if done:
+            video = {**self._media(gen, "video", "mp4"), "duration": 5.04}
+            video["download_url"] = video["url"]
+            palette = {"colors": ["#112233", "#445566"], "dominant": "#112233"}
+            thumbnail = {**self._media(gen, "thumbnail", "jpg"), "palette": palette}
+        return {
+            "id": gen.id,
+            "state": state,
+            "media_type": "video",
+            "video": video,
+            "thumbnail": thumbnail,
+            "video_raw": None,
+            "last_frame": None,
+            "created_at": "0001-01-01T00:00:00Z",
             "failure_reason": gen.failure_reason if state == "failed" else None,
         }
 
