@@ -123,7 +123,7 @@ async def memory(count: int) -> None:
             polled += 1
             return g
 
-        policy = PollPolicy(settle_time=3600, timeout=None)
+        policy = PollPolicy(unhinted_interval=3600, learned_interval=3600, timeout=None)
         async with deerluma.Session(api_key=KEY, base_url=url, policy=policy) as s:
             fetch = s._fetch
             s._fetch = counting_fetch  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._batch import BatchResult
 from ._decode import decode_generation
+from ._history import TimingHistory
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy
 from ._session import Session
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "Session",
+    "TimingHistory",
     "TransportError",
     "Video",
     "WaitTimeout",

@@ -14,16 +14,12 @@ from collections.abc import AsyncGenerator, Iterable
 
 import attrs
 
-from ._models import Generation, GenerationState
-from ._policy import PollPolicy, PollTracker
+from ._engine import PollTracker, Verdict
+from ._models import Generation
+from ._policy import PollPolicy
 from ._validate import check_task_id
-from ._wait import Poller, warn_unknown_state
-from .exceptions import (
-    DeadlineExceeded,
-    DeerLumaError,
-    GenerationFailed,
-    WaitTimeout,
-)
+from ._wait import OnUpdate, Poller, notify
+from .exceptions import DeerLumaError
 
 __all__ = ["BatchResult", "batch_as_completed"]
 
@@ -54,12 +50,11 @@ _REPOLLS_PER_FIRST = 3
 
 
 class _Waiter:
-    __slots__ = ("last", "task_id", "tracker")
+    __slots__ = ("task_id", "tracker")
 
-    def __init__(self, task_id: str, tracker: PollTracker) -> None:
+    def __init__(self, task_id: str, tracker: PollTracker | None) -> None:
         self.task_id = task_id
         self.tracker = tracker
-        self.last: Generation | None = None
 
 
 class _Scheduler:
@@ -69,29 +64,31 @@ class _Scheduler:
     falls due, so an injected fake clock advances once, not once per worker.
     """
 
-    def __init__(self, poller: Poller, policy: PollPolicy) -> None:
+    def __init__(self, poller: Poller, policy: PollPolicy, on_update: OnUpdate | None) -> None:
         self.fetch = poller.fetch
-        self.rng = poller.rng
-        self.policy = policy
         self.clock = poller.clock
         self.sleep = poller.sleep
-        self.started = poller.clock()
-        self.deadline = None if policy.timeout is None else self.started + policy.timeout
+        self.engine = poller.engine(policy)
+        self.on_update = on_update
         self.heap: list[tuple[float, int, _Waiter]] = []
         self.order = itertools.count()
         self.wake = asyncio.Event()
         self.timer_running = False
         self.unseen: deque[str] = deque()  # ids not yet looked at
-        self.first_poll = self.started + policy.initial_delay
+        self.first_poll = self.engine.started + self.engine.first_delay()
         self.repolls_in_a_row = 0
-        self.warned_unknown = False  # once per batch, not once per id
         self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
 
     def schedule(self, waiter: _Waiter, at: float) -> None:
-        if self.deadline is not None:
-            at = min(at, self.deadline)
         heapq.heappush(self.heap, (at, next(self.order), waiter))
         self.wake.set()
+
+    def release_all(self) -> None:
+        """The batch is over: no waiter still counts as running in the Session's history."""
+        now = self.clock()
+        for _, _, waiter in self.heap:
+            self.engine.release(waiter.tracker, now)
+        self.heap.clear()
 
     def _next_due(self, now: float) -> _Waiter | str | None:
         """The next poll to make now, if any.
@@ -160,51 +157,50 @@ class _Scheduler:
 
     async def _poll_once(self, item: _Waiter | str) -> BatchResult | None:
         # An id's first look needs no bookkeeping: most batches are mostly done.
+        engine = self.engine
         waiter = item if isinstance(item, _Waiter) else None
         task_id = item.task_id if isinstance(item, _Waiter) else item
-        if self.deadline is not None and self.clock() >= self.deadline:
-            return BatchResult(task_id, error=self._timeout(task_id, waiter))
-        try:
-            generation = await self.fetch(task_id, self.deadline)
-        except DeadlineExceeded as exc:
-            error = self._timeout(task_id, waiter)
-            error.__cause__ = exc
-            return BatchResult(task_id, error=error)
-        except DeerLumaError as exc:
-            waiter = waiter or self._waiter(task_id)
-            if waiter.tracker.record_error(exc):
-                return BatchResult(task_id, error=exc)
-            self.schedule(waiter, self.clock() + waiter.tracker.error_delay(exc))
+        tracker = waiter.tracker if waiter is not None else None
+        sent = self.clock()
+        if engine.deadline is not None and sent >= engine.deadline:
+            step = engine.timed_out(tracker, task_id, sent)
+        else:
+            try:
+                generation = await self.fetch(task_id, engine.deadline)
+            except DeerLumaError as exc:
+                step, tracker = engine.failed(tracker, task_id, self.clock(), exc, sent)
+            except BaseException:  # cancelled mid-poll: the id no longer counts as running
+                engine.release(tracker, self.clock())
+                raise
+            else:
+                step, tracker = engine.seen(tracker, task_id, self.clock(), generation, sent)
+        if step.emit is not None and self.on_update is not None:
+            await notify(self.on_update, step.emit)
+        if step.verdict is Verdict.SLEEP:
+            if waiter is None:
+                waiter = _Waiter(task_id, tracker)
+            else:
+                waiter.tracker = tracker
+            self.schedule(waiter, self.clock() + step.delay)
             return None
-        if generation.state is GenerationState.COMPLETED:
-            return BatchResult(task_id, generation=generation)
-        if generation.state is GenerationState.FAILED:
-            return BatchResult(task_id, error=GenerationFailed(generation))
-        if generation.state is GenerationState.UNKNOWN and not self.warned_unknown:
-            self.warned_unknown = True
-            warn_unknown_state(generation)
-        waiter = waiter or self._waiter(task_id)
-        now = self.clock()
-        waiter.tracker.observe(now, generation)
-        waiter.last = generation
-        self.schedule(waiter, now + waiter.tracker.next_delay(now))
-        return None
-
-    def _waiter(self, task_id: str) -> _Waiter:
-        return _Waiter(task_id, PollTracker(self.policy, self.started, self.rng))
-
-    def _timeout(self, task_id: str, waiter: _Waiter | None) -> WaitTimeout:
-        last = waiter.last if waiter is not None else None
-        return WaitTimeout(task_id, last, self.policy.timeout or 0.0)
+        return BatchResult(task_id, generation=step.result, error=step.error)
 
 
 async def batch_as_completed(
-    poller: Poller, task_ids: Iterable[str], *, concurrency: int, policy: PollPolicy
+    poller: Poller,
+    task_ids: Iterable[str],
+    *,
+    concurrency: int,
+    policy: PollPolicy,
+    on_update: OnUpdate | None = None,
 ) -> AsyncGenerator[BatchResult, None]:
-    """Yield one BatchResult per distinct task id, in the order they finish."""
+    """Yield one BatchResult per distinct task id, in the order they finish.
+
+    `on_update` hears each change of every id (the terminal one included).
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    scheduler = _Scheduler(poller, policy)
+    scheduler = _Scheduler(poller, policy, on_update)
     invalid: list[BatchResult] = []
     expected = 0
     for task_id in dict.fromkeys(task_ids):
@@ -229,3 +225,4 @@ async def batch_as_completed(
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        scheduler.release_all()

@@ -14,12 +14,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from ._download import Asset
-from ._models import Generation, GenerationState
+from ._models import Generation
 from ._session import Session
 from .exceptions import (
     DeerLumaError,
@@ -80,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     wait = commands.add_parser("wait", help="wait for generations, with live progress")
     wait.add_argument("task_ids", nargs="+", metavar="ID")
     wait.add_argument("--timeout", type=float, default=900.0, help="seconds (default 900)")
+    wait.add_argument(
+        "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
+    )
     wait.add_argument("--download", type=Path, metavar="DIR", help="save each finished video")
     wait.add_argument("--json", action="store_true", help="one JSON line per task on stdout")
 
@@ -151,38 +155,47 @@ class App:
         task_ids: Sequence[str],
         *,
         timeout: float,
+        concurrency: int = 16,
         labels: Sequence[str] = (),
         title: str = "",
     ) -> list[Row]:
-        """Watch each task with a live table on stderr; return the finished rows."""
+        """Wait for the tasks as one batch, with a live table on stderr; return the rows."""
         from rich.live import Live
 
         from ._render import Row, progress_table
 
         rows = [Row(t, labels[i] if i < len(labels) else "") for i, t in enumerate(task_ids)]
+        by_id = {row.task_id: row for row in rows}
 
-        async def follow(row: Row) -> None:
-            try:
-                async for g in session.watch(row.task_id, timeout=timeout):
-                    if row.update(g) and not self.live:
-                        self.console.print(f"{row.task_id}: {g.state.value}", highlight=False)
-                if row.generation is not None and row.generation.state is GenerationState.FAILED:
-                    row.error = GenerationFailed(row.generation)
-            except DeerLumaError as exc:
-                row.error = exc
-            finally:
-                row.finished = time.monotonic()
+        def heard(g: Generation) -> None:
+            row = by_id.get(g.id)
+            if row is not None and row.update(g) and not self.live:
+                self.console.print(f"{row.task_id}: {g.state.value}", highlight=False)
+
+        async def follow() -> None:
+            results = session.as_completed(
+                task_ids, concurrency=concurrency, timeout=timeout, on_update=heard
+            )
+            async with aclosing(results):
+                async for result in results:
+                    row = by_id[result.task_id]
+                    row.error = result.error
+                    row.generation = result.generation or _last_seen(result.error)
+                    row.finished = time.monotonic()
 
         if not self.live:
-            await asyncio.gather(*(follow(r) for r in rows))
+            await follow()
             return rows
         with Live(progress_table(rows, title), console=self.console, refresh_per_second=8) as live:
-            job = asyncio.gather(*(follow(r) for r in rows))
-            while not job.done():
+            job = asyncio.ensure_future(follow())
+            try:
+                while not job.done():
+                    live.update(progress_table(rows, title))
+                    await asyncio.wait([job], timeout=0.125)
                 live.update(progress_table(rows, title))
-                await asyncio.wait([job], timeout=0.125)
-            live.update(progress_table(rows, title))
-            await job
+                await job
+            finally:
+                job.cancel()
         return rows
 
     async def save(
@@ -235,7 +248,7 @@ async def cmd_wait(app: App) -> int:
 
     ids = list(dict.fromkeys(app.args.task_ids))
     async with app.session() as s:
-        rows = await app.track(s, ids, timeout=app.args.timeout)
+        rows = await app.track(s, ids, timeout=app.args.timeout, concurrency=app.args.concurrency)
         for row in rows:
             if app.args.download and row.error is None and row.generation is not None:
                 path = await app.save(s, row.generation, _named(app.args.download, row.task_id))

@@ -33,6 +33,7 @@ from ._create import CreateOptions, build_create_body
 from ._decode import MAX_BODY_BYTES, decode_generation, parse_retry_after
 from ._download import Asset, OnProgress, download_generation
 from ._gate import RateGate
+from ._history import TimingHistory
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
 from ._validate import check_base_url, check_task_id
@@ -174,6 +175,7 @@ class Session:
         self._clock: Clock = clock or time.monotonic
         self._gate = RateGate(max_rps, clock=self._clock, sleep=self._sleep)
         self._rng = random.Random()
+        self._history = TimingHistory()
         self.policy = policy or PollPolicy()
         """The default polling policy of this Session's waits."""
 
@@ -184,6 +186,15 @@ class Session:
     def base_url(self) -> str:
         """The API's base URL this Session sends requests to."""
         return str(self._base)
+
+    @property
+    def history(self) -> TimingHistory:
+        """How long this Session's generations took; every wait and batch reads and feeds it.
+
+        ``s.history.seed([42.0, 55.5])`` starts a new Session off with what an
+        earlier run learned (``s.history.durations``).
+        """
+        return self._history
 
     @property
     def rate_limited_count(self) -> int:
@@ -372,7 +383,7 @@ class Session:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _poller(self) -> Poller:
-        return Poller(self._fetch, self._clock, self._sleep, self._rng)
+        return Poller(self._fetch, self._clock, self._sleep, self._rng, self._history)
 
     def _policy_for(
         self, timeout: Seconds | _Default | None, policy: PollPolicy | None
@@ -423,19 +434,22 @@ class Session:
         concurrency: int = 16,
         timeout: Seconds | _Default | None = _DEFAULT,
         policy: PollPolicy | None = None,
+        on_update: OnUpdate | None = None,
     ) -> AsyncGenerator[BatchResult, None]:
         """Yield one BatchResult per distinct task id as soon as it is terminal.
 
         `concurrency` bounds requests in flight, not ids waiting: ten thousand
         ids cost a few KiB each. One id's error never stops the others; a bad
         id is reported as InvalidTaskId without a request. Polls share this
-        Session's rate-limit gate.
+        Session's rate-limit gate. `on_update` (sync or async) hears every
+        change of every id, as in wait_until_completed.
         """
         return batch_as_completed(
             self._poller(),
             task_ids,
             concurrency=concurrency,
             policy=self._policy_for(timeout, policy),
+            on_update=on_update,
         )
 
     async def wait_many(

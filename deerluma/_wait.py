@@ -1,42 +1,25 @@
-"""Waiting for one generation: the tenacity poll loop behind wait_until_completed and watch."""
+"""Waiting for one generation: the tenacity loop behind wait_until_completed and watch.
+
+The loop fetches and sleeps; the poll engine (`_engine`) decides what each
+answer means and how long to sleep.
+"""
 
 from __future__ import annotations
 
 import inspect
-import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import attrs
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    retry_if_result,
-)
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 
+from ._engine import Engine, PollTracker, Step, Verdict
+from ._history import TimingHistory
 from ._models import Generation, GenerationState
-from ._policy import PollPolicy, PollTracker
-from .exceptions import (
-    DeadlineExceeded,
-    GenerationFailed,
-    WaitTimeout,
-    is_transient,
-)
+from ._policy import PollPolicy
+from .exceptions import DeerLumaError, GenerationFailed
 
-__all__ = [
-    "Fetch",
-    "OnUpdate",
-    "Poller",
-    "changed",
-    "notify",
-    "wait_for",
-    "warn_unknown_state",
-    "watch_generation",
-]
-
-log = logging.getLogger("deerluma")
+__all__ = ["Fetch", "OnUpdate", "Poller", "notify", "wait_for", "watch_generation"]
 
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
@@ -45,21 +28,17 @@ OnUpdate = Callable[[Generation], object]
 
 @attrs.frozen
 class Poller:
-    """What polling needs from a Session: how to fetch, and the time it keeps."""
+    """What polling needs from a Session: how to fetch, the time it keeps, what it learned."""
 
     fetch: Fetch
     clock: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
     rng: random.Random
+    history: TimingHistory | None = None
 
-
-def changed(before: Generation | None, after: Generation) -> bool:
-    """Whether a caller watching progress would want to hear about `after`."""
-    return before is None or (
-        before.state,
-        before.estimate_wait_seconds,
-        before.queue_state,
-    ) != (after.state, after.estimate_wait_seconds, after.queue_state)
+    def engine(self, policy: PollPolicy) -> Engine:
+        """A poll engine for one wait or batch starting now."""
+        return Engine(policy, self.clock(), self.rng, self.history)
 
 
 async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
@@ -70,80 +49,61 @@ async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
             await result
 
 
-def warn_unknown_state(generation: Generation) -> None:
-    """Say once that a state is new to us; waiting goes on (it may mean anything)."""
-    log.warning(
-        "generation %r is in a state deerluma does not know (%r); still waiting",
-        generation.id,
-        generation.raw.get("state"),
-    )
-
-
-class _TooManyErrors(stop_base):
-    def __init__(self, tracker: PollTracker) -> None:
-        self._tracker = tracker
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._tracker.errors > self._tracker.policy.max_consecutive_errors
-
-
 async def watch_generation(
     poller: Poller, task_id: str, policy: PollPolicy
 ) -> AsyncGenerator[Generation, None]:
     """Yield the generation each time it changes, ending with its terminal state.
 
-    Polls are paced by `policy`; transient faults are retried within their own
-    budget; no sleep ends past the deadline, which raises WaitTimeout.
+    Tenacity drives the loop; the poll engine decides each sleep. Transient
+    faults are retried within their own budget; no sleep ends past the
+    deadline, the last poll comes just before it, and then WaitTimeout.
     """
-    fetch, clock, sleep = poller.fetch, poller.clock, poller.sleep
-    started = clock()
-    tracker = PollTracker(policy, started, poller.rng)
-    deadline = None if policy.timeout is None else started + policy.timeout
-    last: Generation | None = None
-    warned_unknown = False
+    clock = poller.clock
+    engine = poller.engine(policy)
+    tracker: PollTracker | None = None
+    step = Step(Verdict.SLEEP)
 
-    def wait(state: RetryCallState) -> float:
-        now = clock()
-        exc = state.outcome.exception() if state.outcome is not None else None
-        delay = tracker.next_delay(now) if exc is None else tracker.error_delay(exc)
-        # Never sleep past the deadline; the next attempt then raises WaitTimeout.
-        return delay if deadline is None else max(0.0, min(delay, deadline - now))
+    def wait(_: RetryCallState) -> float:
+        return step.delay
 
     retrying = AsyncRetrying(
-        sleep=sleep,
+        sleep=poller.sleep,
         wait=wait,
-        stop=_TooManyErrors(tracker),
-        retry=retry_if_exception(is_transient) | retry_if_result(_not_terminal),
+        stop=stop_never,
+        retry=retry_if_result(_asleep),
         reraise=True,
     )
-    if policy.initial_delay:
-        await sleep(policy.initial_delay)
-    async for attempt in retrying:
-        generation: Generation | None = None
-        with attempt:
-            if deadline is not None and clock() >= deadline:
-                raise WaitTimeout(task_id, last, policy.timeout or 0.0)
-            try:
-                generation = await fetch(task_id, deadline)
-            except DeadlineExceeded as exc:
-                raise WaitTimeout(task_id, last, policy.timeout or 0.0) from exc
-        if generation is None:
-            failure = attempt.retry_state.outcome
-            if failure is not None and (exc := failure.exception()) is not None:
-                tracker.record_error(exc)  # tenacity's stop and retry decide what follows
-            continue
-        attempt.retry_state.set_result(generation)
-        tracker.observe(clock(), generation)
-        if generation.state is GenerationState.UNKNOWN and not warned_unknown:
-            warned_unknown = True
-            warn_unknown_state(generation)
-        previous, last = last, generation
-        if changed(previous, generation):
-            yield generation
+    try:
+        first = engine.first_delay(may_skip=True)
+        if first:
+            await poller.sleep(first)
+        async for attempt in retrying:
+            polled: Step | None = None
+            with attempt:  # anything not ours (a bug, cancellation) is raised by tenacity
+                sent = clock()
+                try:
+                    generation = await poller.fetch(task_id, engine.deadline)
+                except DeerLumaError as exc:
+                    polled, tracker = engine.failed(tracker, task_id, clock(), exc, sent)
+                else:
+                    polled, tracker = engine.seen(tracker, task_id, clock(), generation, sent)
+            if polled is None:
+                continue
+            step = polled
+            attempt.retry_state.set_result(step)
+            if step.emit is not None:
+                yield step.emit
+            if step.verdict is Verdict.GIVE_UP:
+                assert step.error is not None
+                raise step.error
+            if step.verdict is Verdict.DONE:
+                return
+    finally:
+        engine.release(tracker, clock())
 
 
-def _not_terminal(generation: Generation | None) -> bool:
-    return generation is None or not generation.is_terminal
+def _asleep(step: Step | None) -> bool:
+    return step is not None and step.verdict is Verdict.SLEEP
 
 
 async def wait_for(updates: AsyncIterator[Generation], on_update: OnUpdate | None) -> Generation:

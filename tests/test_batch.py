@@ -134,7 +134,7 @@ async def test_without_max_rps_a_burst_meets_the_servers_limit_and_recovers() ->
 async def test_cancelling_wait_many_cancels_every_poll(fake: FakeDeerAPI) -> None:
     ids = [fake.add_generation(duration=10_000, estimate=False) for _ in range(50)]
     fake.inject(*[Fault.latency(0.2)] * 8)
-    policy = PollPolicy(settle_time=0.01, unhinted_interval=0.01)
+    policy = PollPolicy(unhinted_interval=0.01, learned_interval=0.01)
     async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, policy=policy) as s:
         batch = asyncio.create_task(s.wait_many(ids, concurrency=8))
         while fake.max_in_flight < 8:
@@ -237,3 +237,13 @@ async def test_unknown_states_keep_the_batch_waiting_and_warn_once(
     assert all(r.last is not None for r in results.values())  # type: ignore[union-attr]
     warnings = [r for r in caplog.records if "does not know" in r.getMessage()]
     assert len(warnings) == 1
+
+
+async def test_a_batch_returns_what_finished_before_its_deadline(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    done_in_time = [fake.add_generation(duration=4, estimate=False, shape="new") for _ in range(5)]
+    too_slow = fake.add_generation(duration=60, estimate=False, shape="new")
+    results = await session.wait_many([*done_in_time, too_slow], timeout=5)
+    assert all(isinstance(results[i], deerluma.Generation) for i in done_in_time)
+    assert isinstance(results[too_slow], deerluma.WaitTimeout)

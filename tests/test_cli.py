@@ -220,3 +220,18 @@ async def test_wait_many_records_the_last_state_of_a_timeout(
     assert code == 3
     assert record["error"]["type"] == "WaitTimeout"
     assert record["state"] == "processing"  # not terminal: a re-run with --out retries it
+
+
+async def test_wait_returns_what_finished_just_before_its_timeout(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=1.2, estimate=False, shape="new")
+    code, out, _ = await run(live_fake, "wait", task_id, "--timeout", "1.5", "--json")
+    assert code == 0, out
+    assert json.loads(out)["state"] == "completed"
+
+
+async def test_wait_keeps_to_its_concurrency(live_fake: FakeDeerAPI) -> None:
+    ids = [live_fake.add_generation(duration=0) for _ in range(12)]
+    live_fake.inject(*[Fault.latency(0.05)] * 12)
+    code, _, _ = await run(live_fake, "wait", *ids, "--concurrency", "2")
+    assert code == 0
+    assert live_fake.max_in_flight <= 2

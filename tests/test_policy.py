@@ -1,7 +1,8 @@
-"""The polling policy as pure arithmetic, driven by simulated time."""
+"""The policy's validation and one wait's pacing (PollTracker), as pure arithmetic."""
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import timedelta
 
@@ -14,7 +15,8 @@ from deerluma import (
     RateLimitError,
     ServerError,
 )
-from deerluma._policy import PollPolicy, PollTracker
+from deerluma._engine import PollTracker
+from deerluma._policy import PollPolicy
 
 
 def _gen(estimate: float | None) -> Generation:
@@ -55,19 +57,19 @@ def test_hinted_wait_uses_far_fewer_polls_than_a_fixed_loop() -> None:
     assert ours < 0.35 * naive
 
 
-def test_unhinted_wait_never_lags_more_than_its_interval() -> None:
+def test_unhinted_wait_with_nothing_learned_polls_like_a_plain_loop() -> None:
     policy = PollPolicy()
     for seed in range(50):
-        _, lag = _simulate(20 + seed, 1.0, policy, hinted=False, seed=seed)
+        polls, lag = _simulate(20 + seed, 1.0, policy, hinted=False, seed=seed)
         assert lag <= policy.unhinted_interval
+        assert polls == math.ceil((20 + seed) / policy.unhinted_interval) + 1
 
 
-def test_without_estimate_first_sleep_waits_out_the_settle_time() -> None:
-    policy = PollPolicy(jitter=0)
+def test_without_estimate_or_history_the_next_poll_is_one_plain_interval_away() -> None:
+    policy = PollPolicy()
     tracker = PollTracker(policy, 100.0, random.Random(0))
     tracker.observe(100.0, _gen(None))
-    assert tracker.next_delay(100.0) == policy.settle_time
-    assert tracker.next_delay(100.0 + policy.settle_time) == policy.unhinted_interval
+    assert tracker.next_delay(100.0) == policy.unhinted_interval
 
 
 def test_first_estimate_sleeps_to_its_earliest_plausible_end_plus_one_interval() -> None:
@@ -132,6 +134,29 @@ def test_policy_accepts_timedelta_and_rejects_nonsense() -> None:
         PollPolicy(timeout=-1)
 
 
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ({"max_interval": 0}, "max_interval must be positive"),
+        ({"unhinted_interval": 0}, "unhinted_interval must be positive"),
+        ({"learned_interval": 0}, "learned_interval must be positive"),
+        ({"min_interval": 5, "max_interval": 2}, "must not exceed max_interval"),
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"timeout": float("inf")}, "use None for no deadline"),
+        ({"unhinted_interval": float("inf")}, "finite"),
+        ({"initial_delay": float("nan")}, "non-negative"),
+        ({"expected_duration": 0}, "expected_duration must be positive"),
+        ({"max_consecutive_errors": -1}, "whole number"),
+        ({"max_consecutive_errors": 1.5}, "whole number"),
+    ],
+)
+def test_policy_refuses_values_that_would_busy_loop_or_never_end(
+    fields: dict[str, float], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        PollPolicy(**fields)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("estimate", [float("nan"), float("inf"), -5.0])
 def test_nonsense_estimates_never_make_a_nonsense_sleep(estimate: float) -> None:
     policy = PollPolicy()
@@ -141,26 +166,23 @@ def test_nonsense_estimates_never_make_a_nonsense_sleep(estimate: float) -> None
     assert 0 < delay <= policy.max_interval
 
 
-def test_settle_time_counts_from_creation_for_an_old_task() -> None:
+def test_a_real_created_at_dates_the_generation() -> None:
     from datetime import UTC, datetime, timedelta
 
     created = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     now_wall = created + timedelta(minutes=5)
-    policy = PollPolicy(jitter=0)
-    tracker = PollTracker(policy, 100.0, random.Random(0), wall=lambda: now_wall)
-    old = Generation(id="t", state=GenerationState.PROCESSING, created_at=created)
-    tracker.observe(100.0, old)
-    assert tracker.next_delay(100.0) == policy.unhinted_interval
+    tracker = PollTracker(PollPolicy(), 100.0, random.Random(0), wall=lambda: now_wall)
+    tracker.observe(100.0, Generation(id="t", state=GenerationState.PROCESSING, created_at=created))
+    assert tracker.origin == pytest.approx(100.0 - 300.0)
 
 
-def test_a_server_clock_ahead_of_ours_never_lengthens_the_settle_time() -> None:
+def test_a_server_clock_ahead_of_ours_never_makes_a_generation_younger_than_its_wait() -> None:
     from datetime import UTC, datetime, timedelta
 
     now_wall = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    policy = PollPolicy(jitter=0)
-    tracker = PollTracker(policy, 100.0, random.Random(0), wall=lambda: now_wall)
+    tracker = PollTracker(PollPolicy(), 100.0, random.Random(0), wall=lambda: now_wall)
     future = Generation(
         id="t", state=GenerationState.PENDING, created_at=now_wall + timedelta(minutes=1)
     )
     tracker.observe(100.0, future)
-    assert tracker.next_delay(100.0) == policy.settle_time
+    assert tracker.origin == 100.0

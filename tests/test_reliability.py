@@ -95,7 +95,7 @@ async def test_cancelling_anything_at_a_random_point_leaves_nothing_behind(
     tmp_path: Path, seed: int
 ) -> None:
     rng = random.Random(seed)
-    policy = PollPolicy(settle_time=0.01, unhinted_interval=0.01, min_interval=0.01)
+    policy = PollPolicy(unhinted_interval=0.01, learned_interval=0.01, min_interval=0.01)
     async with FakeDeerAPI(fault_rate=0.3, seed=seed, video_bytes=4 << 20) as fake:
         slow = [fake.add_generation(duration=1000, estimate=False) for _ in range(30)]
         done = fake.add_generation(duration=0)

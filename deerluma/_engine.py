@@ -1,0 +1,393 @@
+"""The poll engine: after each poll, what to do next, as a pure function of what was seen and when.
+
+One engine serves the single-wait tenacity loop, the batch scheduler and the
+command line alike: they fetch and sleep; it decides. It does no I/O and
+reads time only from the numbers it is given, so tests drive it with plain
+floats.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import attrs
+
+from ._history import Plan, TimingHistory
+from ._models import Generation, GenerationState
+from ._policy import PollPolicy
+from .exceptions import (
+    DeadlineExceeded,
+    DeerLumaError,
+    GenerationFailed,
+    RateLimitError,
+    WaitTimeout,
+    is_transient,
+)
+
+__all__ = ["Engine", "PollTracker", "Step", "Verdict", "changed"]
+
+log = logging.getLogger("deerluma")
+
+#: Bounds for the learned rate at which the estimate falls per real second.
+_MIN_RATE = 0.2
+_MAX_RATE = 5.0
+#: The last poll happens this share of the timeout before the deadline (at most _FINAL_MARGIN s),
+#: so that its request has time to come back.
+_FINAL_SHARE = 0.05
+_FINAL_MARGIN = 0.5
+#: Waits older than any seen finish keep the learned spacing while they are at most this share
+#: of those running (a stream's first few); when most are (a batch started at once), nothing
+#: is known about them yet and they poll at the plain cadence.
+_FRONTIER = 0.25
+#: Clock readings this close count as equal (a sleep of `final - now` may land an ulp short).
+_TOLERANCE = 1e-6
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Verdict(enum.Enum):
+    """What the caller of the engine does next."""
+
+    SLEEP = "sleep"  #: sleep `delay` seconds, then poll again
+    DONE = "done"  #: the generation is terminal: `result` completed, or `error` GenerationFailed
+    GIVE_UP = "give up"  #: stop and report `error` (WaitTimeout, or a fault no retry can fix)
+
+
+@attrs.frozen
+class Step:
+    """The engine's answer to one poll."""
+
+    verdict: Verdict
+    delay: float = 0.0
+    #: The generation, when a watcher would want to hear about it (it changed).
+    emit: Generation | None = None
+    result: Generation | None = None
+    error: DeerLumaError | None = None
+
+
+def changed(before: Generation | None, after: Generation) -> bool:
+    """Whether a caller watching progress would want to hear about `after`."""
+    return before is None or (
+        before.state,
+        before.estimate_wait_seconds,
+        before.queue_state,
+    ) != (after.state, after.estimate_wait_seconds, after.queue_state)
+
+
+class PollTracker:
+    """What one wait has seen so far, and from it, how long to sleep next."""
+
+    __slots__ = (
+        "_anchor",
+        "_estimate",
+        "_floor",
+        "_history",
+        "_rng",
+        "_running",
+        "_wall",
+        "errors",
+        "last",
+        "origin",
+        "policy",
+        "survived",
+    )
+
+    def __init__(
+        self,
+        policy: PollPolicy,
+        started: float,
+        rng: random.Random,
+        history: TimingHistory | None = None,
+        wall: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.policy = policy
+        #: Clock time at which the generation began (its created_at, else when waiting began).
+        self.origin = started
+        #: Clock time of the last poll that saw it unfinished (None: not seen yet).
+        self.survived: float | None = None
+        self.errors = 0
+        self.last: Generation | None = None
+        self._rng = rng
+        self._wall = wall
+        self._history = history
+        self._running = False
+        self._floor = 0.0  # the age before which a skip assumed nothing finishes
+        self._anchor: tuple[float, float] | None = None
+        self._estimate: tuple[float, float] | None = None
+
+    def observe(self, now: float, generation: Generation) -> None:
+        """Record a successful poll that found the generation unfinished."""
+        self.errors = 0
+        if self.survived is None:
+            self._date(now, generation)
+        self.survived = now
+        self.last = generation
+        estimate = generation.estimate_wait_seconds
+        if estimate is None:
+            self._anchor = self._estimate = None
+            return
+        point = (now, max(0.0, estimate))
+        if self._anchor is None or point[1] > self._anchor[1]:
+            self._anchor = point  # first estimate, or it went up: start learning afresh
+        self._estimate = point
+
+    def _date(self, now: float, generation: Generation) -> None:
+        """Fix the generation's origin at its first sighting, and count it as running."""
+        if generation.created_at is not None:
+            # A real creation time dates the generation; skew only ever shortens its age.
+            age = (self._wall() - generation.created_at).total_seconds()
+            if age > 0:
+                self.origin = min(self.origin, now - age)
+        if self._history is not None:
+            self._history.begin(self.origin)
+            self._running = True
+
+    def finish(self, now: float, generation: Generation | None) -> None:
+        """The wait is over: record how long a completed generation took, stop counting it."""
+        if not self._running or self._history is None:
+            return
+        self._running = False
+        self._history.end(self.origin)
+        if generation is not None and generation.is_completed and self.survived is not None:
+            # A poll skipped the ages at which nothing was seen to finish: it finished after them.
+            lower = max(self.survived - self.origin, self._floor)
+            self._history.record(lower, now - self.origin)
+
+    def _fastest_rate(self) -> float:
+        """The highest plausible speed at which the estimate runs down, per real second."""
+        fastest = 1.0 + self.policy.hint_error
+        if self._anchor is None or self._estimate is None:
+            return fastest
+        (t0, e0), (t1, e1) = self._anchor, self._estimate
+        span = t1 - t0
+        if span < self.policy.min_interval or e0 <= e1:
+            return fastest
+        rate = min(_MAX_RATE, max(_MIN_RATE, (e0 - e1) / span))
+        return rate + 1.0 / span  # whole-second estimates: ±0.5 at each end
+
+    def next_delay(self, now: float) -> float:
+        """Seconds to sleep before the next poll, jittered and clamped."""
+        policy = self.policy
+        if self._estimate is not None:
+            _, estimate = self._estimate
+            earliest = max(0.0, estimate - 0.5) / self._fastest_rate()
+            # A poll one interval after the earliest completion keeps the lag
+            # within `min_interval` while saving the poll at the boundary.
+            delay = earliest + policy.min_interval
+            jitter = policy.jitter * self._rng.random()  # only ever sooner: never late
+        else:
+            # No jitter: without an estimate, waits that start together poll together, as
+            # plain loops would; the rate gate spreads their requests.
+            delay = self._unhinted_target(now) - now
+            jitter = 0.0
+        delay = min(delay, policy.max_interval) if math.isfinite(delay) else policy.min_interval
+        return max(delay, 0.0) * (1.0 - jitter)
+
+    def _unhinted_target(self, now: float) -> float:
+        """The clock time of the next poll when the server gives no estimate."""
+        policy = self.policy
+        survived = now if self.survived is None else self.survived
+        age = survived - self.origin
+        plan = None if self._history is None else self._history.plan(now, policy.learned_interval)
+        if plan is None and policy.expected_duration is not None:
+            expected, spread = policy.expected_duration, policy.hint_error
+            low, high = expected * (1 - spread), expected * (1 + spread)
+            plan = Plan(low, high, high, 0.0)
+        if plan is None:
+            return survived + policy.unhinted_interval
+        step = policy.learned_interval
+        if age < plan.early:
+            # Nothing was seen to finish this young: skip ahead, one interval into the finishes.
+            self._floor = plan.early
+            return self.origin + plan.early + step
+        if age < plan.late and (age + step <= plan.known or plan.frontier <= _FRONTIER):
+            # Where finishes were seen, or for the few waits older than any seen finish,
+            # the learned spacing, with one poll at the 95 % mark.
+            return min(survived + step, self.origin + plan.late)
+        # Past what the history knows, with most waits out there too: the plain cadence.
+        return survived + policy.unhinted_interval
+
+    def record_error(self, exc: BaseException) -> bool:
+        """Count a failed poll; True when the waiter should give up and report `exc`."""
+        self.errors += 1
+        return not is_transient(exc) or self.errors > self.policy.max_consecutive_errors
+
+    def error_delay(self, exc: BaseException | None = None) -> float:
+        """Seconds to sleep after a failed poll (its request's own retries included).
+
+        Grows with each failure in a row; a 429's Retry-After overrides it.
+        """
+        policy = self.policy
+        backoff = min(policy.max_interval, policy.min_interval * 2.0 ** max(0, self.errors - 1))
+        delay = backoff * (1.0 - policy.jitter * self._rng.random())
+        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
+        return max(delay, retry_after or 0.0)
+
+
+class Engine:
+    """Decides, after each poll of each task of one wait or batch, what happens next.
+
+    Holds what the tasks share (policy, deadline, the Session's history); each
+    task's own state is a PollTracker, made only once a first look finds the
+    generation unfinished (most ids of a late batch are done at first sight).
+    """
+
+    def __init__(
+        self,
+        policy: PollPolicy,
+        started: float,
+        rng: random.Random,
+        history: TimingHistory | None,
+    ) -> None:
+        self.policy = policy
+        self.started = started
+        self._rng = rng
+        self._history = history if policy.learn else None
+        timeout = policy.timeout
+        #: Clock time after which no request is sent (None: no deadline).
+        self.deadline = None if timeout is None else started + timeout
+        #: Clock time of the last poll: just before the deadline, so that it can come back.
+        margin = 0.0 if timeout is None else min(_FINAL_MARGIN, timeout * _FINAL_SHARE)
+        self.final = math.inf if timeout is None else started + timeout - margin
+        self.warned_unknown = False
+        self._skips_first = False
+        self._floor: float | None = None  # the age before which a skipped first poll assumed
+        # nothing finishes (None: it skipped with nothing learned, and so bounds nothing)
+
+    def first_delay(self, *, may_skip: bool = False) -> float:
+        """The pause before the first poll, cut short by the deadline.
+
+        `initial_delay` when set; else none, unless `may_skip` (a single wait)
+        and the Session has learned both that its waits begin as their
+        generations do and how young generations never finish: then the first
+        poll goes one interval past where finishes begin.
+        """
+        delay = self.policy.initial_delay
+        history = self._history
+        if not delay and may_skip and history is not None and history.waits_start_young:
+            plan = history.plan(self.started, self.policy.learned_interval)
+            self._skips_first = True
+            step = self.policy.learned_interval
+            if plan is None:
+                delay = self.policy.unhinted_interval
+            else:
+                self._floor = plan.early
+                delay = plan.early + step
+        return max(0.0, min(delay, self.final - self.started))
+
+    def tracker(self) -> PollTracker:
+        """A new task's own state."""
+        return PollTracker(self.policy, self.started, self._rng, self._history)
+
+    def seen(
+        self,
+        tracker: PollTracker | None,
+        task_id: str,
+        now: float,
+        generation: Generation,
+        sent: float | None = None,
+    ) -> tuple[Step, PollTracker | None]:
+        """A poll sent at `sent` was answered at `now`; returns the step and the task's tracker.
+
+        The tracker is made here when the task needs one (it is still running).
+        """
+        last = tracker.last if tracker is not None else None
+        emit = generation if changed(last, generation) else None
+        if tracker is None and self._history is not None:
+            self._first_look(now, generation)
+        if generation.is_terminal:
+            if tracker is not None:
+                tracker.finish(now, generation)
+            if generation.state is GenerationState.FAILED:
+                return Step(Verdict.DONE, emit=emit, error=GenerationFailed(generation)), tracker
+            return Step(Verdict.DONE, emit=emit, result=generation), tracker
+        if generation.state is GenerationState.UNKNOWN and not self.warned_unknown:
+            self.warned_unknown = True  # once per wait or batch, not once per id
+            log.warning(
+                "generation %r is in a state deerluma does not know (%r); still waiting",
+                generation.id,
+                generation.raw.get("state"),
+            )
+        if tracker is None:
+            tracker = self.tracker()
+        tracker.observe(now, generation)
+        step = self._then(tracker, task_id, now, sent, tracker.next_delay(now), emit)
+        return step, tracker
+
+    def _first_look(self, now: float, generation: Generation) -> None:
+        history = self._history
+        assert history is not None
+        if not self._skips_first:
+            history.first_look(generation.is_terminal)
+            return
+        if generation.is_completed and self._floor is not None:
+            # Skipped ahead and found it done: it finished after the skipped ages, before this.
+            age = now - self.started
+            history.record(min(self._floor, age), age)
+
+    def failed(
+        self,
+        tracker: PollTracker | None,
+        task_id: str,
+        now: float,
+        exc: DeerLumaError,
+        sent: float | None = None,
+    ) -> tuple[Step, PollTracker | None]:
+        """A poll sent at `sent` failed at `now` (after its request's own retries)."""
+        if isinstance(exc, DeadlineExceeded):
+            return self._timed_out(tracker, task_id, now, exc), tracker
+        if tracker is None:
+            tracker = self.tracker()
+        if tracker.record_error(exc):
+            tracker.finish(now, None)
+            return Step(Verdict.GIVE_UP, error=exc), tracker
+        step = self._then(tracker, task_id, now, sent, tracker.error_delay(exc), None, exc)
+        return step, tracker
+
+    def _then(
+        self,
+        tracker: PollTracker,
+        task_id: str,
+        now: float,
+        sent: float | None,
+        delay: float,
+        emit: Generation | None,
+        cause: BaseException | None = None,
+    ) -> Step:
+        # A poll sent at the last moment was the last look; one sent earlier whose answer
+        # came late still leaves time for the last look.
+        if (now if sent is None else sent) >= self.final - _TOLERANCE:
+            step = self._timed_out(tracker, task_id, now, cause)
+            return attrs.evolve(step, emit=emit)
+        return Step(Verdict.SLEEP, delay=max(0.0, min(delay, self.final - now)), emit=emit)
+
+    def timed_out(self, tracker: PollTracker | None, task_id: str, now: float) -> Step:
+        """The deadline passed before this task could be polled (again)."""
+        return self._timed_out(tracker, task_id, now, None)
+
+    def _timed_out(
+        self,
+        tracker: PollTracker | None,
+        task_id: str,
+        now: float,
+        cause: BaseException | None,
+    ) -> Step:
+        last = None
+        if tracker is not None:
+            last = tracker.last
+            tracker.finish(now, None)
+        error = WaitTimeout(task_id, last, self.policy.timeout)
+        error.__cause__ = cause
+        return Step(Verdict.GIVE_UP, error=error)
+
+    def release(self, tracker: PollTracker | None, now: float) -> None:
+        """A task's wait was abandoned (cancelled, or its batch closed early)."""
+        if tracker is not None:
+            tracker.finish(now, None)
