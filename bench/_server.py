@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 from deerluma.testing import FakeDeerAPI
 
@@ -18,8 +19,11 @@ from deerluma.testing import FakeDeerAPI
 async def serve(count: int, duration: float) -> None:
     async with FakeDeerAPI() as fake:
         fake.record_requests = False
+        start = datetime.now(UTC)
         for i in range(count):
-            fake.add_generation(f"task-{i}", duration=duration, pending_for=0)
+            # Distinct creation times, as real bodies have: no decoding shortcut can share them.
+            created = start - timedelta(seconds=i * 7.123457)
+            fake.add_generation(f"task-{i}", duration=duration, pending_for=0, created_at=created)
         print(fake.url, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 
@@ -19,7 +20,7 @@ from ._models import Generation
 from ._policy import PollPolicy
 from ._validate import check_task_id
 from ._wait import OnUpdate, Poller, notify
-from .exceptions import DeerLumaError
+from .exceptions import AuthenticationError, DeerLumaError
 
 __all__ = ["BatchResult", "batch_as_completed"]
 
@@ -77,6 +78,8 @@ class _Scheduler:
         self.unseen: deque[str] = deque()  # ids not yet looked at
         self.first_poll = self.engine.started + self.engine.first_delay()
         self.repolls_in_a_row = 0
+        self.fatal: AuthenticationError | None = None
+        self.vouched = asyncio.Event()  # an answer came back: the key works (or fatal is set)
         self.results: asyncio.Queue[BatchResult | BaseException] = asyncio.Queue()
 
     def schedule(self, waiter: _Waiter, at: float) -> None:
@@ -120,10 +123,14 @@ class _Scheduler:
             times.append(self.first_poll)
         return min(times, default=None)
 
-    async def work(self) -> None:
+    async def work(self, *, first: bool = False) -> None:
         try:
+            if not first:
+                # One request goes alone first: a wrong key then costs one 401, not one per id.
+                await self.vouched.wait()
             while True:
-                now = self.clock()
+                # After a wrong key, every id is due at once: each reports it, none is sent.
+                now = self.clock() if self.fatal is None else math.inf
                 waiter = self._next_due(now)
                 if waiter is not None:
                     if self._next_is_due(now):
@@ -162,6 +169,9 @@ class _Scheduler:
         task_id = item.task_id if isinstance(item, _Waiter) else item
         tracker = waiter.tracker if waiter is not None else None
         sent = self.clock()
+        if self.fatal is not None:  # a wrong key fails every id alike: send nothing more
+            engine.release(tracker, sent)
+            return BatchResult(task_id, error=self.fatal)
         if engine.deadline is not None and sent >= engine.deadline:
             step = engine.timed_out(tracker, task_id, sent)
         else:
@@ -176,6 +186,10 @@ class _Scheduler:
                 step, tracker = engine.seen(tracker, task_id, self.clock(), generation, sent)
         if step.emit is not None and self.on_update is not None:
             await notify(self.on_update, step.emit)
+        if isinstance(step.error, AuthenticationError):
+            self.fatal = step.error
+            self.wake.set()  # the others need not wait for their turn to hear it
+        self.vouched.set()
         if step.verdict is Verdict.SLEEP:
             if waiter is None:
                 waiter = _Waiter(task_id, tracker)
@@ -214,7 +228,9 @@ async def batch_as_completed(
     for result in invalid:
         yield result
     waiting = expected - len(invalid)
-    workers = [asyncio.create_task(scheduler.work()) for _ in range(min(concurrency, waiting))]
+    workers = [
+        asyncio.create_task(scheduler.work(first=not i)) for i in range(min(concurrency, waiting))
+    ]
     try:
         for _ in range(waiting):
             item = await scheduler.results.get()

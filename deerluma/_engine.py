@@ -215,20 +215,25 @@ class PollTracker:
         return survived + policy.unhinted_interval
 
     def record_error(self, exc: BaseException) -> bool:
-        """Count a failed poll; True when the waiter should give up and report `exc`."""
+        """Count a failed poll; True when the waiter should give up and report `exc`.
+
+        429s do not count: the rate gate paces the Session, and the deadline bounds the wait.
+        """
+        if isinstance(exc, RateLimitError):
+            return False
         self.errors += 1
         return not is_transient(exc) or self.errors > self.policy.max_consecutive_errors
 
     def error_delay(self, exc: BaseException | None = None) -> float:
         """Seconds to sleep after a failed poll (its request's own retries included).
 
-        Grows with each failure in a row; a 429's Retry-After overrides it.
+        Grows with each fault in a row; after a 429 it is one `min_interval`,
+        as the rate gate holds the next request back for as long as needed.
         """
         policy = self.policy
-        backoff = min(policy.max_interval, policy.min_interval * 2.0 ** max(0, self.errors - 1))
-        delay = backoff * (1.0 - policy.jitter * self._rng.random())
-        retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-        return max(delay, retry_after or 0.0)
+        doublings = 0 if isinstance(exc, RateLimitError) else max(0, self.errors - 1)
+        backoff = min(policy.max_interval, policy.min_interval * 2.0**doublings)
+        return backoff * (1.0 - policy.jitter * self._rng.random())
 
 
 class Engine:

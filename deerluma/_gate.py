@@ -1,24 +1,67 @@
-"""One rate-limit gate per Session, shared by every request it sends."""
+"""One rate gate per Session: it owns every pause, and learns the API's rate limit from 429s.
+
+The shape is botocore's adaptive retry mode and TCP's congestion control: a
+client-side token rate, spaced evenly; a slow start that doubles it while the
+Session wants more and the server has not objected; on a 429, a
+multiplicative cut from the rate the server actually accepted lately (once per
+congestion: 429s for requests sent before the cut, or within a moment of it,
+do not cut again), then a CUBIC regrowth towards that rate. Two Sessions sharing a key each back off
+on their own 429s and so settle to a fair share (AIMD). A ``max_rps`` given by
+the user is a hard cap on top.
+"""
 
 from __future__ import annotations
 
+import bisect
+import collections
+import math
 from collections.abc import Awaitable, Callable
+
+import attrs
 
 from .exceptions import DeadlineExceeded
 
-__all__ = ["RateGate"]
+__all__ = ["RateGate", "RateView"]
 
-#: Pause after a 429 that carries no Retry-After; doubles while 429s keep coming.
-_DEFAULT_PAUSE = 1.0
+#: The rate a new Session starts at, in requests per second (no crawl: most limits are higher).
+_START = 50.0
+#: The bucket holds this many seconds' worth of requests: a few may go at once, the rest evenly.
+_BURST = 0.2
+#: Slow start doubles the rate after this long of being held back by it without a 429.
+_DOUBLING = 0.1
+#: Never below this rate, however many 429s: a trickle still finds out when the server recovers.
+_FLOOR = 0.5
+#: The multiplicative cut on a 429, and CUBIC's growth constant (botocore's values).
+_BETA = 0.7
+_CUBIC = 0.4
+#: The send rate is measured over this window (seconds), or its last quarter when that holds
+#: this many requests.
+_WINDOW = 1.0
+_ENOUGH = 8
+#: After a cut, 429s within this many round trips are the same congestion (the requests sent
+#: meanwhile met the same empty bucket); round trips are smoothed by this weight.
+_SETTLE = 4
+_SMOOTHING = 0.2
+#: A Retry-After longer than this is taken as this (a caller's deadline caps it further).
 _MAX_PAUSE = 60.0
 
 
-class RateGate:
-    """Spaces requests to `max_rps` and holds everyone back after a 429.
+@attrs.frozen
+class RateView:
+    """What a Session's rate gate knows, for logs and progress displays."""
 
-    Without it, every poller discovers the rate limit on its own and backs off
-    apart; with it, one 429 pauses the whole Session until Retry-After.
-    """
+    #: The rate the gate lets requests through at now, per second (None: not limited).
+    rps: float | None
+    #: The user's hard cap (``Session(max_rps=...)``), or None when the rate is learned.
+    max_rps: float | None
+    #: How many 429 answers this Session has received.
+    rate_limited: int
+    #: True until the first 429: the rate doubles while the Session wants more.
+    slow_start: bool
+
+
+class RateGate:
+    """Spaces requests to a learned (or capped) rate and holds everyone back after a 429."""
 
     def __init__(
         self,
@@ -27,41 +70,86 @@ class RateGate:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
-        if max_rps is not None and max_rps <= 0:
-            raise ValueError(f"max_rps must be positive, got {max_rps!r}")
-        self._spacing = 1.0 / max_rps if max_rps else 0.0
+        if max_rps is not None and not (max_rps > 0 and math.isfinite(max_rps)):
+            raise ValueError(f"max_rps must be a positive number, got {max_rps!r}")
+        self._cap = max_rps
         self._clock = clock
         self._sleep = sleep
-        self._next_slot = 0.0
-        self._paused_until = 0.0
-        self._strikes = 0
+        self._rate = max_rps or _START
+        self._slow_start = max_rps is None
+        self._w_max = 0.0  # CUBIC: the rate that was too much
+        self._k = 0.0  # CUBIC: seconds from a cut back to `_w_max`
+        self._cut_at = -math.inf  # clock time of the last cut
+        self._grown_at = clock()  # clock time of the last slow-start doubling
+        self._held_back = False  # a request waited for its slot since the last doubling
+        self._tokens = self._rate * _BURST if self._slow_start else 1.0
+        self._refilled_at = clock()
+        self._paused_until = -math.inf
+        self._sent: collections.deque[float] = collections.deque()  # send times, lately
+        self._ok: collections.deque[float] = collections.deque()  # answer times of successes
+        self._rtt = 0.0  # seconds from send to answer, smoothed
+        self._epoch = 0  # bumped by every 429: callers queued before it queue again
         self.rate_limited = 0
 
-    def try_pass(self) -> bool:
-        """Take a turn if one is free right now (no pause, no queue); the common case."""
-        now = self._clock()
-        if now < self._paused_until or now < self._next_slot:
-            return False
-        self._next_slot = now + self._spacing
-        return True
+    @property
+    def view(self) -> RateView:
+        """The current rate, cap and 429 count."""
+        return RateView(self._rate, self._cap, self.rate_limited, self._slow_start)
 
-    async def acquire(self, deadline: float | None = None) -> None:
-        """Wait for this request's turn; raise DeadlineExceeded rather than wait past `deadline`."""
+    def try_pass(self) -> float | None:
+        """Take a turn if one is free right now (no pause, no queue): the common case.
+
+        Returns the send time to hand back with the answer, or None when the
+        caller must `acquire`.
+        """
+        now = self._clock()
+        if now < self._paused_until or self._refill(now) < 1.0:
+            self._held_back = True
+            return None
+        self._take(now)
+        return now
+
+    async def acquire(self, deadline: float | None = None) -> float:
+        """Wait for this request's turn; raise DeadlineExceeded rather than wait past `deadline`.
+
+        Returns the send time to hand back with the answer (see `answered`).
+        """
         while True:
             now = self._clock()
             if now < self._paused_until:
                 self._check(self._paused_until, now, deadline)
                 await self._sleep(self._paused_until - now)
                 continue
-            slot = max(now, self._next_slot)
+            tokens = self._refill(now)
+            slot = now if tokens >= 1.0 else now + (1.0 - tokens) / self._rate
             self._check(slot, now, deadline)
-            # Reserve the slot before sleeping so concurrent callers queue in order.
-            self._next_slot = slot + self._spacing
+            # Take the token now, into debt if need be, so concurrent callers queue in order.
+            self._take(slot)
             if slot > now:
+                self._held_back = True
+                epoch = self._epoch
                 await self._sleep(slot - now)
-                if self._clock() < self._paused_until:
-                    continue  # a 429 arrived while we queued: wait it out too
-            return
+                if epoch != self._epoch:
+                    continue  # a 429 cut the rate while we queued: queue again at the new one
+            return slot
+
+    def _refill(self, now: float) -> float:
+        """Tokens in the bucket at `now`: it refills at the rate, up to a fifth of a second's.
+
+        Once a limit is known (the user's ``max_rps``, or a 429 seen) it holds
+        one: requests are spread evenly, never sent in bursts.
+        """
+        capacity = max(1.0, self._rate * _BURST) if self._slow_start else 1.0
+        self._tokens = min(capacity, self._tokens + (now - self._refilled_at) * self._rate)
+        self._refilled_at = now
+        return self._tokens
+
+    def _take(self, slot: float) -> None:
+        self._tokens -= 1.0
+        sent = self._sent
+        sent.append(slot)
+        while sent[0] < slot - _WINDOW:
+            sent.popleft()
 
     @staticmethod
     def _check(start: float, now: float, deadline: float | None) -> None:
@@ -70,17 +158,62 @@ class RateGate:
                 f"waiting {start - now:.1f}s for the rate limit would pass the deadline"
             )
 
-    def pause(self, retry_after: float | None) -> float:
-        """Hold every request back after a 429; returns the pause in seconds."""
-        self.rate_limited += 1
-        if retry_after is None:
-            seconds = min(_MAX_PAUSE, _DEFAULT_PAUSE * 2.0**self._strikes)
-            self._strikes += 1
-        else:
-            seconds = min(_MAX_PAUSE, retry_after)
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
-        return seconds
+    @staticmethod
+    def _rate_of(stamps: collections.deque[float], now: float, whole: bool = False) -> float:
+        """Events per second lately, from their clock times.
 
-    def clear_strikes(self) -> None:
-        """A request went through: the next unexplained 429 starts from a short pause again."""
-        self._strikes = 0
+        Over the last quarter window when it holds enough events to tell (a
+        rate that just doubled is not averaged away), else (or when `whole`)
+        over the whole window: steadier, where a moment of 429s would mislead.
+        """
+        while stamps and stamps[0] < now - _WINDOW:
+            stamps.popleft()
+        recent = len(stamps) - bisect.bisect_left(stamps, now - _WINDOW / 4)
+        if recent >= _ENOUGH and not whole:
+            return recent / (_WINDOW / 4)
+        return len(stamps) / _WINDOW
+
+    def answered(self, sent: float) -> None:
+        """A request sent at `sent` went through: the rate may grow."""
+        now = self._clock()
+        self._ok.append(now)
+        self._rtt += (max(0.0, now - sent) - self._rtt) * _SMOOTHING
+        if self._slow_start:
+            if self._held_back and now - self._grown_at >= _DOUBLING:
+                # Double, but never past twice what the server has taken lately.
+                self._set_rate(min(2 * self._rate, max(_START, 2 * self._rate_of(self._ok, now))))
+                self._grown_at, self._held_back = now, False
+            return
+        # CUBIC: back to the rate that was too much after `_k` seconds, then beyond, slowly;
+        # never more than twice what the Session sends (idle Sessions do not inflate it).
+        cubic = _CUBIC * (now - self._cut_at - self._k) ** 3 + self._w_max
+        self._set_rate(min(cubic, max(self._rate, 2 * self._rate_of(self._sent, now))))
+
+    def throttled(self, sent: float, retry_after: float | None) -> float:
+        """A request sent at `sent` got a 429; returns how long everyone now pauses.
+
+        One cut per burst: 429s for requests sent before the last cut were
+        already accounted for. Retry-After holds every request back (capped);
+        without it, the cut rate alone spaces the next ones.
+        """
+        self.rate_limited += 1
+        now = self._clock()
+        if sent > self._cut_at and now >= self._cut_at + _SETTLE * self._rtt:
+            # What the server took lately is its limit, near enough: regrow towards it. (Not
+            # below one cut of the rate: after a pause, "lately" took next to nothing.)
+            taken = self._rate_of(self._ok, now, whole=True)
+            limit = min(self._rate, max(taken, _BETA * self._rate))
+            self._slow_start = False
+            self._w_max = limit
+            self._k = (limit * (1 - _BETA) / _CUBIC) ** (1 / 3)
+            self._cut_at = now
+            self._set_rate(limit * _BETA)
+        pause = 1.0 / self._rate if retry_after is None else min(_MAX_PAUSE, retry_after)
+        self._paused_until = max(self._paused_until, now + pause)
+        # Start the schedule afresh after the pause: slots queued at the old rate are void.
+        self._tokens, self._refilled_at = 1.0, self._paused_until
+        self._epoch += 1
+        return pause
+
+    def _set_rate(self, rate: float) -> None:
+        self._rate = max(_FLOOR, rate if self._cap is None else min(rate, self._cap))

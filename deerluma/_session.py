@@ -30,9 +30,9 @@ from tenacity.stop import stop_base
 
 from ._batch import BatchResult, batch_as_completed
 from ._create import CreateOptions, build_create_body
-from ._decode import MAX_BODY_BYTES, decode_generation, parse_retry_after
+from ._decode import MAX_BODY_BYTES, decode_generation
 from ._download import Asset, OnProgress, download_generation
-from ._gate import RateGate
+from ._gate import RateGate, RateView
 from ._history import TimingHistory
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
@@ -56,8 +56,6 @@ log = logging.getLogger("deerluma")
 
 DEFAULT_BASE_URL = "https://api.deerapi.com"
 GENERATIONS_PATH = ("dream-machine", "v1", "generations")
-#: A single Retry-After longer than this is treated as this (a deadline caps it further).
-_MAX_RETRY_AFTER = 300.0
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -135,7 +133,8 @@ class Session:
     :param session: an ``aiohttp.ClientSession`` to borrow (it is never closed here).
     :param timeout: seconds (or a timedelta) one request may take.
     :param max_retries: retries of one request on transient faults.
-    :param max_rps: requests per second to stay under, shared by everything this Session sends.
+    :param max_rps: a hard cap on requests per second, shared by everything this Session sends;
+        None learns the API's limit from its 429s (see ``rate``).
     :param policy: the default PollPolicy of waits and batches.
     :param sleep: injectable ``asyncio.sleep`` (tests pass a fake clock's).
     :param clock: injectable monotonic clock, in seconds.
@@ -197,8 +196,17 @@ class Session:
         return self._history
 
     @property
+    def rate(self) -> RateView:
+        """The request rate this Session sends at now, its cap, and how many 429s it got.
+
+        Without ``max_rps`` the rate is learned: it starts at 50/s, doubles
+        while more is wanted, is cut on a 429 and grows back gently.
+        """
+        return self._gate.view
+
+    @property
     def rate_limited_count(self) -> int:
-        """How many 429 answers this Session has received."""
+        """How many 429 answers this Session has received (also ``rate.rate_limited``)."""
         return self._gate.rate_limited
 
     async def __aenter__(self) -> Self:
@@ -254,8 +262,9 @@ class Session:
     ) -> RawResponse:
         """One HTTP exchange with the API: gate, auth, timeout, body cap; no retries."""
         request_headers = self._auth_headers()
-        if not self._gate.try_pass():
-            await self._gate.acquire(deadline)
+        sent = self._gate.try_pass()
+        if sent is None:
+            sent = await self._gate.acquire(deadline)
         timeout = self._timeout
         client_timeout = self._client_timeout
         if deadline is not None:
@@ -295,12 +304,22 @@ class Session:
                 task_id=task_id,
             ) from exc
         log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
-        if status == 429:
-            pause = self._gate.pause(parse_retry_after(headers.get("Retry-After")))
-            log.warning("rate limited by %s; pausing requests for %.1fs", url.host, pause)
-        elif status < 400:
-            self._gate.clear_strikes()
-        return RawResponse(status, headers, body)
+        if status != 429:
+            self._gate.answered(sent)
+            return RawResponse(status, headers, body)
+        try:
+            decode_generation(status, headers, body, task_id=task_id)
+        except RateLimitError as exc:
+            # The gate owns the pause: retries and polls simply wait for their next turn.
+            pause = self._gate.throttled(sent, exc.retry_after)
+            log.info(
+                "rate limited by %s; %.1f requests/s from now on, pausing %.2fs",
+                url.host,
+                self._gate.view.rps,
+                pause,
+            )
+            raise
+        raise AssertionError("unreachable: a 429 always decodes to RateLimitError")
 
     def _retrying(
         self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
@@ -309,11 +328,9 @@ class Session:
         backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.25)
 
         def wait(state: RetryCallState) -> float:
-            seconds = backoff(state)
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-                seconds = max(seconds, min(exc.retry_after, _MAX_RETRY_AFTER))
-            return seconds
+            # After a 429 the rate gate holds the next attempt back as long as needed.
+            return 0.0 if isinstance(exc, RateLimitError) else backoff(state)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

@@ -37,7 +37,9 @@ What it does:
 - Faults on demand: ``inject(...)`` queues faults for the next requests;
   ``fault_rate`` faults a random share of requests (seeded); ``max_rps``
   (with ``burst`` requests at once, by default one second's worth)
-  answers 429 with Retry-After beyond a request rate.
+  answers 429 beyond a request rate, with ``Retry-After`` set to one
+  request's spacing (``retry_after=True``), to a number of seconds, or
+  absent (``retry_after=False``).
 - It records what it saw: ``requests`` (method, path, whether a key was sent,
   status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
   time of the first answer showing it terminal) and ``max_in_flight``; set
@@ -253,6 +255,7 @@ class FakeDeerAPI:
         clock: Callable[[], float] | None = None,
         max_rps: float | None = None,
         burst: float | None = None,
+        retry_after: float | bool = True,
         fault_rate: float = 0.0,
         fault_mix: Iterable[Fault] = DEFAULT_FAULT_MIX,
         seed: int = 0,
@@ -265,6 +268,7 @@ class FakeDeerAPI:
         self.clock: Callable[[], float] = clock or time.monotonic
         self.max_rps = max_rps
         self.burst = burst if burst is not None else (max_rps or 0.0)
+        self.retry_after = retry_after
         self.fault_rate = fault_rate
         self.fault_mix = tuple(fault_mix)
         self.link_ttl = link_ttl
@@ -345,10 +349,12 @@ class FakeDeerAPI:
         shape: str = "web",
         video_bytes: int | None = None,
         request: Mapping[str, object] | None = None,
+        created_at: datetime | None = None,
     ) -> str:
         """Add a generation that starts now and finishes after `duration` seconds; return its id.
 
-        `estimate_bias` skews `estimate_wait_seconds` (1.3 = reports 30 % too long).
+        `estimate_bias` skews `estimate_wait_seconds` (1.3 = reports 30 % too long);
+        `created_at` overrides the creation time its body shows.
         """
         task_id = task_id or str(uuid.uuid4())
         self._gens[task_id] = _Gen(
@@ -361,7 +367,7 @@ class FakeDeerAPI:
             estimate=estimate,
             estimate_bias=estimate_bias,
             shape=shape,
-            created_wall=self._wall(),
+            created_wall=self._wall() if created_at is None else created_at,
             video_bytes=self.video_bytes if video_bytes is None else video_bytes,
             request=request,
         )
@@ -438,11 +444,15 @@ class FakeDeerAPI:
             if not authorized:
                 return _json_error(401, "invalid api key", "invalid_api_key")
             if self.max_rps and not self._take_token():
+                headers = {}
+                if self.retry_after is not False:
+                    wait = 1 / self.max_rps if self.retry_after is True else self.retry_after
+                    headers["Retry-After"] = f"{wait:.3f}"
                 return web.Response(
                     status=429,
                     body=b'{"error": {"message": "too many requests", "type": "rate_limit"}}',
                     content_type="application/json",
-                    headers={"Retry-After": f"{1 / self.max_rps:.3f}"},
+                    headers=headers,
                 )
         if fault is not None:
             if fault.kind == "latency":

@@ -247,3 +247,26 @@ async def test_a_batch_returns_what_finished_before_its_deadline(
     results = await session.wait_many([*done_in_time, too_slow], timeout=5)
     assert all(isinstance(results[i], deerluma.Generation) for i in done_in_time)
     assert isinstance(results[too_slow], deerluma.WaitTimeout)
+
+
+async def test_a_wrong_key_stops_the_batch_and_every_id_reports_it() -> None:
+    async with FakeDeerAPI() as fake:
+        ids = [fake.add_generation(duration=0) for _ in range(1000)]
+        async with deerluma.Session(api_key="wrong-key", base_url=fake.url) as s:
+            results = await s.wait_many(ids, concurrency=64)
+    assert all(isinstance(r, deerluma.AuthenticationError) for r in results.values())
+    assert len(fake.requests) <= 50
+
+
+async def test_without_max_rps_the_session_learns_the_limit_and_reports_it() -> None:
+    async with FakeDeerAPI(max_rps=200, burst=20, retry_after=False) as fake:
+        ids = [fake.add_generation(duration=0) for _ in range(400)]
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url) as s:
+            results = await s.wait_many(ids, concurrency=32)
+            rate = s.rate
+    assert all(isinstance(g, deerluma.Generation) for g in results.values())
+    assert rate.max_rps is None and rate.rate_limited == s.rate_limited_count
+    limited = sum(r.status == 429 for r in fake.requests)
+    assert rate.rate_limited == limited
+    assert limited < 0.1 * len(fake.requests)  # found out, not hammered
+    assert not rate.slow_start and rate.rps is not None and rate.rps < 400

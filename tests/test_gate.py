@@ -1,4 +1,4 @@
-"""The rate-limit gate on a fake clock: spacing, shared pauses, deadlines."""
+"""The rate gate on a fake clock: spacing, slow start, cuts on 429s, regrowth, pauses."""
 
 from __future__ import annotations
 
@@ -15,20 +15,54 @@ def _gate(clock: FakeClock, max_rps: float | None = None) -> RateGate:
     return RateGate(max_rps, clock=clock, sleep=clock.sleep)
 
 
-def test_a_free_gate_lets_requests_pass_without_waiting(clock: FakeClock) -> None:
+class _Server:
+    """A limit of `rps` requests per second, as a token bucket holding a tenth of a second."""
+
+    def __init__(self, rps: float, start: float) -> None:
+        self.rps, self.burst = rps, rps / 10
+        self.tokens, self.at = self.burst, start
+        self.throttled = self.served = 0
+
+    def answer(self, gate: RateGate, sent: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (sent - self.at) * self.rps)
+        self.at = sent
+        if self.tokens < 1:
+            self.throttled += 1
+            gate.throttled(sent, None)
+        else:
+            self.tokens -= 1
+            self.served += 1
+            gate.answered(sent)
+
+
+def _drive(clock: FakeClock, gates: list[RateGate], server: _Server | None, seconds: float) -> None:
+    """Each gate's Session wants to send all the time; time moves in 1 ms ticks."""
+    for _ in range(int(seconds * 1000)):
+        for gate in gates:
+            while (sent := gate.try_pass()) is not None:
+                if server is None:
+                    gate.answered(sent)
+                else:
+                    server.answer(gate, sent)
+        clock.advance(0.001)
+
+
+def test_a_new_gate_lets_requests_pass_at_once(clock: FakeClock) -> None:
     gate = _gate(clock)
-    assert all(gate.try_pass() for _ in range(100))
+    assert gate.try_pass() == clock()
+    assert gate.view.slow_start and gate.view.rps == 50
 
 
-async def test_max_rps_spaces_requests_evenly(clock: FakeClock) -> None:
+async def test_max_rps_spaces_requests_evenly_and_caps_the_rate(clock: FakeClock) -> None:
     gate = _gate(clock, max_rps=4)
     start = clock()
     stamps = []
     for _ in range(5):
-        await gate.acquire()
-        stamps.append(clock() - start)
+        stamps.append(await gate.acquire() - start)
+        gate.answered(stamps[-1] + start)
     assert stamps == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
-    assert not gate.try_pass()  # the next slot is still a quarter second away
+    assert gate.try_pass() is None  # the next slot is still a quarter second away
+    assert gate.view.rps == 4 and gate.view.max_rps == 4
 
 
 async def test_concurrent_callers_queue_in_order(clock: FakeClock) -> None:
@@ -43,32 +77,94 @@ async def test_concurrent_callers_queue_in_order(clock: FakeClock) -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
-async def test_a_429_pauses_everyone_until_retry_after(clock: FakeClock) -> None:
+def test_slow_start_doubles_while_held_back_until_the_first_429(clock: FakeClock) -> None:
+    gate = _gate(clock)
+    _drive(clock, [gate], None, 0.5)
+    assert gate.view.rps is not None and gate.view.rps >= 50 * 2**3
+    assert gate.view.slow_start
+
+
+async def test_an_idle_session_does_not_inflate_its_rate(clock: FakeClock) -> None:
+    gate = _gate(clock)
+    for _ in range(20):
+        gate.answered(await gate.acquire())
+        await clock.sleep(1.0)  # one request a second: never held back
+    assert gate.view.rps == 50
+
+
+def test_a_429_cuts_the_rate_from_what_was_being_sent(clock: FakeClock) -> None:
+    gate = _gate(clock)
+    _drive(clock, [gate], None, 0.3)  # slow start to some hundreds per second
+    sent_rate = gate.view.rps
+    assert sent_rate is not None and sent_rate >= 200
+    gate.throttled(clock(), None)
+    # Cut from what was really sent lately (the rate just doubled: it is not all sent yet).
+    assert gate.view.rps is not None
+    assert 0.7 * sent_rate / 2 <= gate.view.rps <= 0.7 * sent_rate
+    assert not gate.view.slow_start and gate.rate_limited == 1
+
+
+async def test_a_burst_of_429s_already_in_flight_cuts_once(clock: FakeClock) -> None:
+    gate = _gate(clock)
+    in_flight = [await gate.acquire() for _ in range(20)]
+    gate.throttled(in_flight[0], None)
+    after_one = gate.view.rps
+    for sent in in_flight[1:]:
+        gate.throttled(sent, None)  # sent before the cut: the same congestion
+    assert gate.view.rps == after_one
+    assert gate.rate_limited == 20
+
+
+def test_the_rate_settles_under_the_servers_limit_with_few_429s(clock: FakeClock) -> None:
+    gate, server = _gate(clock), _Server(100, clock())
+    _drive(clock, [gate], server, 60.0)
+    assert 80 * 60 <= server.served <= 100 * 60
+    assert server.throttled < 0.01 * server.served
+
+
+def test_two_sessions_sharing_a_limit_settle_to_a_fair_share(clock: FakeClock) -> None:
+    a, b = _gate(clock), _gate(clock)
+    server = _Server(100, clock())
+    served = {a: 0, b: 0}
+    answer = server.answer
+
+    def counting(gate: RateGate, sent: float) -> None:
+        before = server.served
+        answer(gate, sent)
+        served[gate] += server.served - before
+
+    server.answer = counting  # type: ignore[method-assign]
+    _drive(clock, [a, b], server, 60.0)
+    assert min(served.values()) > max(served.values()) / 3  # neither starves
+    assert server.served >= 75 * 60
+    assert server.throttled < 0.02 * server.served
+
+
+async def test_retry_after_pauses_everyone_and_is_capped(clock: FakeClock) -> None:
     gate = _gate(clock)
     start = clock()
-    assert gate.pause(7.0) == 7.0
-    assert not gate.try_pass()
+    assert gate.throttled(clock(), 7.0) == 7.0
+    assert gate.try_pass() is None
     await gate.acquire()
     assert clock() - start == pytest.approx(7.0)
+    assert gate.throttled(clock(), 10_000) == 60.0
 
 
-def test_429s_without_retry_after_back_off_until_one_goes_through(clock: FakeClock) -> None:
+async def test_429s_without_retry_after_never_pause_for_long(clock: FakeClock) -> None:
     gate = _gate(clock)
-    assert [gate.pause(None) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
-    gate.clear_strikes()
-    assert gate.pause(None) == 1.0
-    assert gate.pause(10_000) == 60.0  # capped
-    assert gate.rate_limited == 6
+    pauses = [gate.throttled(await gate.acquire(), None) for _ in range(50)]
+    assert max(pauses) <= 2.0  # one slot at the floor rate, not a doubling into minutes
 
 
 async def test_a_pause_past_the_deadline_raises_instead_of_waiting(clock: FakeClock) -> None:
     gate = _gate(clock)
-    gate.pause(30.0)
+    gate.throttled(clock(), 30.0)
     with pytest.raises(DeadlineExceeded, match="deadline"):
         await gate.acquire(deadline=clock() + 5.0)
     assert clock.sleeps == []
 
 
-def test_max_rps_must_be_positive(clock: FakeClock) -> None:
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
+def test_max_rps_must_be_a_positive_number(clock: FakeClock, bad: float) -> None:
     with pytest.raises(ValueError, match="max_rps"):
-        _gate(clock, max_rps=0)
+        _gate(clock, max_rps=bad)

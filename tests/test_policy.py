@@ -105,7 +105,7 @@ def test_sleeps_are_capped_and_jitter_only_shortens_them() -> None:
     assert len(set(delays)) > 100
 
 
-def test_error_delay_grows_and_honours_retry_after() -> None:
+def test_error_delay_grows_with_faults_and_leaves_429s_to_the_rate_gate() -> None:
     policy = PollPolicy(jitter=0, max_consecutive_errors=3)
     tracker = PollTracker(policy, 0.0, random.Random(0))
     busy = ServerError(502, message="bad gateway")
@@ -114,8 +114,10 @@ def test_error_delay_grows_and_honours_retry_after() -> None:
     assert not tracker.record_error(busy)
     assert not tracker.record_error(busy)
     assert tracker.error_delay(busy) == 4 * first
-    assert tracker.error_delay(RateLimitError(429, message="slow", retry_after=30.0)) == 30.0
-    assert tracker.record_error(busy)  # the fourth in a row: give up
+    slow = RateLimitError(429, message="slow", retry_after=30.0)
+    assert not any(tracker.record_error(slow) for _ in range(10))  # 429s never use up the budget
+    assert tracker.error_delay(slow) == policy.min_interval  # the gate holds the next one back
+    assert tracker.record_error(busy)  # the fourth fault in a row: give up
 
 
 def test_a_client_error_gives_up_at_once() -> None:

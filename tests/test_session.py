@@ -271,7 +271,7 @@ async def test_connection_refused_is_a_transport_error_marked_unsent(clock: Fake
     assert info.value.request_sent is False
     assert info.value.task_id == "abc"
     assert secret not in "".join(traceback.format_exception(info.value))  # causes included
-    assert len(clock.sleeps) == 3  # retried max_retries times
+    assert len([s for s in clock.sleeps if s >= 0.25]) == 3  # retried max_retries times
 
 
 async def test_slow_answer_times_out_as_transport_error(fake: FakeDeerAPI) -> None:
