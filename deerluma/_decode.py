@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType, NoneType, UnionType
@@ -307,6 +307,15 @@ def _normalize(body: Mapping[str, object]) -> Mapping[str, object]:
 
 def generation_from_json(payload: object, *, task_id: str | None = None) -> Generation:
     """A Generation from an already-parsed JSON value, or DecodeError."""
+    generation = _structure(payload, task_id)
+    assert isinstance(payload, Mapping)
+    # A dict fresh from json.loads is ours alone: wrap it rather than copy it.
+    raw = MappingProxyType(payload if isinstance(payload, dict) else dict(payload))
+    object.__setattr__(generation, "raw", raw)  # set once, before anyone else sees it
+    return generation
+
+
+def _structure(payload: object, task_id: str | None) -> Generation:
     if not isinstance(payload, Mapping):
         raise DecodeError(f"expected a JSON object, got {type(payload).__name__}", task_id=task_id)
     if not isinstance(payload.get("id"), str) or not payload["id"]:
@@ -327,14 +336,35 @@ def generation_from_json(payload: object, *, task_id: str | None = None) -> Gene
             task_id=task_id,
             transient=True,
         )
-    return _with_raw(generation, payload)
-
-
-def _with_raw(generation: Generation, payload: Mapping[str, object]) -> Generation:
-    # A dict fresh from json.loads is ours alone: wrap it rather than copy it.
-    raw = MappingProxyType(payload if isinstance(payload, dict) else dict(payload))
-    object.__setattr__(generation, "raw", raw)  # set once, before anyone else sees it
     return generation
+
+
+class _RawBody(Mapping[str, object]):
+    """A generation's body as received: read-only, parsed from its bytes when first read."""
+
+    __slots__ = ("_body", "_parsed")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._parsed: Mapping[str, object] | None = None
+
+    def _mapping(self) -> Mapping[str, object]:
+        if self._parsed is None:
+            value = _json(self._body)
+            self._parsed = MappingProxyType(value if isinstance(value, dict) else {})
+        return self._parsed
+
+    def __getitem__(self, key: str) -> object:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return repr(dict(self._mapping()))
 
 
 def decode_generation(
@@ -369,7 +399,11 @@ def decode_generation(
             transient=True,
         ) from exc
     try:
-        return generation_from_json(payload, task_id=task_id)
+        generation = _structure(payload, task_id)
     except DecodeError as exc:
         exc.body_excerpt = excerpt(body)
         raise
+    # Keep the body as bytes, read again only if someone looks: a parsed copy held by every
+    # result of a large batch costs memory, and garbage-collection time on every later poll.
+    object.__setattr__(generation, "raw", _RawBody(body))
+    return generation

@@ -12,6 +12,7 @@ the user is a hard cap on top.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import math
@@ -27,8 +28,9 @@ __all__ = ["RateGate", "RateView"]
 _START = 50.0
 #: The bucket holds this many seconds' worth of requests: a few may go at once, the rest evenly.
 _BURST = 0.2
-#: Slow start doubles the rate after this long of being held back by it without a 429.
-_DOUBLING = 0.1
+#: Slow start doubles the rate once per two round trips (at least this long) of being held
+#: back by it without a 429, as TCP's does per round trip.
+_DOUBLING = 0.01
 #: Never below this rate, however many 429s: a trickle still finds out when the server recovers.
 _FLOOR = 0.5
 #: The multiplicative cut on a 429, and CUBIC's growth constant (botocore's values).
@@ -38,10 +40,14 @@ _CUBIC = 0.4
 #: this many requests.
 _WINDOW = 1.0
 _ENOUGH = 8
+#: Slow start reads the rate of successes off this many latest ones.
+_LATEST = 32
 #: After a cut, 429s within this many round trips are the same congestion (the requests sent
 #: meanwhile met the same empty bucket); round trips are smoothed by this weight.
 _SETTLE = 4
 _SMOOTHING = 0.2
+#: A whole token, give or take the rounding of clock arithmetic.
+_ONE = 1.0 - 1e-9
 #: A Retry-After longer than this is taken as this (a caller's deadline caps it further).
 _MAX_PAUSE = 60.0
 
@@ -88,7 +94,8 @@ class RateGate:
         self._sent: collections.deque[float] = collections.deque()  # send times, lately
         self._ok: collections.deque[float] = collections.deque()  # answer times of successes
         self._rtt = 0.0  # seconds from send to answer, smoothed
-        self._epoch = 0  # bumped by every 429: callers queued before it queue again
+        self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
+        self._dispatcher: asyncio.Future[None] | None = None
         self.rate_limited = 0
 
     @property
@@ -103,7 +110,7 @@ class RateGate:
         caller must `acquire`.
         """
         now = self._clock()
-        if now < self._paused_until or self._refill(now) < 1.0:
+        if self._queue or now < self._paused_until or self._refill(now) < _ONE:
             self._held_back = True
             return None
         self._take(now)
@@ -113,25 +120,50 @@ class RateGate:
         """Wait for this request's turn; raise DeadlineExceeded rather than wait past `deadline`.
 
         Returns the send time to hand back with the answer (see `answered`).
+        Waiters queue in order; one dispatcher lets them through at the rate
+        of the moment, so a cut (or a doubling) applies to everyone queued.
         """
-        while True:
-            now = self._clock()
-            if now < self._paused_until:
-                self._check(self._paused_until, now, deadline)
-                await self._sleep(self._paused_until - now)
-                continue
-            tokens = self._refill(now)
-            slot = now if tokens >= 1.0 else now + (1.0 - tokens) / self._rate
-            self._check(slot, now, deadline)
-            # Take the token now, into debt if need be, so concurrent callers queue in order.
-            self._take(slot)
-            if slot > now:
-                self._held_back = True
-                epoch = self._epoch
-                await self._sleep(slot - now)
-                if epoch != self._epoch:
-                    continue  # a 429 cut the rate while we queued: queue again at the new one
-            return slot
+        turn = self.try_pass()
+        if turn is not None:
+            return turn
+        now = self._clock()
+        start = max(now, self._paused_until)
+        self._check(start + (len(self._queue) + 1 - self._tokens) / self._rate, now, deadline)
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.ensure_future(self._dispatch())
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._tokens += 1.0  # granted as we were cancelled: give the turn back
+            if not any(not w.done() for w in self._queue) and self._dispatcher is not None:
+                self._dispatcher.cancel()
+                self._dispatcher = None
+            raise
+
+    async def _dispatch(self) -> None:
+        """Let queued waiters through, one token each, at the current rate and pauses."""
+        queue = self._queue
+        try:
+            while queue:
+                if queue[0].done():  # its caller was cancelled
+                    queue.popleft()
+                    continue
+                now = self._clock()
+                if now < self._paused_until:
+                    await self._sleep(self._paused_until - now)
+                    continue
+                tokens = self._refill(now)
+                if tokens < _ONE:
+                    await self._sleep((1.0 - tokens) / self._rate)
+                    continue
+                self._take(now)
+                queue.popleft().set_result(now)
+        finally:
+            if self._dispatcher is asyncio.current_task():
+                self._dispatcher = None
 
     def _refill(self, now: float) -> float:
         """Tokens in the bucket at `now`: it refills at the rate, up to a fifth of a second's.
@@ -158,6 +190,14 @@ class RateGate:
                 f"waiting {start - now:.1f}s for the rate limit would pass the deadline"
             )
 
+    def _latest_rate(self) -> float:
+        """Successes per second over the last few of them: quick to follow a ramp."""
+        ok = self._ok
+        if len(ok) < _ENOUGH:
+            return 0.0
+        first = ok[-min(len(ok), _LATEST)]
+        return (min(len(ok), _LATEST) - 1) / max(ok[-1] - first, 1e-6)
+
     @staticmethod
     def _rate_of(stamps: collections.deque[float], now: float, whole: bool = False) -> float:
         """Events per second lately, from their clock times.
@@ -179,9 +219,9 @@ class RateGate:
         self._ok.append(now)
         self._rtt += (max(0.0, now - sent) - self._rtt) * _SMOOTHING
         if self._slow_start:
-            if self._held_back and now - self._grown_at >= _DOUBLING:
+            if self._held_back and now - self._grown_at >= max(_DOUBLING, 2 * self._rtt):
                 # Double, but never past twice what the server has taken lately.
-                self._set_rate(min(2 * self._rate, max(_START, 2 * self._rate_of(self._ok, now))))
+                self._set_rate(max(self._rate, min(2 * self._rate, 2 * self._latest_rate())))
                 self._grown_at, self._held_back = now, False
             return
         # CUBIC: back to the rate that was too much after `_k` seconds, then beyond, slowly;
@@ -210,9 +250,8 @@ class RateGate:
             self._set_rate(limit * _BETA)
         pause = 1.0 / self._rate if retry_after is None else min(_MAX_PAUSE, retry_after)
         self._paused_until = max(self._paused_until, now + pause)
-        # Start the schedule afresh after the pause: slots queued at the old rate are void.
-        self._tokens, self._refilled_at = 1.0, self._paused_until
-        self._epoch += 1
+        # No burst when the pause ends: one request, then the (new) rate.
+        self._tokens, self._refilled_at = min(self._tokens, 1.0), max(now, self._refilled_at)
         return pause
 
     def _set_rate(self, rate: float) -> None:
