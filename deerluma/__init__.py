@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._batch import BatchResult
 from ._decode import decode_generation
+from ._gate import RateView
 from ._history import TimingHistory
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy
@@ -53,6 +54,7 @@ __all__ = [
     "NotFoundError",
     "PollPolicy",
     "RateLimitError",
+    "RateView",
     "ServerError",
     "Session",
     "TimingHistory",

@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument(
         "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
     )
+    wait.add_argument(
+        "--max-rps",
+        type=float,
+        help="a hard cap on requests per second (default: learned from the API's 429s)",
+    )
     wait.add_argument("--download", type=Path, metavar="DIR", help="save each finished video")
     wait.add_argument("--json", action="store_true", help="one JSON line per task on stdout")
 
@@ -91,7 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     many.add_argument("--from", dest="source", default="-", metavar="FILE", help="'-' = stdin")
     many.add_argument("--concurrency", type=int, default=16)
     many.add_argument("--timeout", type=float, default=3600.0)
-    many.add_argument("--max-rps", type=float, help="requests per second to stay under")
+    many.add_argument(
+        "--max-rps",
+        type=float,
+        help="a hard cap on requests per second (default: learned from the API's 429s)",
+    )
     many.add_argument(
         "--out", type=Path, help="append JSON lines here; ids already finished there are skipped"
     )
@@ -186,13 +195,14 @@ class App:
         if not self.live:
             await follow()
             return rows
-        with Live(progress_table(rows, title), console=self.console, refresh_per_second=8) as live:
+        table = progress_table(rows, title, session.rate)
+        with Live(table, console=self.console, refresh_per_second=8) as live:
             job = asyncio.ensure_future(follow())
             try:
                 while not job.done():
-                    live.update(progress_table(rows, title))
+                    live.update(progress_table(rows, title, session.rate))
                     await asyncio.wait([job], timeout=0.125)
-                live.update(progress_table(rows, title))
+                live.update(progress_table(rows, title, session.rate))
                 await job
             finally:
                 job.cancel()
@@ -247,7 +257,7 @@ async def cmd_wait(app: App) -> int:
     from ._render import generation_json, summary_table
 
     ids = list(dict.fromkeys(app.args.task_ids))
-    async with app.session() as s:
+    async with app.session(max_rps=app.args.max_rps) as s:
         rows = await app.track(s, ids, timeout=app.args.timeout, concurrency=app.args.concurrency)
         for row in rows:
             if app.args.download and row.error is None and row.generation is not None:

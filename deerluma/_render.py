@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ._gate import RateView
 from ._models import Generation, GenerationState
 from .exceptions import DeerLumaError
 
@@ -83,9 +84,16 @@ class Row:
         return ""
 
 
-def progress_table(rows: Iterable[Row], title: str = "") -> Table:
-    """One row per task: id, state, estimate or queue position, elapsed time."""
-    table = Table(title=title or None, expand=False)
+def progress_table(rows: Iterable[Row], title: str = "", rate: RateView | None = None) -> Table:
+    """One row per task: id, state, estimate or queue position, elapsed time.
+
+    With `rate`, a footer says how fast the Session is sending and how many 429s it got.
+    """
+    caption = None
+    if rate is not None and rate.rps is not None:
+        how = "capped" if rate.max_rps is not None else "learned"
+        caption = f"{rate.rps:.0f} requests/s ({how}), {rate.rate_limited} rate-limited"
+    table = Table(title=title or None, caption=caption, expand=False)
     table.add_column("task")
     table.add_column("state")
     table.add_column("estimate / reason")

@@ -235,3 +235,11 @@ async def test_wait_keeps_to_its_concurrency(live_fake: FakeDeerAPI) -> None:
     code, _, _ = await run(live_fake, "wait", *ids, "--concurrency", "2")
     assert code == 0
     assert live_fake.max_in_flight <= 2
+
+
+async def test_wait_takes_a_hard_rate_cap() -> None:
+    async with FakeDeerAPI(max_rps=40, burst=1) as fake:
+        ids = [fake.add_generation(duration=0) for _ in range(20)]
+        code, _, _ = await run(fake, "wait", *ids, "--max-rps", "40", "--json")
+    assert code == 0
+    assert [r.status for r in fake.requests] == [200] * 20  # spaced: never a 429
