@@ -3,11 +3,11 @@
 The shape is botocore's adaptive retry mode and TCP's congestion control: a
 client-side token rate, spaced evenly; a slow start that doubles it while the
 Session wants more and the server has not objected; on a 429, a
-multiplicative cut from the rate the server actually accepted lately (once per
-congestion: 429s for requests sent before the cut, or within a moment of it,
-do not cut again), then a CUBIC regrowth towards that rate. Two Sessions sharing a key each back off
-on their own 429s and so settle to a fair share (AIMD). A ``max_rps`` given by
-the user is a hard cap on top.
+multiplicative cut from the rate the server actually accepted lately (once
+per congestion: 429s for requests sent before the cut, or within a moment of
+it, do not cut again), then a CUBIC regrowth towards that rate. Two Sessions
+sharing a key each back off on their own 429s and so settle to a fair share
+(AIMD). A ``max_rps`` given by the user is a hard cap on top.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ _MAX_PAUSE = 60.0
 class RateView:
     """What a Session's rate gate knows, for logs and progress displays."""
 
-    #: The rate the gate lets requests through at now, per second (None: not limited).
-    rps: float | None
+    #: The rate the gate lets requests through at now, per second.
+    rps: float
     #: The user's hard cap (``Session(max_rps=...)``), or None when the rate is learned.
     max_rps: float | None
     #: How many 429 answers this Session has received.
@@ -216,7 +216,10 @@ class RateGate:
     def answered(self, sent: float) -> None:
         """A request sent at `sent` went through: the rate may grow."""
         now = self._clock()
-        self._ok.append(now)
+        ok = self._ok
+        ok.append(now)
+        while ok[0] < now - _WINDOW:
+            ok.popleft()
         self._rtt += (max(0.0, now - sent) - self._rtt) * _SMOOTHING
         if self._slow_start:
             if self._held_back and now - self._grown_at >= max(_DOUBLING, 2 * self._rtt):

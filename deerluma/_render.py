@@ -90,7 +90,7 @@ def progress_table(rows: Iterable[Row], title: str = "", rate: RateView | None =
     With `rate`, a footer says how fast the Session is sending and how many 429s it got.
     """
     caption = None
-    if rate is not None and rate.rps is not None:
+    if rate is not None:
         how = "capped" if rate.max_rps is not None else "learned"
         caption = f"{rate.rps:.0f} requests/s ({how}), {rate.rate_limited} rate-limited"
     table = Table(title=title or None, caption=caption, expand=False)

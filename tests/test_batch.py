@@ -269,4 +269,4 @@ async def test_without_max_rps_the_session_learns_the_limit_and_reports_it() -> 
     limited = sum(r.status == 429 for r in fake.requests)
     assert rate.rate_limited == limited
     assert limited < 0.1 * len(fake.requests)  # found out, not hammered
-    assert not rate.slow_start and rate.rps is not None and rate.rps < 400
+    assert not rate.slow_start and rate.rps < 400
