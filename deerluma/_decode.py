@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 from types import MappingProxyType, NoneType, UnionType
 from typing import Union, get_args, get_origin
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
@@ -140,15 +141,37 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
+#: The exact types a media field may already have for its value to be taken as it is.
+_PLAIN_MEDIA_TYPES = {
+    "url": str,
+    "width": int,
+    "height": int,
+    "download_url": str,
+    "duration": float,
+}
+
+
 def _media_hook(cls: type[Media], converter: cattrs.Converter) -> _Hook:
     from_dict = make_dict_structure_fn(cls, converter)  # extra keys (palette, ...) ignored
+    plain = tuple((f.name, _PLAIN_MEDIA_TYPES[f.name]) for f in attrs.fields(cls))
 
     def structure(value: object, _: object) -> object:
         if isinstance(value, str):
             return cls(url=value)  # the official shape's assets are plain URLs
         if not isinstance(value, Mapping):
             raise TypeError(f"expected an object or a URL, got {type(value).__name__}")
-        return from_dict(value, cls)
+        # Batches decode thousands of these: values already of their exact type (the usual
+        # case) are taken as they are; anything else goes through the converter's checks.
+        fields = {}
+        for name, kind in plain:
+            item = value.get(name)
+            if item is not None:
+                if type(item) is not kind:
+                    return from_dict(value, cls)
+                fields[name] = item
+        if "duration" in fields and not math.isfinite(fields["duration"]):  # type: ignore[arg-type]
+            return from_dict(value, cls)
+        return cls(**fields)  # type: ignore[arg-type]
 
     return structure
 

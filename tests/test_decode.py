@@ -244,3 +244,39 @@ def test_retry_after_parses_seconds_and_http_dates(
 def test_oversized_body_is_refused() -> None:
     with pytest.raises(DecodeError, match="more than a generation"):
         decode_generation(200, JSON, b" " * (4 * 1024 * 1024 + 1))
+
+
+@pytest.mark.parametrize(
+    ("media", "expected"),
+    [
+        ({"url": "u", "width": 752, "height": 1360}, Media("u", 752, 1360)),
+        ({"url": "u", "width": 752.0, "height": 1360.0}, Media("u", 752, 1360)),  # coerced
+        ({"url": None, "width": None}, Media()),
+    ],
+)
+def test_media_values_of_exact_or_coercible_types_decode_alike(
+    media: dict[str, object], expected: Media
+) -> None:
+    body = json.dumps({"id": "t", "state": "completed", "thumbnail": media}).encode()
+    assert decode_generation(200, {}, body).thumbnail == expected
+
+
+@pytest.mark.parametrize("video", [{"url": 5}, {"width": "wide"}, {"duration": "long"}])
+def test_media_values_of_wrong_types_still_fail_with_their_field(video: dict[str, object]) -> None:
+    body = json.dumps({"id": "t", "state": "completed", "video": video}).encode()
+    with pytest.raises(DecodeError, match="video"):
+        decode_generation(200, {}, body)
+
+
+def test_video_duration_may_be_quoted() -> None:
+    body = json.dumps({"id": "t", "state": "completed", "video": {"duration": "5.04"}}).encode()
+    video = decode_generation(200, {}, body).video
+    assert video is not None and video.duration == 5.04
+
+
+def test_raw_is_the_body_as_received_and_read_only() -> None:
+    body = json.dumps({"id": "t", "state": "completed", "media_type": "video"}).encode()
+    g = decode_generation(200, {}, body)
+    assert g.raw["media_type"] == "video" and dict(g.raw) == json.loads(body)
+    with pytest.raises(TypeError):
+        g.raw["id"] = "other"  # type: ignore[index]
