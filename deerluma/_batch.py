@@ -11,7 +11,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 
 import attrs
 
@@ -202,22 +202,20 @@ class _Scheduler:
 
 async def batch_as_completed(
     poller: Poller,
-    task_ids: Iterable[str],
+    task_ids: list[str],
     *,
     concurrency: int,
     policy: PollPolicy,
     on_update: OnUpdate | None = None,
 ) -> AsyncGenerator[BatchResult, None]:
-    """Yield one BatchResult per distinct task id, in the order they finish.
+    """Yield one BatchResult per task id (distinct, checked by `check_batch`) as they finish.
 
     `on_update` hears each change of every id (the terminal one included).
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     scheduler = _Scheduler(poller, policy, on_update)
     invalid: list[BatchResult] = []
     expected = 0
-    for task_id in dict.fromkeys(task_ids):
+    for task_id in task_ids:
         expected += 1
         try:
             check_task_id(task_id)

@@ -133,7 +133,10 @@ async def stream_to(
     host = yarl.URL(url).host
     try:
         async with http.get(
-            yarl.URL(url, encoded=True), headers=request_headers, timeout=client_timeout
+            yarl.URL(url, encoded=True),
+            headers=request_headers,
+            timeout=client_timeout,
+            raise_for_status=False,  # a borrowed session's default must not hide our errors
         ) as resp:
             if resp.status in (400, 401, 403):
                 raise LinkRejected(f"storage at {host} refused the link (HTTP {resp.status})")

@@ -270,9 +270,9 @@ class Engine:
         """The pause before the first poll, cut short by the deadline.
 
         `initial_delay` when set; else none, unless `may_skip` (a single wait)
-        and the Session has learned both that its waits begin as their
-        generations do and how young generations never finish: then the first
-        poll goes one interval past where finishes begin.
+        and the Session has learned that its waits begin as their generations
+        do: then the first poll goes one learned interval past where finishes
+        begin, or one plain interval in while nothing is learned yet.
         """
         delay = self.policy.initial_delay
         history = self._history

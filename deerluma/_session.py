@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import random
 import time
@@ -36,7 +37,7 @@ from ._gate import RateGate, RateView
 from ._history import TimingHistory
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
-from ._validate import check_base_url, check_task_id
+from ._validate import check_base_url, check_batch, check_task_id
 from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
 from .exceptions import (
     ConfigurationError,
@@ -159,13 +160,15 @@ class Session:
         self._base = check_base_url(
             base_url or os.environ.get("DEERAPI_BASE_URL") or DEFAULT_BASE_URL
         )
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
         self._collection = self._base.joinpath(*GENERATIONS_PATH)
         self._collection_text = str(self._collection).rstrip("/")
         self._timeout = to_seconds(timeout)
-        if not self._timeout:
-            raise ValueError("timeout must be positive: aiohttp would read 0 as no timeout")
+        if not 0 < self._timeout < math.inf:
+            raise ValueError(
+                f"timeout must be a positive, finite number of seconds per request, got {timeout!r}"
+            )
         self._client_timeout = aiohttp.ClientTimeout(total=self._timeout)
         self._max_retries = max_retries
         self._borrowed = session
@@ -244,10 +247,12 @@ class Session:
             )
         return self._headers
 
-    def generation_url(self, task_id: str | None = None) -> yarl.URL:
-        """The API URL of one generation (or of the collection); the id is always quoted."""
-        if task_id is None:
-            return self._collection
+    def generation_url(self, task_id: str) -> yarl.URL:
+        """The API URL of one generation; the id is checked and always quoted.
+
+        A task id that is not a string is a TypeError, an unsafe one an
+        InvalidTaskId, before anything is sent.
+        """
         quoted = quote(check_task_id(task_id), safe="")
         return yarl.URL(f"{self._collection_text}/{quoted}", encoded=True)
 
@@ -283,6 +288,7 @@ class Session:
                 json=json_body,
                 allow_redirects=False,
                 timeout=client_timeout,
+                raise_for_status=False,  # a borrowed session's default must not hide our errors
             ) as resp:
                 body = await _read_capped(resp, task_id)
                 headers = resp.headers
@@ -463,7 +469,7 @@ class Session:
         """
         return batch_as_completed(
             self._poller(),
-            task_ids,
+            check_batch(task_ids, concurrency),  # argument mistakes raise here, not mid-batch
             concurrency=concurrency,
             policy=self._policy_for(timeout, policy),
             on_update=on_update,
@@ -478,7 +484,7 @@ class Session:
         policy: PollPolicy | None = None,
     ) -> dict[str, Generation | DeerLumaError]:
         """Wait for all of `task_ids`; map each distinct id to its Generation or its error."""
-        ids = list(dict.fromkeys(task_ids))
+        ids = check_batch(task_ids, concurrency)
         outcomes: dict[str, Generation | DeerLumaError] = {}
         results = self.as_completed(ids, concurrency=concurrency, timeout=timeout, policy=policy)
         async with aclosing(results):
@@ -541,7 +547,7 @@ class Session:
         return await self.wait_until_completed(created.id, timeout=timeout, on_update=on_update)
 
     async def _create(self, body: Mapping[str, object]) -> Generation:
-        url = self.generation_url()
+        url = self._collection
 
         async def attempt() -> Generation:
             resp = await self._exchange("POST", url, json_body=body)

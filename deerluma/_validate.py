@@ -5,16 +5,39 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from collections.abc import Iterable
 
 import yarl
 
 from .exceptions import InvalidTaskId
 
-__all__ = ["check_base_url", "check_task_id"]
+__all__ = ["check_base_url", "check_batch", "check_task_id"]
 
 _FORBIDDEN = frozenset("/\\?#%")
 _MAX_TASK_ID = 200
 _PLAIN_ID = re.compile(rf"[A-Za-z0-9_.:~-]{{1,{_MAX_TASK_ID}}}")
+
+
+def check_batch(task_ids: Iterable[str], concurrency: int) -> list[str]:
+    """The distinct ids of a batch, in order; TypeError or ValueError for what cannot be one.
+
+    A lone string is refused (iterating it would poll its characters), and so
+    is an id that is not a string; an unsafe string id is left for the batch
+    to report as that id's InvalidTaskId.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        raise TypeError(f"concurrency must be a whole number, got {concurrency!r}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if isinstance(task_ids, str | bytes):
+        raise TypeError(
+            f"task_ids must be a collection of ids, not one string: write [{task_ids!r}]"
+        )
+    ids = list(dict.fromkeys(task_ids))
+    for task_id in ids:
+        if not isinstance(task_id, str):
+            raise TypeError(f"task ids must be strings, got {task_id!r} in the batch")
+    return ids
 
 
 def check_task_id(task_id: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
+from typing import Any
 
 import aiohttp
 import pytest
@@ -332,3 +333,67 @@ async def test_nothing_is_sent_once_the_deadline_has_passed(
     with pytest.raises(deerluma.DeadlineExceeded):
         await session._fetch(task_id, deadline=clock() - 1.0)
     assert fake.requests == []
+
+
+async def test_a_borrowed_session_that_raises_for_status_does_not_hide_our_errors(
+    fake: FakeDeerAPI,
+) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession(raise_for_status=True) as http:
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, session=http) as s:
+            with pytest.raises(deerluma.NotFoundError):
+                await s.get_generation("no-such-task")
+        async with deerluma.Session(api_key="wrong", base_url=fake.url, session=http) as s:
+            with pytest.raises(deerluma.AuthenticationError):
+                await s.get_generation("any")
+            with pytest.raises(deerluma.AuthenticationError):
+                await s.create_generation("a fox")
+        assert not http.closed
+    assert len(fake.requests) == 3  # nothing was retried
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda s: s.get_generation(None), TypeError),
+        (lambda s: s.wait_until_completed(42), TypeError),
+        (lambda s: s.wait_many("id-1"), TypeError),
+        (lambda s: s.wait_many(["ok-id", 7]), TypeError),
+        (lambda s: s.wait_many(["ok-id"], concurrency=1.5), TypeError),
+        (lambda s: s.wait_many(["ok-id"], concurrency=0), ValueError),
+    ],
+)
+async def test_argument_mistakes_are_refused_before_anything_is_sent(
+    fake: FakeDeerAPI, session: deerluma.Session, call: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await call(session)
+    assert fake.requests == []
+
+
+def test_batch_arguments_are_checked_when_as_completed_is_called(
+    session: deerluma.Session,
+) -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        session.as_completed(["a"], concurrency=0)  # not only once iteration starts
+    with pytest.raises(TypeError, match="one string"):
+        session.as_completed("abc")
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": float("nan")}, "non-negative"),
+        ({"max_rps": float("nan")}, "max_rps"),
+        ({"max_rps": 0}, "max_rps"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"max_retries": 1.5}, "max_retries"),
+    ],
+)
+def test_nonsense_settings_are_refused_at_construction(
+    settings: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        deerluma.Session(api_key="k", **settings)
