@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv test lint typecheck pytest demo bench docs clean
+# The other legs of CI: the suite on the lowest versions pyproject.toml allows, and on the
+# newest Python on the machine, each in a venv of its own.
+LOWEST := .venv-lowest
+NEWEST := .venv-newest
+NEWEST_PYTHON ?= $(shell .ci/newest-python)
+
+.PHONY: all venv test lint typecheck pytest demo bench docs clean test-lowest test-newest-python
 
 all: test
 
@@ -39,5 +45,19 @@ bench: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
+test-lowest: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	rm -rf $(LOWEST)
+	$(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
+	$(BIN)/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[cli,dev]'
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider
+
+test-newest-python:
+	rm -rf $(NEWEST)
+	$(NEWEST_PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST)/bin/python -m pip install --quiet -e '.[cli,dev]'
+	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) $(NEWEST) site .mypy_cache .pytest_cache .ruff_cache

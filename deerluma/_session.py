@@ -25,7 +25,6 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_any,
-    wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
 
@@ -57,6 +56,9 @@ log = logging.getLogger("deerluma")
 
 DEFAULT_BASE_URL = "https://api.deerapi.com"
 GENERATIONS_PATH = ("dream-machine", "v1", "generations")
+#: Per-request retries back off from this, doubling up to the max, plus up to this at random.
+_FIRST_BACKOFF = 0.25
+_MAX_BACKOFF = 8.0
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -331,12 +333,15 @@ class Session:
         self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
     ) -> AsyncRetrying:
         """The per-request retry loop: bounded by max_retries and never sleeping past `deadline`."""
-        backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.25)
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            # After a 429 the rate gate holds the next attempt back as long as needed.
-            return 0.0 if isinstance(exc, RateLimitError) else backoff(state)
+            if isinstance(exc, RateLimitError):
+                return 0.0  # the rate gate holds the next attempt back as long as needed
+            # Exponential with jitter (tenacity's wait_exponential_jitter, whose arguments
+            # differ between the versions we support).
+            backoff = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2.0 ** (state.attempt_number - 1))
+            return backoff + self._rng.uniform(0.0, _FIRST_BACKOFF)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

@@ -58,7 +58,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import attrs
 from aiohttp import web
@@ -73,7 +73,8 @@ __all__ = [
 ]
 
 _API = "/dream-machine/v1/generations"
-_FAULT = web.RequestKey("fault", str)
+# A typed request key where aiohttp has them (3.14+), a namespaced string before that.
+_FAULT: Any = getattr(web, "RequestKey", lambda name, _: f"deerluma.{name}")("fault", str)
 _CDN = "https://storage.cdn-luma.com/fake"
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"

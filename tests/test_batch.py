@@ -200,6 +200,7 @@ async def test_ten_thousand_waiting_ids_cost_no_task_each() -> None:
 
     from deerluma import Generation, GenerationState
     from deerluma._batch import batch_as_completed
+    from deerluma._validate import check_batch
     from deerluma._wait import Poller
 
     clock = FakeClock()
@@ -217,7 +218,8 @@ async def test_ten_thousand_waiting_ids_cost_no_task_each() -> None:
     ids = [f"t{i}" for i in range(10_000)]
     poller = Poller(fetch, clock, clock.sleep, random.Random(0))
     # Duplicates are polled once.
-    results = batch_as_completed(poller, [*ids, *ids[:100]], concurrency=16, policy=PollPolicy())
+    distinct = check_batch([*ids, *ids[:100]], 16)
+    results = batch_as_completed(poller, distinct, concurrency=16, policy=PollPolicy())
     finished = [r.task_id async for r in results]
     assert sorted(finished) == sorted(ids)
     assert most_tasks <= 16 + 3  # the workers, the test, and a timer: not one per id
