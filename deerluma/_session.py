@@ -311,7 +311,8 @@ class Session:
                 f"connection to {url.host} failed{_about(task_id)}: {type(exc).__name__}: {exc}",
                 task_id=task_id,
             ) from exc
-        log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
+        if log.isEnabledFor(logging.DEBUG):  # the hot path of big batches: no call when off
+            log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
         if status != 429:
             self._gate.answered(sent)
             return RawResponse(status, headers, body)
