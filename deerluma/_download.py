@@ -19,7 +19,14 @@ import yarl
 
 from ._models import Generation, GenerationState, Media
 from ._validate import check_task_id
-from .exceptions import DeerLumaError, DownloadError, ServerError, TransportError
+from .exceptions import (
+    DeerLumaError,
+    DestinationError,
+    DestinationExists,
+    DownloadError,
+    ServerError,
+    TransportError,
+)
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -85,15 +92,18 @@ def is_expired(url: str, now: datetime | None = None) -> bool:
     return expires is not None and (now or datetime.now(UTC)) >= expires - _EXPIRY_MARGIN
 
 
-def destination(dest: str | os.PathLike[str], url: str, task_id: str, asset: Asset) -> Path:
-    """The file to write: `dest` itself, or a name from the URL inside `dest` if it is a folder."""
+def destination(dest: str | os.PathLike[str], task_id: str, asset: Asset) -> Path:
+    """The file to write: `dest` itself, or one named after the task and asset in a folder.
+
+    URLs' own names repeat (many end in ``video.mp4``): in a folder, two
+    generations must never write the same file.
+    """
     path = Path(dest)
     if not (path.is_dir() or str(dest).endswith(("/", os.sep))):
         return path
-    name = _SAFE_NAME.sub("_", yarl.URL(url).name).strip("._")
-    if not name:
-        name = f"{task_id}-{asset}{_EXTENSIONS[asset]}"
-    return path / name
+    stem = _SAFE_NAME.sub("_", task_id).strip("._") or "generation"
+    suffix = "" if asset == "video" else f"-{asset}"
+    return path / f"{stem}{suffix}{_EXTENSIONS[asset]}"
 
 
 class LinkRejected(DeerLumaError):
@@ -227,10 +237,16 @@ async def download_generation(
     if is_expired(url):
         generation = await session.get_generation(generation.id)
         url = asset_url(generation, asset)
-    final = destination(dest, url, generation.id, asset)
+    final = destination(dest, generation.id, asset)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
+        raise DestinationExists(_exists(final), task_id=generation.id)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(
+            f"cannot create the folder {final.parent} for {final}: {exc.strerror or exc}",
+            task_id=generation.id,
+        ) from exc
     transfer = Transfer(part_path(final))
     refreshed = False
     try:
@@ -263,6 +279,18 @@ async def download_generation(
                     task_id=generation.id,
                 ) from exc
         await commit(transfer.part, final, overwrite=overwrite)
+    except DeerLumaError:
+        raise
+    except FileExistsError as exc:  # appeared meanwhile
+        raise DestinationExists(_exists(final), task_id=generation.id) from exc
+    except OSError as exc:  # a read-only or full disk: name what the caller gave, not .part
+        raise DestinationError(
+            f"cannot write {final}: {exc.strerror or exc}", task_id=generation.id
+        ) from exc
     finally:
         transfer.part.unlink(missing_ok=True)
     return final
+
+
+def _exists(final: Path) -> str:
+    return f"{final} exists; pass overwrite=True to replace it"

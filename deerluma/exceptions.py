@@ -18,6 +18,8 @@ __all__ = [
     "DeadlineExceeded",
     "DecodeError",
     "DeerLumaError",
+    "DestinationError",
+    "DestinationExists",
     "DownloadError",
     "GenerationFailed",
     "InvalidTaskId",
@@ -205,6 +207,18 @@ class DownloadError(DeerLumaError):
     def __init__(self, message: str, *, task_id: str | None = None) -> None:
         self.task_id = task_id
         super().__init__(message)
+
+
+class DestinationError(DownloadError, OSError):
+    """The file could not be written where asked (a folder that is a file, a full or
+    read-only disk); the message names the destination given, never a temporary file."""
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        DownloadError.__init__(self, message, task_id=task_id)
+
+
+class DestinationExists(DestinationError, FileExistsError):
+    """The destination file exists and overwriting was not asked for."""
 
 
 _RETRYABLE_STATUS = frozenset({500, 502, 503, 504})

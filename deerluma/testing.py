@@ -10,7 +10,7 @@ SDK does runs over a real socket, with no network and no cost::
         clock = FakeClock()
         async with FakeDeerAPI(clock=clock) as fake:
             task_id = fake.add_generation(duration=30, estimate_bias=1.2)
-            fake.inject(Fault.status(502), Fault.reset())   # the next two requests fail
+            fake.inject(Fault.error(502), Fault.reset())   # the next two requests fail
             async with deerluma.Session(api_key=fake.api_key, base_url=fake.url,
                                         clock=clock, sleep=clock.sleep) as s:
                 g = await s.wait_until_completed(task_id)   # no real waiting

@@ -97,8 +97,8 @@ async def test_download_into_a_new_folder_named_with_a_trailing_slash(
     task_id = live_fake.add_generation(duration=0)
     code, out, _ = await run(live_fake, "download", task_id, f"{tmp_path}/new/")
     assert code == 0
-    assert Path(out.strip()) == tmp_path / "new" / "video.mp4"
-    assert (tmp_path / "new" / "video.mp4").read_bytes() == live_fake.video_content(task_id)
+    assert Path(out.strip()) == tmp_path / "new" / f"{task_id}.mp4"
+    assert (tmp_path / "new" / f"{task_id}.mp4").read_bytes() == live_fake.video_content(task_id)
 
 
 async def test_download_command_saves_the_asset(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
@@ -240,6 +240,6 @@ async def test_wait_keeps_to_its_concurrency(live_fake: FakeDeerAPI) -> None:
 async def test_wait_takes_a_hard_rate_cap() -> None:
     async with FakeDeerAPI(max_rps=40, burst=1) as fake:
         ids = [fake.add_generation(duration=0) for _ in range(20)]
-        code, _, _ = await run(fake, "wait", *ids, "--max-rps", "40", "--json")
+        code, _, _ = await run(fake, "wait", *ids, "--max-rps", "30", "--json")
     assert code == 0
     assert [r.status for r in fake.requests] == [200] * 20  # spaced: never a 429

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,14 +33,41 @@ async def test_each_asset_downloads_whole_to_the_destination(
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-async def test_download_by_task_id_into_a_folder_names_the_file_from_the_url(
+async def test_download_into_a_folder_names_each_file_after_its_task_and_asset(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    # Both links end in video.mp4: named after the URL, the second would clobber the first.
+    first, second = fake.add_generation(duration=0), fake.add_generation(duration=0)
+    paths = [await session.download(task_id, tmp_path) for task_id in (first, second)]
+    assert [p.name for p in paths] == [f"{first}.mp4", f"{second}.mp4"]
+    assert paths[1].read_bytes() == fake.video_content(second)
+    thumb = await session.download(first, f"{tmp_path}/thumbs/", asset="thumbnail")
+    assert thumb == tmp_path / "thumbs" / f"{first}-thumbnail.jpg"
+
+
+async def test_file_problems_are_download_errors_naming_the_destination(
     fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
 ) -> None:
     task_id = fake.add_generation(duration=0)
-    path = await session.download(task_id, tmp_path)
-    assert path.parent == tmp_path
-    assert path.name == "video.mp4"
-    assert path.read_bytes() == fake.video_content(task_id)
+    (tmp_path / "a-file").write_text("in the way")
+    with pytest.raises(deerluma.DestinationError, match="a-file") as info:
+        await session.download(task_id, tmp_path / "a-file" / "out.mp4")
+    assert isinstance(info.value, OSError) and isinstance(info.value, deerluma.DownloadError)
+    (tmp_path / "taken.mp4").write_bytes(b"mine")
+    with pytest.raises(deerluma.DestinationExists, match=r"taken\.mp4"):
+        await session.download(task_id, tmp_path / "taken.mp4")
+    assert (tmp_path / "taken.mp4").read_bytes() == b"mine"
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        if os.access(readonly, os.W_OK):  # root writes anywhere: nothing to prove here
+            return
+        with pytest.raises(deerluma.DestinationError, match=r"readonly/out\.mp4") as denied:
+            await session.download(task_id, readonly / "out.mp4")
+        assert ".part" not in str(denied.value)
+    finally:
+        readonly.chmod(0o700)
 
 
 async def test_official_shape_video_downloads_from_assets(
