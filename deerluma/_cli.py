@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
+from ._create import ASPECT_RATIOS
 from ._download import Asset
 from ._models import Generation
 from ._session import Session
@@ -56,6 +57,46 @@ def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
     return code
 
 
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--api-key, --base-url and -v, accepted before the command and after it (as aws does).
+
+    After the command they default to SUPPRESS, so an unset one never hides one set before.
+    """
+    unset = None if defaults else argparse.SUPPRESS
+    parser.add_argument("--api-key", default=unset, help="API key (default: $DEERAPI_API_KEY)")
+    parser.add_argument(
+        "--base-url", default=unset, help="API base URL (default: $DEERAPI_BASE_URL or DeerAPI)"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="debug logging, tracebacks",
+    )
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"example: {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, defaults=False)
+    return parser
+
+
+_RATIOS_HELP = "width:height, one of " + ", ".join(sorted(ASPECT_RATIOS))
+_MAX_RPS_HELP = "a hard cap on requests per second (default: learned from the API's 429s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deerluma",
@@ -64,70 +105,105 @@ def _parser() -> argparse.ArgumentParser:
         "4 API/auth/network error.",
     )
     parser.add_argument("--version", action="version", version=f"deerluma {__version__}")
-    parser.add_argument("--api-key", help="API key (default: $DEERAPI_API_KEY)")
-    parser.add_argument("--base-url", help="API base URL (default: $DEERAPI_BASE_URL or DeerAPI)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    _global_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="try everything against a built-in fake server")
+    demo = _command(
+        commands,
+        "demo",
+        "try everything against a built-in fake server (no key, no network)",
+        "deerluma demo --tasks 5 --speed 4",
+    )
     demo.add_argument("--tasks", type=int, default=20, help="simulated generations (default 20)")
     demo.add_argument("--out", type=Path, help="folder for the downloaded video (default: temp)")
     demo.add_argument("--speed", type=float, default=1.0, help="run simulated time N times faster")
 
-    get = commands.add_parser("get", help="show one generation")
-    get.add_argument("task_id")
-    get.add_argument("--json", action="store_true", help="print the body as JSON")
+    get = _command(commands, "get", "show one generation", "deerluma get TASK_ID --json")
+    get.add_argument("task_id", metavar="ID", help="the task id")
+    get.add_argument(
+        "--json", action="store_true", help="print the generation's body as the API sent it"
+    )
 
-    wait = commands.add_parser("wait", help="wait for generations, with live progress")
-    wait.add_argument("task_ids", nargs="+", metavar="ID")
+    wait = _command(
+        commands,
+        "wait",
+        "wait for generations, with live progress",
+        "deerluma wait ID1 ID2 --download videos/ --timeout 600",
+    )
+    wait.add_argument("task_ids", nargs="+", metavar="ID", help="task ids to wait for")
     wait.add_argument("--timeout", type=float, default=900.0, help="seconds (default 900)")
     wait.add_argument(
         "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
     )
+    wait.add_argument("--max-rps", type=float, help=_MAX_RPS_HELP)
     wait.add_argument(
-        "--max-rps",
-        type=float,
-        help="a hard cap on requests per second (default: learned from the API's 429s)",
+        "--download", type=Path, metavar="DIR", help="save each finished video into DIR"
     )
-    wait.add_argument("--download", type=Path, metavar="DIR", help="save each finished video")
-    wait.add_argument("--json", action="store_true", help="one JSON line per task on stdout")
+    wait.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON line per task: {"task_id", "state", "error", "generation"}',
+    )
 
-    many = commands.add_parser("wait-many", help="wait for ids read one per line; resumable")
-    many.add_argument("--from", dest="source", default="-", metavar="FILE", help="'-' = stdin")
-    many.add_argument("--concurrency", type=int, default=16)
-    many.add_argument("--timeout", type=float, default=3600.0)
-    many.add_argument(
-        "--max-rps",
-        type=float,
-        help="a hard cap on requests per second (default: learned from the API's 429s)",
+    many = _command(
+        commands,
+        "wait-many",
+        "wait for ids read one per line; resumable with --out",
+        "deerluma wait-many --from ids.txt --out results.jsonl",
     )
+    many.add_argument(
+        "--from", dest="source", default="-", metavar="FILE", help="ids, one per line ('-': stdin)"
+    )
+    many.add_argument(
+        "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
+    )
+    many.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    many.add_argument("--max-rps", type=float, help=_MAX_RPS_HELP)
     many.add_argument(
         "--out", type=Path, help="append JSON lines here; ids already finished there are skipped"
     )
 
-    download = commands.add_parser("download", help="save a finished generation's file")
-    download.add_argument("task_id")
+    download = _command(
+        commands,
+        "download",
+        "save a finished generation's file",
+        "deerluma download TASK_ID videos/ --asset thumbnail",
+    )
+    download.add_argument("task_id", metavar="ID", help="the task id")
     # A str, not a Path: Path drops the trailing "/" that says "a folder".
-    download.add_argument("dest", help="a file, or a folder (existing, or ending in /)")
-    download.add_argument("--asset", choices=ASSET_CHOICES, default="video")
-    download.add_argument("--overwrite", action="store_true")
+    download.add_argument("dest", help="a file, or a folder (existing, or ending in /): DIR/ID.mp4")
+    download.add_argument(
+        "--asset", choices=ASSET_CHOICES, default="video", help="which file (default video)"
+    )
+    download.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
-    create = commands.add_parser("create", help="start a generation")
-    create.add_argument("prompt")
-    create.add_argument("--aspect-ratio")
-    create.add_argument("--loop", action="store_true", default=None)
-    create.add_argument("--model")
-    create.add_argument("--resolution")
-    create.add_argument("--duration")
-    create.add_argument("--start-image", metavar="URL")
-    create.add_argument("--end-image", metavar="URL")
-    create.add_argument("--callback-url", metavar="URL", help="the API calls it when done")
+    create = _command(
+        commands,
+        "create",
+        "start a generation",
+        'deerluma create "a deer in a misty forest" --aspect-ratio 16:9 --wait --download .',
+    )
+    create.add_argument("prompt", help="what the video shows")
+    create.add_argument(
+        "--aspect-ratio", choices=sorted(ASPECT_RATIOS), metavar="W:H", help=_RATIOS_HELP
+    )
+    create.add_argument(
+        "--loop", action="store_true", default=None, help="make the video loop seamlessly"
+    )
+    create.add_argument("--model", help="the model to use (the gateway's default if unset)")
+    create.add_argument("--resolution", help="e.g. 720p")
+    create.add_argument("--duration", help="e.g. 5s")
+    create.add_argument("--start-image", metavar="URL", help="an image for the first frame")
+    create.add_argument("--end-image", metavar="URL", help="an image for the last frame")
+    create.add_argument("--callback-url", metavar="URL", help="the API calls it on each change")
     create.add_argument("--wait", action="store_true", help="wait until it is finished")
-    create.add_argument("--timeout", type=float, default=900.0)
+    create.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds to wait (default 900)"
+    )
     create.add_argument(
         "--download", type=Path, metavar="DIR", help="save the video (implies --wait)"
     )
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -240,12 +316,12 @@ class App:
 
 
 async def cmd_get(app: App) -> int:
-    from ._render import generation_json, print_generation
+    from ._render import print_generation, result_line
 
     async with app.session() as s:
         g = await s.get_generation(app.args.task_id)
-    if app.args.json:
-        app.emit(generation_json(g.id, g, None))
+    if app.args.json:  # the generation itself, as sent: like gh api or kubectl -o json
+        print(result_line(dict(g.raw)), file=app.out, flush=True)
     else:
         from rich.console import Console
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deerluma._cli import main
+from deerluma._cli import _parser, main
 from deerluma.testing import FakeDeerAPI, Fault
 
 
@@ -32,11 +33,30 @@ async def live_fake() -> FakeDeerAPI:  # real time: the CLI waits with a real cl
 async def test_get_prints_json_of_the_body(live_fake: FakeDeerAPI) -> None:
     task_id = live_fake.add_generation(duration=0)
     code, out, _ = await run(live_fake, "get", task_id, "--json")
-    record = json.loads(out)
+    body = json.loads(out)  # the generation itself, as the API sent it
     assert code == 0
-    assert record["task_id"] == task_id
-    assert record["state"] == "completed"
-    assert record["generation"]["video"]["download_url"].startswith(live_fake.url)
+    assert body["id"] == task_id
+    assert body["state"] == "completed"
+    assert body["video"]["download_url"].startswith(live_fake.url)
+
+
+async def test_global_options_go_before_or_after_the_command(live_fake: FakeDeerAPI) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    argv = ["get", task_id, "--json", "--api-key", live_fake.api_key, "--base-url", live_fake.url]
+    code, out, _ = await run(None, *argv)
+    assert code == 0 and json.loads(out)["id"] == task_id
+    # One given before the command is not undone by its absence after it.
+    code, out, _ = await run(live_fake, "get", task_id, "--json")
+    assert code == 0 and json.loads(out)["id"] == task_id
+
+
+def test_every_command_and_option_explains_itself() -> None:
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        assert command.description and "example: deerluma" in (command.epilog or ""), name
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}"
 
 
 async def test_get_pretty_prints_a_table(live_fake: FakeDeerAPI) -> None:
@@ -133,10 +153,13 @@ async def test_create_with_wait_and_download(live_fake: FakeDeerAPI, tmp_path: P
     assert "created" in err
 
 
-async def test_usage_errors_exit_2_with_one_line(live_fake: FakeDeerAPI) -> None:
+async def test_usage_errors_exit_2_with_one_line(
+    live_fake: FakeDeerAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = await run(live_fake, "create", "a fox", "--aspect-ratio", "2:1")
+    err += capsys.readouterr().err  # argparse writes to the process's stderr
     assert code == 2
-    assert err.strip().startswith("deerluma: error: aspect_ratio")
+    assert "--aspect-ratio" in err and "16:9" in err  # the flag and its choices, no Python name
     assert "Traceback" not in err
     code, _, _ = await run(live_fake, "get", "a/b")
     assert code == 2
@@ -194,7 +217,7 @@ async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> No
     proc = await spawn(live_fake, "get", task_id, "--json")
     out, _ = await proc.communicate()
     assert proc.returncode == 0
-    assert json.loads(out)["task_id"] == task_id
+    assert json.loads(out)["id"] == task_id
 
 
 async def test_ctrl_c_stops_cleanly_with_exit_130(live_fake: FakeDeerAPI) -> None:
