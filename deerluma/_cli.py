@@ -24,6 +24,7 @@ from ._download import Asset
 from ._models import Generation
 from ._session import Session
 from .exceptions import (
+    ConfigurationError,
     DeerLumaError,
     GenerationFailed,
     WaitTimeout,
@@ -364,7 +365,10 @@ def _plain(row: Row) -> str:
 
 
 def _read_ids(source: str) -> list[str]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:  # a usage mistake, not a network error
+        raise ValueError(f"cannot read ids from {source}: {exc.strerror or exc}") from exc
     ids = [line.strip() for line in text.splitlines()]
     return list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
 
@@ -563,9 +567,13 @@ def main(
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return EXIT_INTERRUPTED
-    except FileExistsError as exc:
-        _report(app, exc, "the --overwrite flag replaces it")
+    except FileExistsError as exc:  # said for a terminal: the flag, not the Python argument
+        where = getattr(exc, "dest", None) or exc.filename or str(exc).split(" exists")[0]
+        _report(app, f"{where} exists", "the --overwrite flag replaces it")
         return EXIT_USAGE
+    except ConfigurationError:
+        _report(app, "no API key: pass --api-key or set $DEERAPI_API_KEY")
+        return EXIT_ERROR
     except ValueError as exc:  # bad arguments, found before anything was sent
         _report(app, exc)
         return EXIT_USAGE
@@ -577,7 +585,7 @@ def main(
         return EXIT_ERROR
 
 
-def _report(app: App, exc: BaseException, hint: str = "") -> None:
+def _report(app: App, exc: BaseException | str, hint: str = "") -> None:
     if app.args.verbose:
         app.console.print_exception()
     print(f"deerluma: error: {exc}" + (f" ({hint})" if hint else ""), file=app.console.file)

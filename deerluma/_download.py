@@ -24,6 +24,7 @@ from .exceptions import (
     DestinationError,
     DestinationExists,
     DownloadError,
+    GenerationFailed,
     ServerError,
     TransportError,
 )
@@ -57,10 +58,12 @@ def asset_url(generation: Generation, asset: Asset) -> str:
     """The URL to fetch `asset` from; the presigned download_url is preferred for the video."""
     if asset not in ASSETS:
         raise ValueError(f"asset must be one of {', '.join(ASSETS)}, got {asset!r}")
+    if generation.state is GenerationState.FAILED:
+        raise GenerationFailed(generation)  # says why; there is nothing to download
     if generation.state is not GenerationState.COMPLETED:
         raise DownloadError(
-            f"generation {generation.id!r} is {generation.state.value}, not completed; "
-            "wait_until_completed() first",
+            f"generation {generation.id!r} is {generation.state.value}, not completed yet; "
+            "wait for it to finish first",
             task_id=generation.id,
         )
     media: Media | None = getattr(generation, asset)
@@ -239,13 +242,14 @@ async def download_generation(
         url = asset_url(generation, asset)
     final = destination(dest, generation.id, asset)
     if final.exists() and not overwrite:
-        raise DestinationExists(_exists(final), task_id=generation.id)
+        raise _exists(final, generation.id)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DestinationError(
             f"cannot create the folder {final.parent} for {final}: {exc.strerror or exc}",
             task_id=generation.id,
+            dest=final,
         ) from exc
     transfer = Transfer(part_path(final))
     refreshed = False
@@ -282,15 +286,17 @@ async def download_generation(
     except DeerLumaError:
         raise
     except FileExistsError as exc:  # appeared meanwhile
-        raise DestinationExists(_exists(final), task_id=generation.id) from exc
+        raise _exists(final, generation.id) from exc
     except OSError as exc:  # a read-only or full disk: name what the caller gave, not .part
         raise DestinationError(
-            f"cannot write {final}: {exc.strerror or exc}", task_id=generation.id
+            f"cannot write {final}: {exc.strerror or exc}", task_id=generation.id, dest=final
         ) from exc
     finally:
         transfer.part.unlink(missing_ok=True)
     return final
 
 
-def _exists(final: Path) -> str:
-    return f"{final} exists; pass overwrite=True to replace it"
+def _exists(final: Path, task_id: str) -> DestinationExists:
+    return DestinationExists(
+        f"{final} exists; pass overwrite=True to replace it", task_id=task_id, dest=final
+    )

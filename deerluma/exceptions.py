@@ -211,10 +211,11 @@ class DownloadError(DeerLumaError):
 
 class DestinationError(DownloadError, OSError):
     """The file could not be written where asked (a folder that is a file, a full or
-    read-only disk); the message names the destination given, never a temporary file."""
+    read-only disk); `dest` and the message name the destination, never a temporary file."""
 
-    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+    def __init__(self, message: str, *, task_id: str | None = None, dest: object = None) -> None:
         DownloadError.__init__(self, message, task_id=task_id)
+        self.dest = dest
 
 
 class DestinationExists(DestinationError, FileExistsError):

@@ -266,3 +266,28 @@ async def test_wait_takes_a_hard_rate_cap() -> None:
         code, _, _ = await run(fake, "wait", *ids, "--max-rps", "30", "--json")
     assert code == 0
     assert [r.status for r in fake.requests] == [200] * 20  # spaced: never a 429
+
+
+async def test_download_of_a_failed_generation_exits_1_with_its_reason(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    task_id = live_fake.add_generation(duration=0, failure_reason="prompt flagged")
+    code, _, err = await run(live_fake, "download", task_id, str(tmp_path))
+    assert code == 1
+    assert "prompt flagged" in err and "wait_until_completed" not in err
+
+
+async def test_a_missing_ids_file_is_a_usage_error_naming_it(live_fake: FakeDeerAPI) -> None:
+    code, _, err = await run(live_fake, "wait-many", "--from", "no-such-ids.txt")
+    assert code == 2
+    assert "no-such-ids.txt" in err
+
+
+async def test_a_file_in_the_way_points_at_the_flag_not_the_python_argument(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    (tmp_path / "taken.mp4").write_bytes(b"mine")
+    code, _, err = await run(live_fake, "download", task_id, str(tmp_path / "taken.mp4"))
+    assert code == 2
+    assert "--overwrite" in err and "overwrite=True" not in err
