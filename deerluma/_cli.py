@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
-from ._create import ASPECT_RATIOS
+from ._create import ASPECT_RATIOS, CreateOptions
 from ._download import Asset
 from ._models import Generation
 from ._session import Session
@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
         "--download", type=Path, metavar="DIR", help="save each finished video into DIR"
     )
     wait.add_argument(
+        "--overwrite", action="store_true", help="replace videos already in the --download DIR"
+    )
+    wait.add_argument(
         "--json",
         action="store_true",
         help='one JSON line per task: {"task_id", "state", "error", "generation"}',
@@ -185,6 +188,23 @@ def _parser() -> argparse.ArgumentParser:
         'deerluma create "a deer in a misty forest" --aspect-ratio 16:9 --wait --download .',
     )
     create.add_argument("prompt", help="what the video shows")
+    _generation_options(create)
+    create.add_argument("--start-image", metavar="URL", help="an image for the first frame")
+
+    extend = _command(
+        commands,
+        "extend",
+        "start a generation that continues an earlier one's video",
+        'deerluma extend TASK_ID "the deer walks into the light" --wait --download .',
+    )
+    extend.add_argument("task_id", metavar="ID", help="the generation to continue")
+    extend.add_argument("prompt", help="what happens next")
+    _generation_options(extend)
+    return parser
+
+
+def _generation_options(create: argparse.ArgumentParser) -> None:
+    """The options create and extend share."""
     create.add_argument(
         "--aspect-ratio", choices=sorted(ASPECT_RATIOS), metavar="W:H", help=_RATIOS_HELP
     )
@@ -194,7 +214,6 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--model", help="the model to use (the gateway's default if unset)")
     create.add_argument("--resolution", help="e.g. 720p")
     create.add_argument("--duration", help="e.g. 5s")
-    create.add_argument("--start-image", metavar="URL", help="an image for the first frame")
     create.add_argument("--end-image", metavar="URL", help="an image for the last frame")
     create.add_argument("--callback-url", metavar="URL", help="the API calls it on each change")
     create.add_argument("--wait", action="store_true", help="wait until it is finished")
@@ -204,8 +223,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--download", type=Path, metavar="DIR", help="save the video (implies --wait)"
     )
+    create.add_argument(
+        "--overwrite", action="store_true", help="replace a video already in the --download DIR"
+    )
     create.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser
 
 
 class App:
@@ -285,6 +306,28 @@ class App:
                 job.cancel()
         return rows
 
+    async def save_row(
+        self, session: Session, generation: Generation, folder: Path
+    ) -> DeerLumaError | None:
+        """Save one task's video into a --download folder; its error, if any, for its row.
+
+        One file in the way or one refused link never stops the others.
+        """
+        try:
+            path = await self.save(
+                session, generation, _named(folder, generation.id), overwrite=self.args.overwrite
+            )
+        except FileExistsError as exc:
+            self.console.print(
+                f"{_named(folder, generation.id)} exists; not replaced (--overwrite replaces it)",
+                highlight=False,
+            )
+            return exc if isinstance(exc, DeerLumaError) else None
+        except DeerLumaError as exc:
+            return exc
+        self.console.print(f"saved {path}", highlight=False)
+        return None
+
     async def save(
         self,
         session: Session,
@@ -336,10 +379,10 @@ async def cmd_wait(app: App) -> int:
     ids = list(dict.fromkeys(app.args.task_ids))
     async with app.session(max_rps=app.args.max_rps) as s:
         rows = await app.track(s, ids, timeout=app.args.timeout, concurrency=app.args.concurrency)
-        for row in rows:
-            if app.args.download and row.error is None and row.generation is not None:
-                path = await app.save(s, row.generation, _named(app.args.download, row.task_id))
-                app.console.print(f"saved {path}", highlight=False)
+        if app.args.download:
+            for row in rows:
+                if row.error is None and row.generation is not None:
+                    row.error = await app.save_row(s, row.generation, app.args.download)
     for row in rows:
         if app.args.json:
             app.emit(generation_json(row.task_id, row.generation, row.error))
@@ -441,26 +484,28 @@ async def cmd_create(app: App) -> int:
     from ._render import generation_json
 
     a = app.args
+    options: CreateOptions = {
+        "aspect_ratio": a.aspect_ratio,
+        "loop": a.loop,
+        "model": a.model,
+        "resolution": a.resolution,
+        "duration": a.duration,
+        "end_image": a.end_image,
+        "callback_url": a.callback_url,
+    }
     async with app.session() as s:
-        g = await s.create_generation(
-            a.prompt,
-            aspect_ratio=a.aspect_ratio,
-            loop=a.loop,
-            model=a.model,
-            resolution=a.resolution,
-            duration=a.duration,
-            start_image=a.start_image,
-            end_image=a.end_image,
-            callback_url=a.callback_url,
-        )
+        if a.command == "extend":
+            g = await s.extend_generation(a.task_id, a.prompt, **options)
+        else:
+            options["start_image"] = a.start_image
+            g = await s.create_generation(a.prompt, **options)
         app.console.print(f"created {g.id}", highlight=False)
         error: DeerLumaError | None = None
         if a.wait or a.download:
             (row,) = await app.track(s, [g.id], timeout=a.timeout)
             g, error = row.generation or g, row.error
             if error is None and a.download:
-                path = await app.save(s, g, _named(a.download, g.id))
-                app.console.print(f"saved {path}", highlight=False)
+                error = await app.save_row(s, g, a.download)
     if a.json:
         app.emit(generation_json(g.id, g, error))
     else:
@@ -541,6 +586,7 @@ _COMMANDS: dict[str, Callable[[App], Coroutine[Any, Any, int]]] = {
     "wait-many": cmd_wait_many,
     "download": cmd_download,
     "create": cmd_create,
+    "extend": cmd_create,
 }
 
 

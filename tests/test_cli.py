@@ -291,3 +291,32 @@ async def test_a_file_in_the_way_points_at_the_flag_not_the_python_argument(
     code, _, err = await run(live_fake, "download", task_id, str(tmp_path / "taken.mp4"))
     assert code == 2
     assert "--overwrite" in err and "overwrite=True" not in err
+
+
+async def test_extend_continues_a_generation_and_can_wait_and_download(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    live_fake.create_duration = 0.2
+    earlier = live_fake.add_generation(duration=0)
+    argv = ["extend", earlier, "the deer walks on", "--download", str(tmp_path), "--json"]
+    code, out, _ = await run(live_fake, *argv)
+    record = json.loads(out)
+    assert code == 0 and record["state"] == "completed"
+    assert live_fake.created[-1]["prompt"] == "the deer walks on"
+    assert earlier in json.dumps(live_fake.created[-1])  # the earlier one is what it continues
+    assert (tmp_path / f"{record['task_id']}.mp4").exists()
+
+
+async def test_rerunning_wait_with_download_keeps_every_line_and_overwrite_replaces(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    ids = [live_fake.add_generation(duration=0) for _ in range(2)]
+    (tmp_path / f"{ids[0]}.mp4").write_bytes(b"an earlier run's file")
+    code, out, err = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
+    assert code == 4  # one row could not be saved; the other was, and both lines are there
+    assert len(out.splitlines()) == 2 and "--overwrite" in err
+    assert (tmp_path / f"{ids[1]}.mp4").read_bytes() == live_fake.video_content(ids[1])
+    argv = ["wait", *ids, "--download", str(tmp_path), "--overwrite"]
+    code, _, _ = await run(live_fake, *argv)
+    assert code == 0
+    assert (tmp_path / f"{ids[0]}.mp4").read_bytes() == live_fake.video_content(ids[0])
