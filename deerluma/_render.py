@@ -152,7 +152,9 @@ def print_generation(console: Console, generation: Generation) -> None:
             table.add_row(name.replace("_", " "), str(value))
     for name in ("video", "video_raw", "thumbnail", "last_frame"):
         media = getattr(generation, name)
-        if media is not None and media.url:
+        # The link to fetch, as `wait` prints it: the presigned download_url when there is one.
+        url = media and (getattr(media, "download_url", None) or media.url)
+        if url:
             size = f" ({media.width}x{media.height})" if media.width and media.height else ""
-            table.add_row(name.replace("_", " "), f"{media.url}{size}")
+            table.add_row(name.replace("_", " "), f"{url}{size}")
     console.print(table)

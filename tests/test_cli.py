@@ -320,3 +320,20 @@ async def test_rerunning_wait_with_download_keeps_every_line_and_overwrite_repla
     code, _, _ = await run(live_fake, *argv)
     assert code == 0
     assert (tmp_path / f"{ids[0]}.mp4").read_bytes() == live_fake.video_content(ids[0])
+
+
+def test_get_and_wait_show_the_same_link_to_fetch() -> None:
+    from rich.console import Console
+
+    from deerluma import Generation, GenerationState, Video
+    from deerluma._cli import _plain
+    from deerluma._render import Row, print_generation
+
+    video = Video(url="https://cdn/x.mp4", download_url="https://bucket/x.mp4?X-Amz-Expires=3600")
+    g = Generation(id="t", state=GenerationState.COMPLETED, video=video)
+    table = io.StringIO()
+    print_generation(Console(file=table, width=400), g)
+    row = Row("t")
+    row.generation = g
+    assert video.download_url in table.getvalue()
+    assert _plain(row).endswith(video.download_url)
