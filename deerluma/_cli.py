@@ -164,7 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     many.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
     many.add_argument("--max-rps", type=float, help=_MAX_RPS_HELP)
     many.add_argument(
-        "--out", type=Path, help="append JSON lines here; ids already finished there are skipped"
+        "--out",
+        type=Path,
+        help="append JSON lines here; a re-run skips ids it already settled (completed, "
+        "failed, not found, invalid) and tries timeouts and transient errors again",
     )
 
     download = _command(
@@ -416,8 +419,15 @@ def _read_ids(source: str) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
 
 
+#: Errors no later run can change (no such task, an id that cannot be one): finished too.
+_PERMANENT_ERRORS = frozenset({"NotFoundError", "InvalidTaskId"})
+
+
 def _finished_in(out: Path | None) -> set[str]:
-    """Ids already recorded as completed or failed in a previous run's --out file."""
+    """Ids a previous run's --out file already settled: completed, failed, or a permanent error.
+
+    Timeouts and transient errors are tried again.
+    """
     if out is None or not out.exists():
         return set()
     done = set()
@@ -426,7 +436,11 @@ def _finished_in(out: Path | None) -> set[str]:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut short by an interrupted run
-        if isinstance(record, dict) and record.get("state") in ("completed", "failed"):
+        if not isinstance(record, dict):
+            continue
+        error = record.get("error")
+        permanent = isinstance(error, dict) and error.get("type") in _PERMANENT_ERRORS
+        if permanent or record.get("state") in ("completed", "failed"):
             done.add(str(record.get("task_id")))
     return done
 

@@ -337,3 +337,20 @@ def test_get_and_wait_show_the_same_link_to_fetch() -> None:
     row.generation = g
     assert video.download_url in table.getvalue()
     assert _plain(row).endswith(video.download_url)
+
+
+async def test_wait_many_resume_skips_permanent_errors_and_retries_timeouts(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    slow = live_fake.add_generation(duration=1000)
+    id_file, out_file = tmp_path / "ids.txt", tmp_path / "results.jsonl"
+    id_file.write_text(f"no-such-task\n{slow}\n", encoding="utf-8")
+    argv = ["wait-many", "--from", str(id_file), "--out", str(out_file), "--timeout", "0.3"]
+    await run(live_fake, *argv)
+    assert len(out_file.read_text().splitlines()) == 2
+    code, _, err = await run(live_fake, *argv)
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    # The 404 is settled; the timeout was tried again and recorded again.
+    assert [r["task_id"] for r in records].count("no-such-task") == 1
+    assert [r["task_id"] for r in records].count(slow) == 2
+    assert code == 3 and "skipping 1" in err
