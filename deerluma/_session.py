@@ -511,11 +511,14 @@ class Session:
 
         `asset` is "video" (the presigned download_url when there is one),
         "video_raw", "thumbnail" or "last_frame". `dest` may be a folder (an
-        existing one, or a string ending in "/"), named from the URL. The
-        file streams to a temporary name beside `dest` and is renamed only when
+        existing one, or a string ending in "/"): the file is then named after
+        the task and asset (``<id>.mp4``, ``<id>-thumbnail.jpg``). The file
+        streams to a temporary name beside `dest` and is renamed only when
         complete, so `dest` never holds a partial file; an expired link is
         refreshed once; the API key is never sent to the storage host.
         `on_progress(done_bytes, total_bytes | None)` may be sync or async.
+        A failed generation raises GenerationFailed; file problems raise
+        DestinationError (an OSError too) naming `dest`.
         """
         return await download_generation(
             self, generation, dest, asset=asset, overwrite=overwrite, on_progress=on_progress
