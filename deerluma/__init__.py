@@ -10,6 +10,7 @@ from ._history import TimingHistory
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy
 from ._session import Session
+from ._stream import Updates
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -63,6 +64,7 @@ __all__ = [
     "Session",
     "TimingHistory",
     "TransportError",
+    "Updates",
     "Video",
     "WaitTimeout",
     "__version__",

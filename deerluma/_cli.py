@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -283,10 +282,10 @@ class App:
                 self.console.print(f"{row.task_id}: {g.state.value}", highlight=False)
 
         async def follow() -> None:
-            results = session.as_completed(
+            batch = session.as_completed(
                 task_ids, concurrency=concurrency, timeout=timeout, on_update=heard
             )
-            async with aclosing(results):
+            async with batch as results:
                 async for result in results:
                     row = by_id[result.task_id]
                     row.error = result.error

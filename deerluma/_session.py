@@ -9,8 +9,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Self, TypeVar, Unpack
@@ -36,6 +35,7 @@ from ._gate import RateGate, RateView
 from ._history import TimingHistory
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
+from ._stream import Updates
 from ._validate import check_base_url, check_batch, check_task_id
 from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
 from .exceptions import (
@@ -428,14 +428,15 @@ class Session:
         *,
         timeout: Seconds | _Default | None = _DEFAULT,
         policy: PollPolicy | None = None,
-    ) -> AsyncGenerator[Generation, None]:
+    ) -> Updates[Generation]:
         """Yield the generation each time its state (or estimate) changes, ending when terminal.
 
-        A failed generation is yielded, not raised; use it with
-        ``contextlib.aclosing`` if you may stop iterating early.
+        A failed generation is yielded, not raised. Use ``async with
+        s.watch(id) as updates:`` if you may stop iterating early: leaving the
+        block stops the polling at once.
         """
         check_task_id(task_id)
-        return watch_generation(self._poller(), task_id, self._policy_for(timeout, policy))
+        return Updates(watch_generation(self._poller(), task_id, self._policy_for(timeout, policy)))
 
     async def wait_until_completed(
         self,
@@ -452,8 +453,7 @@ class Session:
         `timeout` seconds pass first. `on_update` (sync or async) hears every
         change. Transient faults are retried; cancelling stops at once.
         """
-        updates = self.watch(task_id, timeout=timeout, policy=policy)
-        async with aclosing(updates):
+        async with self.watch(task_id, timeout=timeout, policy=policy) as updates:
             return await wait_for(updates, on_update)
 
     def as_completed(
@@ -464,22 +464,24 @@ class Session:
         timeout: Seconds | _Default | None = _DEFAULT,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
-    ) -> AsyncGenerator[BatchResult, None]:
+    ) -> Updates[BatchResult]:
         """Yield one BatchResult per distinct task id as soon as it is terminal.
 
         `concurrency` bounds requests in flight, not ids waiting: ten thousand
         ids cost a few KiB each. One id's error never stops the others; a bad
         id is reported as InvalidTaskId without a request. Polls share this
         Session's rate-limit gate. `on_update` (sync or async) hears every
-        change of every id, as in wait_until_completed.
+        change of every id, as in wait_until_completed. Use ``async with
+        s.as_completed(ids) as results:`` if you may stop iterating early.
         """
-        return batch_as_completed(
+        batch = batch_as_completed(
             self._poller(),
             check_batch(task_ids, concurrency),  # argument mistakes raise here, not mid-batch
             concurrency=concurrency,
             policy=self._policy_for(timeout, policy),
             on_update=on_update,
         )
+        return Updates(batch)
 
     async def wait_many(
         self,
@@ -492,8 +494,8 @@ class Session:
         """Wait for all of `task_ids`; map each distinct id to its Generation or its error."""
         ids = check_batch(task_ids, concurrency)
         outcomes: dict[str, Generation | DeerLumaError] = {}
-        results = self.as_completed(ids, concurrency=concurrency, timeout=timeout, policy=policy)
-        async with aclosing(results):
+        batch = self.as_completed(ids, concurrency=concurrency, timeout=timeout, policy=policy)
+        async with batch as results:
             async for result in results:
                 outcomes[result.task_id] = result.error or result.unwrap()
         return {task_id: outcomes[task_id] for task_id in ids}

@@ -157,6 +157,20 @@ async def test_breaking_out_of_as_completed_cleans_up(
     assert our_tasks() == []
 
 
+async def test_leaving_an_as_completed_block_stops_its_polling(
+    fake: FakeDeerAPI, session: deerluma.Session
+) -> None:
+    ids = [fake.add_generation(duration=d) for d in (1, 500, 900)]
+    async with session.as_completed(ids) as results:
+        async for result in results:
+            assert result.task_id == ids[0]
+            break
+    assert our_tasks() == []
+    polls = sum(fake.polls.values())
+    await asyncio.sleep(0.05)
+    assert sum(fake.polls.values()) == polls
+
+
 async def test_concurrency_must_be_positive(session: deerluma.Session) -> None:
     with pytest.raises(ValueError, match="concurrency"):
         await session.wait_many(["a"], concurrency=0)

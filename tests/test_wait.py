@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import random
-from contextlib import aclosing
 from datetime import timedelta
 
 import pytest
@@ -104,7 +103,7 @@ async def test_watch_can_be_left_early_and_closed(
     fake: FakeDeerAPI, session: deerluma.Session
 ) -> None:
     task_id = fake.add_generation(duration=100)
-    async with aclosing(session.watch(task_id)) as updates:
+    async with session.watch(task_id) as updates:
         async for g in updates:
             assert g.state is GenerationState.PENDING
             break
