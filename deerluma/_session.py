@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import NamedTuple, Self, TypeVar, Unpack
 from urllib.parse import quote
 
@@ -65,14 +65,8 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
 
-class _Default:
-    """Marks an argument the caller left out (where None has a meaning of its own)."""
-
-    def __repr__(self) -> str:
-        return "<Session default>"
-
-
-_DEFAULT = _Default()
+#: A wait's `timeout` left as ``...`` is the policy's; None means no deadline at all.
+PolicyTimeout = Seconds | EllipsisType | None
 
 
 class _Secret:
@@ -414,11 +408,9 @@ class Session:
     def _poller(self) -> Poller:
         return Poller(self._fetch, self._clock, self._sleep, self._rng, self._history)
 
-    def _policy_for(
-        self, timeout: Seconds | _Default | None, policy: PollPolicy | None
-    ) -> PollPolicy:
+    def _policy_for(self, timeout: PolicyTimeout, policy: PollPolicy | None) -> PollPolicy:
         chosen = policy or self.policy
-        if isinstance(timeout, _Default):
+        if timeout is ...:
             return chosen
         return attrs.evolve(chosen, timeout=timeout)
 
@@ -426,7 +418,7 @@ class Session:
         self,
         task_id: str,
         *,
-        timeout: Seconds | _Default | None = _DEFAULT,
+        timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
     ) -> Updates[Generation]:
         """Yield the generation each time its state (or estimate) changes, ending when terminal.
@@ -442,7 +434,7 @@ class Session:
         self,
         task_id: str,
         *,
-        timeout: Seconds | _Default | None = _DEFAULT,
+        timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
     ) -> Generation:
@@ -450,7 +442,8 @@ class Session:
 
         Raises GenerationFailed (with the generation and its failure_reason) if
         it failed, and WaitTimeout (carrying the last state seen) when
-        `timeout` seconds pass first. `on_update` (sync or async) hears every
+        `timeout` seconds pass first (left as ``...``, the policy's timeout;
+        None, no deadline). `on_update` (sync or async) hears every
         change. Transient faults are retried; cancelling stops at once.
         """
         async with self.watch(task_id, timeout=timeout, policy=policy) as updates:
@@ -461,7 +454,7 @@ class Session:
         task_ids: Iterable[str],
         *,
         concurrency: int = 16,
-        timeout: Seconds | _Default | None = _DEFAULT,
+        timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
     ) -> Updates[BatchResult]:
@@ -488,7 +481,7 @@ class Session:
         task_ids: Iterable[str],
         *,
         concurrency: int = 16,
-        timeout: Seconds | _Default | None = _DEFAULT,
+        timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
     ) -> dict[str, Generation | DeerLumaError]:
         """Wait for all of `task_ids`; map each distinct id to its Generation or its error."""
@@ -548,7 +541,7 @@ class Session:
         self,
         prompt: str,
         *,
-        timeout: Seconds | _Default | None = _DEFAULT,
+        timeout: PolicyTimeout = ...,
         on_update: OnUpdate | None = None,
         **options: Unpack[CreateOptions],
     ) -> Generation:
