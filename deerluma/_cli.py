@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from ._session import Session
 from .exceptions import (
     ConfigurationError,
     DeerLumaError,
+    DestinationExists,
     GenerationFailed,
     WaitTimeout,
 )
@@ -317,14 +319,13 @@ class App:
         """
         try:
             path = await self.save(
-                session, generation, _named(folder, generation.id), overwrite=self.args.overwrite
+                session, generation, _into(folder), overwrite=self.args.overwrite
             )
-        except FileExistsError as exc:
+        except DestinationExists as exc:
             self.console.print(
-                f"{_named(folder, generation.id)} exists; not replaced (--overwrite replaces it)",
-                highlight=False,
+                f"{exc.dest} exists; not replaced (--overwrite replaces it)", highlight=False
             )
-            return exc if isinstance(exc, DeerLumaError) else None
+            return exc
         except DeerLumaError as exc:
             return exc
         self.console.print(f"saved {path}", highlight=False)
@@ -395,10 +396,10 @@ async def cmd_wait(app: App) -> int:
     return exit_code_for(row.error for row in rows)
 
 
-def _named(folder: Path, task_id: str) -> Path:
-    """One file per task in a --download folder: URLs' own names may repeat."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{task_id}.mp4"
+def _into(folder: Path) -> str:
+    """A --download folder as `download` reads one (a trailing separator: a folder, even a new
+    one), so that it names each file after its task: URLs' own names may repeat."""
+    return f"{folder}{os.sep}"
 
 
 def _plain(row: Row) -> str:
@@ -557,7 +558,7 @@ async def cmd_demo(app: App) -> int:
             done = next((r.generation for r in rows if r.error is None), None)
             if done is not None:
                 folder = app.args.out or Path(tempfile.mkdtemp(prefix="deerluma-demo-"))
-                path = await app.save(s, done, _named(folder, done.id))
+                path = await app.save(s, done, _into(folder))
                 app.console.print(f"downloaded one result to {path} ({path.stat().st_size} bytes)")
     app.console.print(summary_table(rows))
     failed = exit_code_for(r.error for r in rows)
