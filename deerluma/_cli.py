@@ -96,7 +96,21 @@ def _command(
 
 
 _RATIOS_HELP = "width:height, one of " + ", ".join(sorted(ASPECT_RATIOS))
-_MAX_RPS_HELP = "a hard cap on requests per second (default: learned from the API's 429s)"
+
+
+def _batch_options(parser: argparse.ArgumentParser, *, timeout: int) -> None:
+    """The options wait and wait-many share: a deadline, and how hard to poll."""
+    parser.add_argument(
+        "--timeout", type=float, default=float(timeout), help=f"seconds (default {timeout})"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
+    )
+    parser.add_argument(
+        "--max-rps",
+        type=float,
+        help="a hard cap on requests per second (default: learned from the API's 429s)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,11 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "deerluma wait ID1 ID2 --download videos/ --timeout 600",
     )
     wait.add_argument("task_ids", nargs="+", metavar="ID", help="task ids to wait for")
-    wait.add_argument("--timeout", type=float, default=900.0, help="seconds (default 900)")
-    wait.add_argument(
-        "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
-    )
-    wait.add_argument("--max-rps", type=float, help=_MAX_RPS_HELP)
+    _batch_options(wait, timeout=900)
     wait.add_argument(
         "--download", type=Path, metavar="DIR", help="save each finished video into DIR"
     )
@@ -159,11 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     many.add_argument(
         "--from", dest="source", default="-", metavar="FILE", help="ids, one per line ('-': stdin)"
     )
-    many.add_argument(
-        "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
-    )
-    many.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
-    many.add_argument("--max-rps", type=float, help=_MAX_RPS_HELP)
+    _batch_options(many, timeout=3600)
     many.add_argument(
         "--out",
         type=Path,
