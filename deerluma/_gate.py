@@ -178,10 +178,7 @@ class RateGate:
 
     def _take(self, slot: float) -> None:
         self._tokens -= 1.0
-        sent = self._sent
-        sent.append(slot)
-        while sent[0] < slot - _WINDOW:
-            sent.popleft()
+        _stamp(self._sent, slot)
 
     @staticmethod
     def _check(start: float, now: float, deadline: float | None) -> None:
@@ -206,8 +203,7 @@ class RateGate:
         rate that just doubled is not averaged away), else (or when `whole`)
         over the whole window: steadier, where a moment of 429s would mislead.
         """
-        while stamps and stamps[0] < now - _WINDOW:
-            stamps.popleft()
+        _forget_old(stamps, now)
         recent = len(stamps) - bisect.bisect_left(stamps, now - _WINDOW / 4)
         if recent >= _ENOUGH and not whole:
             return recent / (_WINDOW / 4)
@@ -216,10 +212,7 @@ class RateGate:
     def answered(self, sent: float) -> None:
         """A request sent at `sent` went through: the rate may grow."""
         now = self._clock()
-        ok = self._ok
-        ok.append(now)
-        while ok[0] < now - _WINDOW:
-            ok.popleft()
+        _stamp(self._ok, now)
         self._rtt += (max(0.0, now - sent) - self._rtt) * _SMOOTHING
         if self._slow_start:
             if self._held_back and now - self._grown_at >= max(_DOUBLING, 2 * self._rtt):
@@ -259,3 +252,15 @@ class RateGate:
 
     def _set_rate(self, rate: float) -> None:
         self._rate = max(_FLOOR, rate if self._cap is None else min(rate, self._cap))
+
+
+def _stamp(stamps: collections.deque[float], now: float) -> None:
+    """Note an event at `now` in a window of recent ones."""
+    stamps.append(now)
+    _forget_old(stamps, now)
+
+
+def _forget_old(stamps: collections.deque[float], now: float) -> None:
+    """Drop the events that fell out of the window."""
+    while stamps and stamps[0] < now - _WINDOW:
+        stamps.popleft()
