@@ -1,6 +1,6 @@
 """How long this Session's generations take: a bounded record, and the next poll it suggests.
 
-`plan_unhinted` is pure: it reads sorted numbers and returns a time, so tests
+`plan_unhinted` is pure: it reads sorted numbers and returns ages, so tests
 drive it with plain lists.
 """
 
@@ -52,7 +52,6 @@ class TimingHistory:
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size!r}")
         # (lower, upper): seen running at age `lower`, seen finished at age `upper`
-        # (lower, upper): running at age `lower`, finished at age `upper`
         self._done: deque[tuple[float, float]] = deque(maxlen=size)
         self._sorted: tuple[list[float], list[float], float] | None = None
         self._origins: list[float] = []  # clock times at which running waits' generations began
