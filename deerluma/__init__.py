@@ -11,6 +11,7 @@ from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy
 from ._session import Session
 from ._stream import Updates
+from ._sync import SyncSession, SyncUpdates
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -62,6 +63,8 @@ __all__ = [
     "RateView",
     "ServerError",
     "Session",
+    "SyncSession",
+    "SyncUpdates",
     "TimingHistory",
     "TransportError",
     "Updates",

@@ -49,19 +49,22 @@ What it does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 import attrs
 from aiohttp import web
+
+from ._portal import LoopThread
 
 __all__ = [
     "DEFAULT_FAULT_MIX",
@@ -308,6 +311,23 @@ class FakeDeerAPI:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @contextlib.contextmanager
+    def in_thread(self) -> Iterator[Self]:
+        """Serve from an event loop in a daemon thread: for tests of blocking code.
+
+        ``with FakeDeerAPI().in_thread() as fake:`` in a plain (non-async)
+        test, then point a ``deerluma.SyncSession`` at ``fake.url``.
+        """
+        portal = LoopThread("deerluma-fake")
+        try:
+            portal.call(self.start())
+            yield self
+        finally:
+            try:
+                portal.call(self.close())
+            finally:
+                portal.stop()
 
     async def start(self) -> None:
         """Listen on 127.0.0.1 on a free port."""

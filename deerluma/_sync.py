@@ -1,0 +1,274 @@
+"""SyncSession: Session's methods as blocking calls, for scripts, notebooks and plugin hosts.
+
+Every method runs the Session's own coroutine on a private event loop in a
+daemon thread (`LoopThread`), so it works from a plain script and from a
+thread whose loop is already running. The methods are not copied: each is
+generated from Session's, with its signature and docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
+
+import yarl
+
+from ._gate import RateView
+from ._history import TimingHistory
+from ._policy import PollPolicy, Seconds
+from ._portal import LoopThread
+from ._session import Clock, Session, Sleep
+from ._stream import Updates
+
+__all__ = ["NOT_MIRRORED", "SyncSession", "SyncUpdates"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+#: Session's public names SyncSession deliberately has no same-named twin of, and why.
+NOT_MIRRORED = {
+    "aclose": "close() is the blocking twin",
+}
+
+
+class SyncUpdates(Generic[T]):
+    """What SyncSession's watch() and as_completed() return: a plain iterator.
+
+    Use ``with s.as_completed(ids) as results:`` if you may stop early:
+    leaving the block stops the polling at once (so does ``close()``, or the
+    iterator being garbage-collected).
+    """
+
+    __slots__ = ("__weakref__", "_closed", "_portal", "_updates")
+
+    def __init__(self, portal: LoopThread, updates: Updates[T]) -> None:
+        self._portal = portal
+        self._updates = updates
+        self._closed = False
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        if self._closed:
+            raise StopIteration
+        try:
+            return self._portal.call(self._updates.__anext__())
+        except StopAsyncIteration:
+            self._closed = True
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop polling now; no request stays in flight."""
+        if not self._closed:
+            self._closed = True
+            self._portal.call(self._updates.aclose())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Abandoned after a `break`: stop its polling without blocking the collector.
+        if not self._closed:
+            self._closed = True
+            self._portal.submit(self._updates.aclose())
+
+
+class _Blocking(Generic[P, R]):
+    """A SyncSession method that runs Session's coroutine method of the same name."""
+
+    def __init__(self, method: Callable[Concatenate[Session, P], Coroutine[Any, Any, R]]) -> None:
+        self._method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type[SyncSession]) -> Self: ...
+    @overload
+    def __get__(self, obj: SyncSession, owner: type[SyncSession]) -> Callable[P, R]: ...
+    def __get__(self, obj: SyncSession | None, owner: type[SyncSession]) -> Self | Callable[P, R]:
+        if obj is None:
+            return self
+        method, session, portal = self._method, obj.session, obj._portal
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return portal.call(method(session, *args, **kwargs))
+
+        return call
+
+
+class _Iterating(Generic[P, T]):
+    """A SyncSession method that wraps Session's `Updates`-returning method in a SyncUpdates."""
+
+    def __init__(self, method: Callable[Concatenate[Session, P], Updates[T]]) -> None:
+        self._method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type[SyncSession]) -> Self: ...
+    @overload
+    def __get__(
+        self, obj: SyncSession, owner: type[SyncSession]
+    ) -> Callable[P, SyncUpdates[T]]: ...
+    def __get__(
+        self, obj: SyncSession | None, owner: type[SyncSession]
+    ) -> Self | Callable[P, SyncUpdates[T]]:
+        if obj is None:
+            return self
+        method, session, portal = self._method, obj.session, obj._portal
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> SyncUpdates[T]:
+            # Arguments are checked here, in the caller's thread, as Session does.
+            return SyncUpdates(portal, method(session, *args, **kwargs))
+
+        return call
+
+
+class SyncSession:
+    """Session's methods as blocking calls: for scripts, notebooks, plugin hosts.
+
+    ``with deerluma.SyncSession() as s: g = s.wait_until_completed(task_id)``.
+    It takes Session's arguments (except ``session=``: the connection pool
+    lives on its own event loop, in a daemon thread started at the first
+    call) and its methods take the same arguments, return the same types and
+    raise the same errors. It works from a plain script and from inside a
+    running event loop (a notebook cell), whose thread it blocks. Ctrl-C
+    cancels the call in flight, cleanly, and raises KeyboardInterrupt.
+    ``watch`` and ``as_completed`` return plain iterators (`SyncUpdates`).
+    Callbacks (``on_update``, ``on_progress``) run on the private loop's
+    thread and must not call the SyncSession. ``close()`` (or leaving the
+    ``with`` block) closes the connections and ends the thread; a later call
+    starts them again.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: Seconds = 30.0,
+        max_retries: int = 3,
+        max_rps: float | None = None,
+        policy: PollPolicy | None = None,
+        sleep: Sleep | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.session = Session(
+            api_key,
+            base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_rps=max_rps,
+            policy=policy,
+            sleep=sleep,
+            clock=clock,
+        )
+        """The async Session underneath (its coroutines belong to the private loop)."""
+        self._portal = LoopThread("deerluma-sync")
+        # Forgotten without close(): the collector (or the interpreter's exit)
+        # still closes the connections and ends the thread.
+        self._finalizer = weakref.finalize(self, _shut_down, self._portal, self.session)
+
+    def __repr__(self) -> str:
+        return f"Sync{self.session!r}"
+
+    def close(self) -> None:
+        """Close the connections and end the private loop's thread."""
+        _shut_down(self._portal, self.session)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL this Session sends requests to."""
+        return self.session.base_url
+
+    @property
+    def history(self) -> TimingHistory:
+        """How long this Session's generations took (see Session.history)."""
+        return self.session.history
+
+    @property
+    def rate(self) -> RateView:
+        """The request rate sent at now, its cap, and the 429 count (see Session.rate)."""
+        return self.session.rate
+
+    @property
+    def rate_limited_count(self) -> int:
+        """How many 429 answers this Session has received."""
+        return self.session.rate_limited_count
+
+    @property
+    def policy(self) -> PollPolicy:
+        """The default polling policy of this Session's waits."""
+        return self.session.policy
+
+    @policy.setter
+    def policy(self, value: PollPolicy) -> None:
+        self.session.policy = value
+
+    def generation_url(self, task_id: str) -> yarl.URL:
+        """The API URL of one generation (see Session.generation_url)."""
+        return self.session.generation_url(task_id)
+
+    # The one list of mirrored methods: each is Session's own, run to its end on the
+    # private loop. A test fails when Session gains a public name missing here.
+    get_generation = _Blocking(Session.get_generation)
+    """[Session.get_generation][deerluma.Session.get_generation], blocking."""
+    wait_until_completed = _Blocking(Session.wait_until_completed)
+    """[Session.wait_until_completed][deerluma.Session.wait_until_completed], blocking."""
+    wait_many = _Blocking(Session.wait_many)
+    """[Session.wait_many][deerluma.Session.wait_many], blocking."""
+    download = _Blocking(Session.download)
+    """[Session.download][deerluma.Session.download], blocking."""
+    create_generation = _Blocking(Session.create_generation)
+    """[Session.create_generation][deerluma.Session.create_generation], blocking."""
+    extend_generation = _Blocking(Session.extend_generation)
+    """[Session.extend_generation][deerluma.Session.extend_generation], blocking."""
+    generate = _Blocking(Session.generate)
+    """[Session.generate][deerluma.Session.generate], blocking."""
+    watch = _Iterating(Session.watch)
+    """[Session.watch][deerluma.Session.watch], as a plain iterator (SyncUpdates)."""
+    as_completed = _Iterating(Session.as_completed)
+    """[Session.as_completed][deerluma.Session.as_completed], as a plain iterator (SyncUpdates)."""
+
+
+def _shut_down(portal: LoopThread, session: Session) -> None:
+    if not portal.running:
+        return
+    if portal.in_loop_thread():  # collected by a callback running on the loop itself
+        portal.submit(_close_then_stop(portal, session))
+        return
+    try:
+        portal.call(session.aclose())
+    finally:
+        portal.stop()
+
+
+async def _close_then_stop(portal: LoopThread, session: Session) -> None:
+    try:
+        await session.aclose()
+    finally:
+        portal.stop()
