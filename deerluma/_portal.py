@@ -9,6 +9,7 @@ and on Ctrl-C cancel it on the loop, let it clean up, and re-raise.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -73,7 +74,11 @@ class LoopThread:
                 "a blocking call from the loop's own thread would wait forever: "
                 "callbacks (on_update, on_progress) must not call the SyncSession"
             )
+        if sys.is_finalizing():  # daemon threads are frozen now: nothing would ever answer
+            coro.close()
+            raise RuntimeError("the interpreter is shutting down; the event loop thread is gone")
         loop = self._started()
+        thread = self._thread
         done = threading.Event()
         tasks: list[asyncio.Task[T]] = []
 
@@ -85,11 +90,15 @@ class LoopThread:
         loop.call_soon_threadsafe(start)
         try:
             while not done.wait(_SIGNAL_CHECK):
-                pass
-        except BaseException:
+                if thread is None or not thread.is_alive():
+                    break
+        except BaseException:  # Ctrl-C, or whatever a signal handler raised
             loop.call_soon_threadsafe(_cancel, tasks)
             done.wait(_CLEANUP_GRACE)
             raise
+        if not done.is_set():
+            coro.close()
+            raise RuntimeError("the event loop thread ended before the call did")
         return tasks[0].result()
 
     def submit(self, coro: Coroutine[Any, Any, object]) -> None:

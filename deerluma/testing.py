@@ -53,6 +53,7 @@ import contextlib
 import hashlib
 import json
 import random
+import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -324,10 +325,12 @@ class FakeDeerAPI:
             portal.call(self.start())
             yield self
         finally:
-            try:
-                portal.call(self.close())
-            finally:
-                portal.stop()
+            # Left open until the interpreter exits, its thread is frozen already.
+            if not sys.is_finalizing():
+                try:
+                    portal.call(self.close())
+                finally:
+                    portal.stop()
 
     async def start(self) -> None:
         """Listen on 127.0.0.1 on a free port."""
