@@ -4,6 +4,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from ._batch import BatchResult
+from ._callbacks import CallbackView
 from ._decode import decode_generation
 from ._gate import RateView
 from ._history import TimingHistory
@@ -44,6 +45,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BatchResult",
+    "CallbackView",
     "ConfigurationError",
     "CreateOutcomeUnknown",
     "DeadlineExceeded",

@@ -28,6 +28,8 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ._batch import BatchResult, batch_as_completed
+from ._callbacks import CallbackHub, CallbackView, make_handler
+from ._callbacks import Handler as CallbackHandler
 from ._create import CreateOptions, build_create_body
 from ._decode import MAX_BODY_BYTES, decode_generation
 from ._download import Asset, OnProgress, download_generation
@@ -174,6 +176,7 @@ class Session:
         self._gate = RateGate(max_rps, clock=self._clock, sleep=self._sleep)
         self._rng = random.Random()
         self._history = TimingHistory()
+        self._callbacks = CallbackHub(self._clock)
         self.policy = policy or PollPolicy()
         """The default polling policy of this Session's waits."""
 
@@ -202,6 +205,30 @@ class Session:
         while more is wanted, is cut on a 429 and grows back gently.
         """
         return self._gate.view
+
+    @property
+    def callbacks(self) -> CallbackView:
+        """What callbacks did in this Session: received, delivered first, missed, reliability."""
+        return self._callbacks.view
+
+    def callback_handler(self, *, secret: str | None = None) -> CallbackHandler:
+        """An aiohttp handler that receives Luma's callbacks and wakes this Session's waits.
+
+        Mount it in your own app (``app.router.add_post("/luma-callback",
+        s.callback_handler())``) and pass its public URL as ``callback_url``
+        when creating. A callback is only a hint: a terminal one wakes the
+        waits on its id, which confirm with one GET, so a forged body never
+        completes a wait. With `secret`, requests must carry it as the URL's
+        ``token`` query parameter (``.../luma-callback?token=SECRET``);
+        others get 403. Bodies over 4 MiB get 413, malformed ones 400.
+        """
+        if secret is not None and not secret:
+            raise ValueError("secret must be a non-empty string (or None for no check)")
+        return make_handler(self._callbacks, secret)
+
+    def expect_callbacks(self, task_id: str) -> None:
+        """Listen for callbacks on an id this Session did not create with a callback_url."""
+        self._callbacks.expect(check_task_id(task_id))
 
     @property
     def rate_limited_count(self) -> int:
@@ -406,7 +433,14 @@ class Session:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _poller(self) -> Poller:
-        return Poller(self._fetch, self._clock, self._sleep, self._rng, self._history)
+        return Poller(
+            self._fetch, self._clock, self._sleep, self._rng, self._history, self._callbacks
+        )
+
+    def _listens(self, task_id: str, *, callbacks: bool | None) -> bool:
+        if callbacks:
+            self._callbacks.expect(task_id)
+        return callbacks is not False and self._callbacks.expects(task_id)
 
     def _policy_for(self, timeout: PolicyTimeout, policy: PollPolicy | None) -> PollPolicy:
         chosen = policy or self.policy
@@ -420,15 +454,18 @@ class Session:
         *,
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
+        callbacks: bool | None = None,
     ) -> Updates[Generation]:
         """Yield the generation each time its state (or estimate) changes, ending when terminal.
 
         A failed generation is yielded, not raised. Use ``async with
         s.watch(id) as updates:`` if you may stop iterating early: leaving the
-        block stops the polling at once.
+        block stops the polling at once. `callbacks`: see wait_until_completed.
         """
         check_task_id(task_id)
-        return Updates(watch_generation(self._poller(), task_id, self._policy_for(timeout, policy)))
+        listen = self._listens(task_id, callbacks=callbacks)
+        chosen = self._policy_for(timeout, policy)
+        return Updates(watch_generation(self._poller(), task_id, chosen, listen=listen))
 
     async def wait_until_completed(
         self,
@@ -437,6 +474,7 @@ class Session:
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
+        callbacks: bool | None = None,
     ) -> Generation:
         """Poll until the generation is terminal; return it completed or raise.
 
@@ -445,8 +483,16 @@ class Session:
         `timeout` seconds pass first (left as ``...``, the policy's timeout;
         None, no deadline). `on_update` (sync or async) hears every
         change. Transient faults are retried; cancelling stops at once.
+
+        `callbacks`: None (the default) listens for callbacks on ids this
+        Session created with a ``callback_url``; True listens on this id too;
+        False never does. A listening wait is woken by a callback and
+        confirms it with one GET; it polls less while callbacks prove
+        reliable, and as usual when they go missing (see callback_handler).
         """
-        async with self.watch(task_id, timeout=timeout, policy=policy) as updates:
+        async with self.watch(
+            task_id, timeout=timeout, policy=policy, callbacks=callbacks
+        ) as updates:
             return await wait_for(updates, on_update)
 
     def as_completed(
@@ -457,6 +503,7 @@ class Session:
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
+        callbacks: bool | None = None,
     ) -> Updates[BatchResult]:
         """Yield one BatchResult per distinct task id as soon as it is terminal.
 
@@ -466,13 +513,19 @@ class Session:
         Session's rate-limit gate. `on_update` (sync or async) hears every
         change of every id, as in wait_until_completed. Use ``async with
         s.as_completed(ids) as results:`` if you may stop iterating early.
+        `callbacks`: as in wait_until_completed, for each id.
         """
+        ids = check_batch(task_ids, concurrency)  # argument mistakes raise here, not mid-batch
+        listen = None
+        if callbacks is not False:
+            listen = functools.partial(self._listens, callbacks=callbacks)
         batch = batch_as_completed(
             self._poller(),
-            check_batch(task_ids, concurrency),  # argument mistakes raise here, not mid-batch
+            ids,
             concurrency=concurrency,
             policy=self._policy_for(timeout, policy),
             on_update=on_update,
+            listen=listen,
         )
         return Updates(batch)
 
@@ -483,11 +536,14 @@ class Session:
         concurrency: int = 16,
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
+        callbacks: bool | None = None,
     ) -> dict[str, Generation | DeerLumaError]:
         """Wait for all of `task_ids`; map each distinct id to its Generation or its error."""
         ids = check_batch(task_ids, concurrency)
         outcomes: dict[str, Generation | DeerLumaError] = {}
-        batch = self.as_completed(ids, concurrency=concurrency, timeout=timeout, policy=policy)
+        batch = self.as_completed(
+            ids, concurrency=concurrency, timeout=timeout, policy=policy, callbacks=callbacks
+        )
         async with batch as results:
             async for result in results:
                 outcomes[result.task_id] = result.error or result.unwrap()
@@ -558,13 +614,16 @@ class Session:
             return decode_generation(resp.status, resp.headers, resp.body)
 
         try:
-            return await self._with_retries(attempt, deadline=None, retry_on=_never_sent)
+            created = await self._with_retries(attempt, deadline=None, retry_on=_never_sent)
         except TransportError as exc:
             if not exc.request_sent:
                 raise  # it never left: certainly nothing was created
             raise CreateOutcomeUnknown(f"the answer to a create request was lost: {exc}") from exc
         except (ServerError, DecodeError) as exc:
             raise CreateOutcomeUnknown(f"a create request failed after sending: {exc}") from exc
+        if body.get("callback_url"):
+            self._callbacks.expect(created.id, created, self._clock())
+        return created
 
 
 def _about(task_id: str | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
 import yarl
 
+from ._callbacks import CallbackView
 from ._gate import RateView
 from ._history import TimingHistory
 from ._policy import PollPolicy, Seconds
@@ -32,6 +33,7 @@ T = TypeVar("T")
 #: Session's public names SyncSession deliberately has no same-named twin of, and why.
 NOT_MIRRORED = {
     "aclose": "close() is the blocking twin",
+    "callback_handler": "an aiohttp handler runs in an async app: use the async Session there",
 }
 
 
@@ -228,6 +230,15 @@ class SyncSession:
     @policy.setter
     def policy(self, value: PollPolicy) -> None:
         self.session.policy = value
+
+    @property
+    def callbacks(self) -> CallbackView:
+        """What callbacks did in this Session (see Session.callbacks)."""
+        return self.session.callbacks
+
+    def expect_callbacks(self, task_id: str) -> None:
+        """Listen for callbacks on an id (see Session.expect_callbacks)."""
+        self.session.expect_callbacks(task_id)
 
     def generation_url(self, task_id: str) -> yarl.URL:
         """The API URL of one generation (see Session.generation_url)."""

@@ -51,17 +51,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import random
 import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 import attrs
 from aiohttp import web
 
@@ -74,12 +77,15 @@ __all__ = [
     "Fault",
     "ScaledClock",
     "SeenRequest",
+    "SentCallback",
 ]
 
 _API = "/dream-machine/v1/generations"
 # A typed request key where aiohttp has them (3.14+), a namespaced string before that.
 _FAULT: Any = getattr(web, "RequestKey", lambda name, _: f"deerluma.{name}")("fault", str)
 _CDN = "https://storage.cdn-luma.com/fake"
+#: How often (real seconds) the fake checks whether a callback is due: it follows any clock.
+_CALLBACK_TICK = 0.002
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
     b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
@@ -213,6 +219,16 @@ DEFAULT_FAULT_MIX: tuple[Fault, ...] = (
 
 
 @attrs.frozen
+class SentCallback:
+    """One state change the fake called back about: `status` None when it was lost."""
+
+    task_id: str
+    state: str
+    at: float
+    status: int | None
+
+
+@attrs.frozen
 class SeenRequest:
     """What the fake server recorded about one request."""
 
@@ -268,6 +284,8 @@ class FakeDeerAPI:
         create_duration: float = 5.0,
         create_script: Callable[[Mapping[str, object]], Mapping[str, object]] | None = None,
         video_bytes: int = 64 * 1024,
+        callback_loss: float = 0.0,
+        callback_duplicates: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -285,6 +303,9 @@ class FakeDeerAPI:
         self.completed_at: dict[str, float] = {}
         self.created: list[Mapping[str, object]] = []
         self.record_requests = True
+        self.callback_loss = callback_loss
+        self.callback_duplicates = callback_duplicates
+        self.callbacks: list[SentCallback] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._random = random.Random(seed)
@@ -296,6 +317,12 @@ class FakeDeerAPI:
         self._bucket_time = self.clock()
         self._links: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
+        self._callback_due: list[tuple[float, int, str, str]] = []
+        self._callback_order = itertools.count()
+        self._callback_wake = asyncio.Event()
+        self._callback_tasks: set[asyncio.Task[None]] = set()
+        self._callback_http: aiohttp.ClientSession | None = None
+        self._dispatching = False
         self._site_url = ""
         self._wall0 = datetime.now(UTC)
         self._clock0 = self.clock()
@@ -347,7 +374,15 @@ class FakeDeerAPI:
         self._site_url = f"http://{host}:{port}"
 
     async def close(self) -> None:
-        """Stop listening and drop open connections."""
+        """Stop listening, stop calling back, and drop open connections."""
+        tasks, self._callback_tasks = self._callback_tasks, set()
+        self._dispatching = False
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._callback_http is not None:
+            await self._callback_http.close()
+            self._callback_http = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -545,10 +580,68 @@ class FakeDeerAPI:
             request=payload,
             **{"duration": self.create_duration, **script},  # type: ignore[arg-type]
         )
-        body = self._body(self._gens[task_id], self.clock())
+        gen = self._gens[task_id]
+        callback_url = payload.get("callback_url")
+        if isinstance(callback_url, str):
+            if gen.pending_for < gen.duration:
+                self._call_back_at(gen.started + gen.pending_for, task_id, callback_url)
+            self._call_back_at(gen.finishes_at(), task_id, callback_url)
+        body = self._body(gen, self.clock())
         body["request"] = payload
         body["media_request"] = None
         return await _send_json(request, body)
+
+    # -- callbacks -----------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
+
+    def _call_back_at(self, due: float, task_id: str, url: str) -> None:
+        if not self._dispatching:  # started by the first callback_url
+            self._dispatching = True
+            self._spawn(self._dispatch_callbacks())
+        heapq.heappush(self._callback_due, (due, next(self._callback_order), task_id, url))
+        self._callback_wake.set()
+
+    async def _dispatch_callbacks(self) -> None:
+        """POST each state change to its callback_url when the clock reaches it (any clock)."""
+        while True:
+            await self._callback_wake.wait()
+            self._callback_wake.clear()
+            while self._callback_due:
+                if self._callback_due[0][0] > self.clock():
+                    await asyncio.sleep(_CALLBACK_TICK)
+                    continue
+                due, _, task_id, url = heapq.heappop(self._callback_due)
+                # Just past the change: the body shows the new state, whatever the rounding.
+                body = self._body(self._gens[task_id], due + 1e-6)
+                if self._random.random() < self.callback_loss:
+                    self.callbacks.append(SentCallback(task_id, str(body["state"]), due, None))
+                    continue
+                copies = 2 if self._random.random() < self.callback_duplicates else 1
+                for _ in range(copies):
+                    self._spawn(self._post_callback(url, task_id, body, due))
+
+    async def _post_callback(
+        self, url: str, task_id: str, body: Mapping[str, object], due: float
+    ) -> None:
+        """Luma's delivery: a JSON POST with a 5 s timeout, retried up to 3 times."""
+        if self._callback_http is None:
+            self._callback_http = aiohttp.ClientSession()
+        status: int | None = None
+        for attempt in range(4):
+            try:
+                async with self._callback_http.post(
+                    url, json=body, timeout=aiohttp.ClientTimeout(total=5)
+                ) as resp:
+                    status = resp.status
+                    if resp.status < 300:
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                status = None
+            await asyncio.sleep(0.05 * 2**attempt)
+        self.callbacks.append(SentCallback(task_id, str(body["state"]), due, status))
 
     async def _storage(self, request: web.Request) -> web.StreamResponse:
         if "Authorization" in request.headers:
