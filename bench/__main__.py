@@ -1,7 +1,8 @@
 """`python -m bench`: every benchmark, one after the other."""
 
-from . import bench_batch, bench_sync, bench_wait
+from . import bench_batch, bench_callbacks, bench_sync, bench_wait
 
 bench_wait.cli([])
 bench_batch.cli([])
 bench_sync.cli([])
+bench_callbacks.cli([])

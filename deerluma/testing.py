@@ -40,6 +40,12 @@ What it does:
   answers 429 beyond a request rate, with ``Retry-After`` set to one
   request's spacing (``retry_after=True``), to a number of seconds, or
   absent (``retry_after=False``).
+- Callbacks: a create with ``callback_url`` gets a JSON POST of the
+  generation on each state change (``processing``, then ``completed`` or
+  ``failed``), as Luma sends them (5 s timeout, up to 3 retries), following
+  ``clock`` in real time (use a ScaledClock, not a FakeClock);
+  ``callback_loss`` loses a share of them and ``callback_duplicates`` sends a
+  share twice; ``callbacks`` records each (``SentCallback``).
 - It records what it saw: ``requests`` (method, path, whether a key was sent,
   status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
   time of the first answer showing it terminal) and ``max_in_flight``; set
