@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -43,7 +42,7 @@ __all__ = [
 #: Callback bodies larger than this are refused (413).
 MAX_CALLBACK_BYTES = 4 << 20
 #: Ids remembered (states announced, hints pending); the oldest are forgotten first.
-_MEMORY = 4096
+_MEMORY = 16384
 #: The share of waits whose completion may be noticed late (by polling) that the stretch allows.
 _LATE_SHARE = 0.05
 #: Polls are spread out at most this many times the normal schedule.
@@ -154,6 +153,11 @@ class CallbackHub:
         record.expected = True
         if created is not None:
             record.created = (created, at)
+
+    @property
+    def active(self) -> bool:
+        """Whether any id was ever marked or called back about (else nothing listens)."""
+        return bool(self._records)
 
     def expects(self, task_id: str) -> bool:
         """Whether waits on `task_id` listen for callbacks."""
@@ -349,6 +353,6 @@ def make_handler(hub: CallbackHub, secret: str | None) -> Handler:
         except DeerLumaError as exc:
             return refuse(400, f"not a generation: {exc}")
         hub.deliver(generation)
-        return web.Response(status=200, text=json.dumps({"ok": True}))
+        return web.json_response({"ok": True})
 
     return handle

@@ -290,8 +290,9 @@ class App:
                 self.console.print(f"{row.task_id}: {g.state.value}", highlight=False)
 
         async def follow() -> None:
+            # No receiver here: a --callback-url's calls go elsewhere, so plain polling.
             batch = session.as_completed(
-                task_ids, concurrency=concurrency, timeout=timeout, on_update=heard
+                task_ids, concurrency=concurrency, timeout=timeout, on_update=heard, callbacks=False
             )
             async with batch as results:
                 async for result in results:

@@ -517,7 +517,7 @@ class Session:
         """
         ids = check_batch(task_ids, concurrency)  # argument mistakes raise here, not mid-batch
         listen = None
-        if callbacks is not False:
+        if callbacks or (callbacks is None and self._callbacks.active):
             listen = functools.partial(self._listens, callbacks=callbacks)
         batch = batch_as_completed(
             self._poller(),

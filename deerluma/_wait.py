@@ -96,10 +96,7 @@ async def watch_generation(
             attempt.retry_state.set_result(step)
             if step.emit is not None:
                 yield step.emit
-            if step.verdict is Verdict.GIVE_UP:
-                assert step.error is not None
-                raise step.error
-            if step.verdict is Verdict.DONE:
+            if _over(step):
                 return
     finally:
         engine.release(tracker, clock())
@@ -181,14 +178,19 @@ async def _watch_listening(
             if step.emit is not None and changed(last, step.emit):
                 last = step.emit
                 yield step.emit
-            if step.verdict is Verdict.GIVE_UP:
-                assert step.error is not None
-                raise step.error
-            if step.verdict is Verdict.DONE:
+            if _over(step):
                 return
     finally:
         stop_listening()
         engine.release(tracker, clock())
+
+
+def _over(step: Step) -> bool:
+    """True when the wait is done; raises the error it gave up with."""
+    if step.verdict is Verdict.GIVE_UP:
+        assert step.error is not None
+        raise step.error
+    return step.verdict is Verdict.DONE
 
 
 def _asleep(step: Step | None) -> bool:
