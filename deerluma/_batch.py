@@ -281,6 +281,8 @@ class _Scheduler:
                 step, tracker = engine.failed(tracker, task_id, self.clock(), exc, sent)
             except BaseException:  # cancelled mid-poll: the id no longer counts as running
                 engine.release(tracker, self.clock())
+                if waiter is not None:
+                    self._unlisten(waiter)
                 raise
             else:
                 if listening is not None:
