@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from ._create import ASPECT_RATIOS, CreateOptions
-from ._download import Asset
+from ._download import Asset, destination
 from ._models import Generation
 from ._session import Session
 from .exceptions import (
@@ -324,18 +325,26 @@ class App:
 
         One file in the way or one refused link never stops the others.
         """
+        overwrite = self.args.overwrite
+        there = destination(_into(folder), generation.id, "video")
+        existed = there.exists()
         try:
             path = await self.save(
-                session, generation, _into(folder), overwrite=self.args.overwrite
+                session, generation, _into(folder), overwrite=overwrite, skip_complete=True
             )
         except DestinationExists as exc:
             self.console.print(
-                f"{exc.dest} exists; not replaced (--overwrite replaces it)", highlight=False
+                f"{exc.dest} exists and differs from the stored video; not replaced "
+                "(--overwrite replaces it)",
+                highlight=False,
             )
             return exc
         except DeerLumaError as exc:
             return exc
-        self.console.print(f"saved {path}", highlight=False)
+        if existed and not overwrite:
+            self.console.print(f"{path} is already complete; skipped", highlight=False)
+        else:
+            self.console.print(f"saved {path}", highlight=False)
         return None
 
     async def save(
@@ -346,6 +355,7 @@ class App:
         *,
         asset: Asset = "video",
         overwrite: bool = False,
+        skip_complete: bool = False,
     ) -> Path:
         """Download with a progress bar on a terminal."""
         from rich.progress import (
@@ -355,17 +365,21 @@ class App:
             TransferSpeedColumn,
         )
 
+        download = functools.partial(
+            session.download,
+            generation,
+            dest,
+            asset=asset,
+            overwrite=overwrite,
+            skip_complete=skip_complete,
+        )
         if not self.live:
-            return await session.download(generation, dest, asset=asset, overwrite=overwrite)
+            return await download()
         columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
             bar = progress.add_task(f"downloading {generation.id[:8]}", total=None)
-            return await session.download(
-                generation,
-                dest,
-                asset=asset,
-                overwrite=overwrite,
-                on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            return await download(
+                on_progress=lambda done, total: progress.update(bar, completed=done, total=total)
             )
 
 

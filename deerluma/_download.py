@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import os
 import re
 import secrets
@@ -46,6 +47,8 @@ __all__ = [
 Asset = Literal["video", "video_raw", "thumbnail", "last_frame"]
 ASSETS: tuple[Asset, ...] = ("video", "video_raw", "thumbnail", "last_frame")
 OnProgress = Callable[[int, int | None], object]
+
+log = logging.getLogger("deerluma")
 
 _CHUNK = 256 * 1024
 #: Treat a presigned link as expired this long before it says, to allow for clock skew.
@@ -231,6 +234,7 @@ async def download_generation(
     asset: Asset,
     overwrite: bool,
     on_progress: OnProgress | None,
+    skip_complete: bool = False,
 ) -> Path:
     """Download one asset of a completed generation to `dest`; see Session.download."""
     if isinstance(target, str):
@@ -242,6 +246,9 @@ async def download_generation(
         url = asset_url(generation, asset)
     final = destination(dest, generation.id, asset)
     if final.exists() and not overwrite:
+        if skip_complete and await _holds_all_of(session._http(), url, final, session._timeout):
+            log.info("%s already holds the whole %s of %r; kept", final, asset, generation.id)
+            return final
         raise _exists(final, generation.id)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +301,27 @@ async def download_generation(
     finally:
         transfer.part.unlink(missing_ok=True)
     return final
+
+
+async def _holds_all_of(http: aiohttp.ClientSession, url: str, path: Path, timeout: float) -> bool:
+    """Whether `path` is as long as the file at `url`: a finished download of it.
+
+    Asks for the bytes past the local size: storage answers 416 with
+    ``Content-Range: bytes */TOTAL`` when there are none. Anything else
+    (more bytes, no total, a refused link, a fault) is "not known complete".
+    """
+    try:
+        size = path.stat().st_size
+        async with http.get(
+            yarl.URL(url, encoded=True),
+            headers={"Range": f"bytes={size}-"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            raise_for_status=False,
+        ) as resp:
+            total = re.fullmatch(r"bytes \*/(\d+)", resp.headers.get("Content-Range", ""))
+            return resp.status == 416 and total is not None and int(total.group(1)) == size
+    except (OSError, aiohttp.ClientError, TimeoutError):
+        return False
 
 
 def _exists(final: Path, task_id: str) -> DestinationExists:

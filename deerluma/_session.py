@@ -556,6 +556,7 @@ class Session:
         *,
         asset: Asset = "video",
         overwrite: bool = False,
+        skip_complete: bool = False,
         on_progress: OnProgress | None = None,
     ) -> Path:
         """Save an asset of a completed generation (or task id) to `dest`; return the path.
@@ -568,11 +569,20 @@ class Session:
         complete, so `dest` never holds a partial file; an expired link is
         refreshed once; the API key is never sent to the storage host.
         `on_progress(done_bytes, total_bytes | None)` may be sync or async.
-        A failed generation raises GenerationFailed; file problems raise
-        DestinationError (an OSError too) naming `dest`.
+        A file already at the destination raises DestinationExists, unless
+        `overwrite` (replace it) or `skip_complete` (keep it, without
+        downloading, when it is as long as the stored file: a re-run after a
+        finished download). A failed generation raises GenerationFailed;
+        file problems raise DestinationError (an OSError too) naming `dest`.
         """
         return await download_generation(
-            self, generation, dest, asset=asset, overwrite=overwrite, on_progress=on_progress
+            self,
+            generation,
+            dest,
+            asset=asset,
+            overwrite=overwrite,
+            on_progress=on_progress,
+            skip_complete=skip_complete,
         )
 
     async def create_generation(self, prompt: str, **options: Unpack[CreateOptions]) -> Generation:

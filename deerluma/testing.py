@@ -672,8 +672,8 @@ class FakeDeerAPI:
             return web.Response(status=404)
         content = _content(f"{task_id}/{asset.split('.')[0]}", gen.video_bytes)
         start = _range_start(request.headers.get("Range"), len(content))
-        if start is None:
-            return web.Response(status=416)
+        if start is None:  # as S3 does: the total, so a client can tell it has it all
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(content)}"})
         status = 206 if start else 200
         headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
         if start:

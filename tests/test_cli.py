@@ -322,6 +322,21 @@ async def test_rerunning_wait_with_download_keeps_every_line_and_overwrite_repla
     assert (tmp_path / f"{ids[0]}.mp4").read_bytes() == live_fake.video_content(ids[0])
 
 
+async def test_rerunning_wait_after_a_finished_download_skips_it_and_says_so(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    argv = ["wait", task_id, "--download", str(tmp_path), "--json"]
+    assert (await run(live_fake, *argv))[0] == 0
+    storage_before = sum(r.path.startswith("/storage/") for r in live_fake.requests)
+    code, out, err = await run(live_fake, *argv)
+    assert code == 0 and json.loads(out)["state"] == "completed"
+    assert "already complete; skipped" in err
+    assert (tmp_path / f"{task_id}.mp4").read_bytes() == live_fake.video_content(task_id)
+    probes = [r for r in live_fake.requests if r.path.startswith("/storage/")][storage_before:]
+    assert [r.status for r in probes] == [416]  # one Range probe, no second download
+
+
 def test_get_and_wait_show_the_same_link_to_fetch() -> None:
     from rich.console import Console
 

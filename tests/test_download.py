@@ -196,3 +196,17 @@ def test_presigned_expiry_is_read_from_the_link() -> None:
     )
     assert link_expires_at("https://cdn.example/v.mp4") is None
     assert link_expires_at("https://x/v?X-Amz-Date=bogus&X-Amz-Expires=1") is None
+
+
+async def test_skip_complete_keeps_a_finished_file_and_refuses_a_partial_one(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    path = await session.download(task_id, tmp_path)
+    before = len(_storage_requests(fake))
+    assert await session.download(task_id, tmp_path, skip_complete=True) == path
+    assert [r.status for r in _storage_requests(fake)[before:]] == [416]  # probed, not fetched
+    path.write_bytes(fake.video_content(task_id)[:100])  # an interrupted copy of it
+    with pytest.raises(deerluma.DestinationExists):
+        await session.download(task_id, tmp_path, skip_complete=True)
+    assert len(path.read_bytes()) == 100  # left as it was
