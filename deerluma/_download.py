@@ -311,7 +311,7 @@ async def _holds_all_of(http: aiohttp.ClientSession, url: str, path: Path, timeo
     (more bytes, no total, a refused link, a fault) is "not known complete".
     """
     try:
-        size = path.stat().st_size
+        size = (await asyncio.to_thread(path.stat)).st_size
         async with http.get(
             yarl.URL(url, encoded=True),
             headers={"Range": f"bytes={size}-"},
