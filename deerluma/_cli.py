@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -578,9 +579,15 @@ async def cmd_demo(app: App) -> int:
             rows = await app.track(s, ids, timeout=60, labels=prompts, title="generations")
             done = next((r.generation for r in rows if r.error is None), None)
             if done is not None:
-                folder = app.args.out or Path(tempfile.mkdtemp(prefix="deerluma-demo-"))
-                path = await app.save(s, done, _into(folder))
-                app.console.print(f"downloaded one result to {path} ({path.stat().st_size} bytes)")
+                with contextlib.ExitStack() as stack:
+                    folder = app.args.out
+                    if folder is None:  # nothing left behind in the temp dir: --out keeps it
+                        temporary = tempfile.TemporaryDirectory(prefix="deerluma-demo-")
+                        folder = Path(stack.enter_context(temporary))
+                    path = await app.save(s, done, _into(folder))
+                    size = path.stat().st_size
+                    kept = "" if app.args.out else "; removed again at exit (--out DIR keeps it)"
+                    app.console.print(f"downloaded one result to {path} ({size} bytes){kept}")
     app.console.print(summary_table(rows))
     failed = exit_code_for(r.error for r in rows)
     # Two generations fail on purpose: that is the demo working, not the command failing.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -250,6 +251,8 @@ async def download_generation(
             log.info("%s already holds the whole %s of %r; kept", final, asset, generation.id)
             return final
         raise _exists(final, generation.id)
+    # The folders this call creates: removed again if the download fails.
+    made = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -300,6 +303,10 @@ async def download_generation(
         ) from exc
     finally:
         transfer.part.unlink(missing_ok=True)
+        if not final.exists():  # it failed: remove the folders made for it
+            for folder in made:  # deepest first; a folder someone filled meanwhile stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return final
 
 

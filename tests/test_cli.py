@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -189,15 +191,30 @@ async def test_missing_key_is_a_clear_error(
     assert "DEERAPI_API_KEY" in err
 
 
-async def test_demo_runs_with_no_key_and_exits_0(tmp_path: Path) -> None:
-    code, _, err = await run(None, "demo", "--speed", "25", "--out", str(tmp_path))
+@pytest.mark.parametrize("keep", [True, False], ids=["--out", "temporary"])
+async def test_demo_runs_with_no_key_and_leaves_only_what_out_asks_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = ["--out", str(tmp_path / "out")] if keep else []
+    code, _, err = await run(None, "demo", "--speed", "25", *out)
     assert code == 0
     assert "summary" in err
-    assert len(list(tmp_path.glob("*.mp4"))) == 1
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == (1 if keep else 0)
+    assert list((tmp_path / "tmp").iterdir()) == []  # no deerluma-demo-* folder left behind
+    assert ("removed again" in err) is not keep
 
 
-async def spawn(fake: FakeDeerAPI, *argv: str) -> asyncio.subprocess.Process:
-    """`python -m deerluma` in a child process, pointed at the fake."""
+async def spawn(
+    fake: FakeDeerAPI, *argv: str, terminal: int | None = None
+) -> asyncio.subprocess.Process:
+    """`python -m deerluma` in a child process, pointed at the fake.
+
+    With `terminal` (a pseudo-terminal's follower end), its output goes there
+    instead of pipes: it then draws its live table, as on a real terminal.
+    """
+    output = asyncio.subprocess.PIPE if terminal is None else terminal
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -207,9 +224,51 @@ async def spawn(fake: FakeDeerAPI, *argv: str) -> asyncio.subprocess.Process:
         "--base-url",
         fake.url,
         *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=output,
+        stderr=output,
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"},
     )
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+async def test_ctrl_c_on_a_terminal_prints_one_line_and_nothing_else(
+    live_fake: FakeDeerAPI,
+) -> None:
+    import pty
+
+    task_id = live_fake.add_generation(duration=1000)
+    leader, follower = pty.openpty()
+    try:
+        proc = await spawn(live_fake, "wait", task_id, terminal=follower)
+        os.close(follower)
+        follower = -1
+        reader = asyncio.create_task(asyncio.to_thread(_read_all, leader))
+        while not live_fake.polls[task_id]:  # it is waiting, its live table on screen
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert await proc.wait() == 130
+        screen = (await reader).decode(errors="replace")
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert "interrupted" in screen
+    for noise in ("Traceback", "never retrieved", "Exception", "Task was destroyed"):
+        assert noise not in screen
 
 
 async def test_python_dash_m_runs_the_same_command(live_fake: FakeDeerAPI) -> None:

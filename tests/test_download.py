@@ -210,3 +210,19 @@ async def test_skip_complete_keeps_a_finished_file_and_refuses_a_partial_one(
     with pytest.raises(deerluma.DestinationExists):
         await session.download(task_id, tmp_path, skip_complete=True)
     assert len(path.read_bytes()) == 100  # left as it was
+
+
+async def test_a_failed_download_removes_the_folders_it_created(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    task_id = fake.add_generation(duration=0)
+    fake.inject_storage(*[Fault.error(503)] * 10)  # storage keeps failing
+    with pytest.raises(deerluma.DownloadError):
+        await session.download(task_id, tmp_path / "new" / "deeper" / "out.mp4")
+    assert list(tmp_path.iterdir()) == []  # neither folder is left behind
+    (tmp_path / "mine").mkdir()
+    fake.inject_storage(*[Fault.error(503)] * 10)
+    with pytest.raises(deerluma.DownloadError):
+        await session.download(task_id, tmp_path / "mine" / "sub" / "out.mp4")
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # the user's own folder stays
+    assert list((tmp_path / "mine").iterdir()) == []
