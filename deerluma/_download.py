@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,7 +32,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from ._transport import Transport
 
 __all__ = [
     "ASSETS",
@@ -227,8 +227,17 @@ async def commit(part: Path, final: Path, *, overwrite: bool) -> None:
     await asyncio.to_thread(finish)
 
 
+@attrs.frozen
+class Downloads:
+    """What a download needs from its Session: the pool and retries, and a way to re-fetch."""
+
+    transport: Transport
+    #: Fetch a generation again (a task id given, or a link that expired).
+    fetch: Callable[[str], Awaitable[Generation]]
+
+
 async def download_generation(
-    session: Session,
+    session: Downloads,
     target: Generation | str,
     dest: str | os.PathLike[str],
     *,
@@ -239,15 +248,16 @@ async def download_generation(
 ) -> Path:
     """Download one asset of a completed generation to `dest`; see Session.download."""
     if isinstance(target, str):
-        target = await session.get_generation(check_task_id(target))
+        target = await session.fetch(check_task_id(target))
     generation = target
     url = asset_url(generation, asset)
     if is_expired(url):
-        generation = await session.get_generation(generation.id)
+        generation = await session.fetch(generation.id)
         url = asset_url(generation, asset)
     final = destination(dest, generation.id, asset)
     if final.exists() and not overwrite:
-        if skip_complete and await _holds_all_of(session._http(), url, final, session._timeout):
+        transport = session.transport
+        if skip_complete and await _holds_all_of(transport.http(), url, final, transport.timeout):
             log.info("%s already holds the whole %s of %r; kept", final, asset, generation.id)
             return final
         raise _exists(final, generation.id)
@@ -268,13 +278,15 @@ async def download_generation(
             try:
                 attempt = functools.partial(
                     stream_to,
-                    session._http(),
+                    session.transport.http(),
                     url,
                     transfer,
-                    timeout=session._timeout,
+                    timeout=session.transport.timeout,
                     on_progress=on_progress,
                 )
-                await session._with_retries(attempt, deadline=None, retry_on=_download_transient)
+                await session.transport.with_retries(
+                    attempt, deadline=None, retry_on=_download_transient
+                )
                 break
             except LinkRejected as exc:
                 if refreshed:
@@ -284,7 +296,7 @@ async def download_generation(
                         task_id=generation.id,
                     ) from exc
                 refreshed = True  # links expire after about an hour: ask for a fresh one, once
-                generation = await session.get_generation(generation.id)
+                generation = await session.fetch(generation.id)
                 url = asset_url(generation, asset)
                 transfer = Transfer(transfer.part)
             except (TransportError, ServerError) as exc:

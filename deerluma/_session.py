@@ -1,52 +1,38 @@
-"""Session: the one place deerluma talks HTTP (auth, per-request retries, rate gate)."""
+"""Session: the public facade. The HTTP exchange and its retries live in `_transport`."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import math
 import os
-import random
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import EllipsisType, TracebackType
-from typing import NamedTuple, Self, TypeVar, Unpack
+from typing import Self, Unpack
 from urllib.parse import quote
 
 import aiohttp
 import attrs
 import yarl
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_any,
-)
-from tenacity.stop import stop_base
 
 from ._batch import BatchResult, batch_as_completed
 from ._callbacks import CallbackHub, CallbackView, make_handler
 from ._callbacks import Handler as CallbackHandler
 from ._create import CreateOptions, build_create_body
-from ._decode import MAX_BODY_BYTES, decode_generation
-from ._download import Asset, OnProgress, download_generation
-from ._gate import RateGate, RateView
+from ._decode import decode_generation
+from ._download import Asset, Downloads, OnProgress, download_generation
+from ._gate import RateView
 from ._history import TimingHistory
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
 from ._stream import Updates
+from ._transport import Clock, Sleep, Transport
 from ._validate import check_base_url, check_batch, check_task_id
 from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
 from .exceptions import (
-    ConfigurationError,
     CreateOutcomeUnknown,
-    DeadlineExceeded,
     DecodeError,
     DeerLumaError,
-    RateLimitError,
     ServerError,
     TransportError,
     is_transient,
@@ -54,65 +40,13 @@ from .exceptions import (
 
 __all__ = ["DEFAULT_BASE_URL", "Session"]
 
-log = logging.getLogger("deerluma")
 
 DEFAULT_BASE_URL = "https://api.deerapi.com"
 GENERATIONS_PATH = ("dream-machine", "v1", "generations")
-#: Per-request retries back off from this, doubling up to the max, plus up to this at random.
-_FIRST_BACKOFF = 0.25
-_MAX_BACKOFF = 8.0
-
-T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 
 
 #: A wait's `timeout` left as ``...`` is the policy's; None means no deadline at all.
 PolicyTimeout = Seconds | EllipsisType | None
-
-
-class _Secret:
-    """Holds the API key so that no repr, str or log line can show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<redacted>"
-
-    __str__ = __repr__
-
-
-class _Headers(dict[str, str]):
-    """Request headers carrying the key: shown redacted by repr (debuggers, tracebacks)."""
-
-    def __repr__(self) -> str:
-        return "{" + ", ".join(f"{k!r}: <redacted>" for k in self) + "}"
-
-
-class RawResponse(NamedTuple):
-    """What one HTTP exchange produced, read whole (within the body cap)."""
-
-    status: int
-    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
-    body: bytes
-
-
-class StopBefore(stop_base):
-    """Stop retrying when the next sleep would end past `deadline` (a clock time)."""
-
-    def __init__(self, deadline: float | None, clock: Clock) -> None:
-        self._deadline = deadline
-        self._clock = clock
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        upcoming = retry_state.upcoming_sleep or 0.0
-        return self._deadline is not None and self._clock() + upcoming >= self._deadline
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -153,8 +87,6 @@ class Session:
         clock: Clock | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("DEERAPI_API_KEY")
-        self._key = _Secret(key) if key else None
-        self._headers: _Headers | None = None  # built once: one less object per request
         self._base = check_base_url(
             base_url or os.environ.get("DEERAPI_BASE_URL") or DEFAULT_BASE_URL
         )
@@ -162,26 +94,28 @@ class Session:
             raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
         self._collection = self._base.joinpath(*GENERATIONS_PATH)
         self._collection_text = str(self._collection).rstrip("/")
-        self._timeout = to_seconds(timeout)
-        if not 0 < self._timeout < math.inf:
+        seconds = to_seconds(timeout)
+        if not 0 < seconds < math.inf:
             raise ValueError(
                 f"timeout must be a positive, finite number of seconds per request, got {timeout!r}"
             )
-        self._client_timeout = aiohttp.ClientTimeout(total=self._timeout)
-        self._max_retries = max_retries
-        self._borrowed = session
-        self._owned: aiohttp.ClientSession | None = None
-        self._sleep: Sleep = sleep or asyncio.sleep
-        self._clock: Clock = clock or time.monotonic
-        self._gate = RateGate(max_rps, clock=self._clock, sleep=self._sleep)
-        self._rng = random.Random()
+        self._transport = Transport(
+            key,
+            session=session,
+            timeout=seconds,
+            max_retries=max_retries,
+            max_rps=max_rps,
+            sleep=sleep,
+            clock=clock,
+        )
+        self._clock = self._transport.clock
         self._history = TimingHistory()
         self._callbacks = CallbackHub(self._clock)
         self.policy = policy or PollPolicy()
         """The default polling policy of this Session's waits."""
 
     def __repr__(self) -> str:
-        return f"Session(base_url={str(self._base)!r}, api_key={self._key!r})"
+        return f"Session(base_url={str(self._base)!r}, api_key={self._transport.key!r})"
 
     @property
     def base_url(self) -> str:
@@ -204,7 +138,7 @@ class Session:
         Without ``max_rps`` the rate is learned: it starts at 50/s, doubles
         while more is wanted, is cut on a 429 and grows back gently.
         """
-        return self._gate.view
+        return self._transport.gate.view
 
     @property
     def callbacks(self) -> CallbackView:
@@ -233,7 +167,7 @@ class Session:
     @property
     def rate_limited_count(self) -> int:
         """How many 429 answers this Session has received (also ``rate.rate_limited``)."""
-        return self._gate.rate_limited
+        return self._transport.gate.rate_limited
 
     async def __aenter__(self) -> Self:
         return self
@@ -248,27 +182,7 @@ class Session:
 
     async def aclose(self) -> None:
         """Close the connection pool, unless it was borrowed from the caller."""
-        if self._owned is not None:
-            owned, self._owned = self._owned, None
-            await owned.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._borrowed is not None:
-            return self._borrowed
-        if self._owned is None or self._owned.closed:
-            self._owned = aiohttp.ClientSession()
-        return self._owned
-
-    def _auth_headers(self) -> dict[str, str]:
-        if self._headers is None:
-            if self._key is None:
-                raise ConfigurationError(
-                    "no API key: pass Session(api_key=...) or set $DEERAPI_API_KEY"
-                )
-            self._headers = _Headers(
-                {"Authorization": f"Bearer {self._key.reveal()}", "Accept": "application/json"}
-            )
-        return self._headers
+        await self._transport.aclose()
 
     def generation_url(self, task_id: str) -> yarl.URL:
         """The API URL of one generation; the id is checked and always quoted.
@@ -278,112 +192,6 @@ class Session:
         """
         quoted = quote(check_task_id(task_id), safe="")
         return yarl.URL(f"{self._collection_text}/{quoted}", encoded=True)
-
-    async def _exchange(
-        self,
-        method: str,
-        url: yarl.URL,
-        *,
-        json_body: Mapping[str, object] | None = None,
-        deadline: float | None = None,
-        task_id: str | None = None,
-    ) -> RawResponse:
-        """One HTTP exchange with the API: gate, auth, timeout, body cap; no retries."""
-        request_headers = self._auth_headers()
-        sent = self._gate.try_pass()
-        if sent is None:
-            sent = await self._gate.acquire(deadline)
-        timeout = self._timeout
-        client_timeout = self._client_timeout
-        if deadline is not None:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                # aiohttp reads a total of 0 as "no timeout": never send past the deadline.
-                raise DeadlineExceeded(f"the deadline passed before a request{_about(task_id)}")
-            if remaining < timeout:
-                timeout = remaining
-                client_timeout = aiohttp.ClientTimeout(total=remaining)
-        try:
-            async with self._http().request(
-                method,
-                url,
-                headers=request_headers,
-                json=json_body,
-                allow_redirects=False,
-                timeout=client_timeout,
-                raise_for_status=False,  # a borrowed session's default must not hide our errors
-            ) as resp:
-                body = await _read_capped(resp, task_id)
-                headers = resp.headers
-                status = resp.status
-        except TimeoutError as exc:
-            raise TransportError(
-                f"no answer from {url.host} within {timeout:.3g}s{_about(task_id)}",
-                task_id=task_id,
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(
-                f"could not connect to {url.host}{_about(task_id)}: {exc.os_error or exc}",
-                task_id=task_id,
-                request_sent=False,
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(
-                f"connection to {url.host} failed{_about(task_id)}: {type(exc).__name__}: {exc}",
-                task_id=task_id,
-            ) from exc
-        if log.isEnabledFor(logging.DEBUG):  # the hot path of big batches: no call when off
-            log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
-        if status != 429:
-            self._gate.answered(sent)
-            return RawResponse(status, headers, body)
-        try:
-            decode_generation(status, headers, body, task_id=task_id)
-        except RateLimitError as exc:
-            # The gate owns the pause: retries and polls simply wait for their next turn.
-            pause = self._gate.throttled(sent, exc.retry_after)
-            log.info(
-                "rate limited by %s; %.1f requests/s from now on, pausing %.2fs",
-                url.host,
-                self._gate.view.rps,
-                pause,
-            )
-            raise
-        raise AssertionError("unreachable: a 429 always decodes to RateLimitError")
-
-    def _retrying(
-        self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
-    ) -> AsyncRetrying:
-        """The per-request retry loop: bounded by max_retries and never sleeping past `deadline`."""
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, RateLimitError):
-                return 0.0  # the rate gate holds the next attempt back as long as needed
-            # Exponential with jitter (tenacity's wait_exponential_jitter, whose arguments
-            # differ between the versions we support).
-            backoff = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2.0 ** (state.attempt_number - 1))
-            return backoff + self._rng.uniform(0.0, _FIRST_BACKOFF)
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.info(
-                "attempt %d failed (%s); retrying in %.2fs",
-                state.attempt_number,
-                exc,
-                state.upcoming_sleep,
-            )
-
-        return AsyncRetrying(
-            stop=stop_any(
-                stop_after_attempt(self._max_retries + 1), StopBefore(deadline, self._clock)
-            ),
-            wait=wait,
-            retry=retry_if_exception(retry_on),
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
 
     async def get_generation(self, task_id: str) -> Generation:
         """Fetch one generation by task id, retrying transient faults (up to `max_retries`)."""
@@ -401,7 +209,7 @@ class Session:
             if not is_transient(exc):
                 raise
             first_failure = exc
-        return await self._with_retries(
+        return await self._transport.with_retries(
             functools.partial(self._get, url, task_id, deadline),
             deadline=deadline,
             retry_on=is_transient,
@@ -409,32 +217,13 @@ class Session:
         )
 
     async def _get(self, url: yarl.URL, task_id: str, deadline: float | None) -> Generation:
-        resp = await self._exchange("GET", url, deadline=deadline, task_id=task_id)
+        resp = await self._transport.exchange("GET", url, deadline=deadline, task_id=task_id)
         return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
 
-    async def _with_retries(
-        self,
-        call: Callable[[], Awaitable[T]],
-        *,
-        deadline: float | None,
-        retry_on: Callable[[BaseException], bool],
-        first_failure: Exception | None = None,
-    ) -> T:
-        """Run `call`, retrying the failures `retry_on` accepts, per `_retrying()`.
-
-        `first_failure` is an attempt the caller already made and lost: it
-        counts against the budget and is waited out like any other.
-        """
-        async for attempt in self._retrying(deadline=deadline, retry_on=retry_on):
-            with attempt:
-                if first_failure is not None and attempt.retry_state.attempt_number == 1:
-                    raise first_failure
-                return await call()
-        raise AssertionError("unreachable: tenacity either returns or raises")
-
     def _poller(self) -> Poller:
+        transport = self._transport
         return Poller(
-            self._fetch, self._clock, self._sleep, self._rng, self._history, self._callbacks
+            self._fetch, self._clock, transport.sleep, transport.rng, self._history, self._callbacks
         )
 
     def _listens(self, task_id: str, *, callbacks: bool | None) -> bool:
@@ -576,7 +365,7 @@ class Session:
         file problems raise DestinationError (an OSError too) naming `dest`.
         """
         return await download_generation(
-            self,
+            Downloads(self._transport, self.get_generation),
             generation,
             dest,
             asset=asset,
@@ -620,11 +409,13 @@ class Session:
         url = self._collection
 
         async def attempt() -> Generation:
-            resp = await self._exchange("POST", url, json_body=body)
+            resp = await self._transport.exchange("POST", url, json_body=body)
             return decode_generation(resp.status, resp.headers, resp.body)
 
         try:
-            created = await self._with_retries(attempt, deadline=None, retry_on=_never_sent)
+            created = await self._transport.with_retries(
+                attempt, deadline=None, retry_on=_never_sent
+            )
         except TransportError as exc:
             if not exc.request_sent:
                 raise  # it never left: certainly nothing was created
@@ -634,27 +425,3 @@ class Session:
         if body.get("callback_url"):
             self._callbacks.expect(created.id, created, self._clock())
         return created
-
-
-def _about(task_id: str | None) -> str:
-    return f" (task {task_id!r})" if task_id else ""
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, task_id: str | None) -> bytes:
-    if resp.content_length is not None:
-        if resp.content_length > MAX_BODY_BYTES:
-            raise DecodeError(
-                f"the server announced a {resp.content_length}-byte body; refusing to read it",
-                task_id=task_id,
-            )
-        return await resp.read()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise DecodeError(
-                f"the body is larger than {MAX_BODY_BYTES} bytes; refusing it", task_id=task_id
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -21,8 +21,9 @@ from ._gate import RateView
 from ._history import TimingHistory
 from ._policy import PollPolicy, Seconds
 from ._portal import LoopThread
-from ._session import Clock, Session, Sleep
+from ._session import Session
 from ._stream import Updates
+from ._transport import Clock, Sleep
 
 __all__ = ["NOT_MIRRORED", "SyncSession", "SyncUpdates"]
 

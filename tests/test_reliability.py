@@ -85,7 +85,7 @@ async def _cancel_at_random(coro: object, rng: random.Random, fake: FakeDeerAPI)
 
 
 def _acquired(session: deerluma.Session) -> int:
-    connector = session._http().connector
+    connector = session._transport.http().connector
     assert connector is not None
     return len(connector._acquired)  # type: ignore[attr-defined]
 

@@ -254,7 +254,7 @@ async def test_owned_client_session_is_closed_on_exit(fake: FakeDeerAPI) -> None
     task_id = fake.add_generation(duration=0)
     s = deerluma.Session(api_key=fake.api_key, base_url=fake.url)
     await s.get_generation(task_id)
-    http = s._http()
+    http = s._transport.http()
     await s.aclose()
     assert http.closed
 

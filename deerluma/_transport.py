@@ -1,0 +1,303 @@
+"""The HTTP exchange with the API: auth, rate gate, per-request timeout, body cap, retries.
+
+Session is the public facade over it; downloads use the pool and the retry
+loop too, through `Transport` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import NamedTuple, TypeVar
+
+import aiohttp
+import yarl
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+)
+from tenacity.stop import stop_base
+
+from ._decode import MAX_BODY_BYTES, decode_generation
+from ._gate import RateGate
+from .exceptions import (
+    ConfigurationError,
+    DeadlineExceeded,
+    DecodeError,
+    RateLimitError,
+    TransportError,
+)
+
+__all__ = ["Clock", "RawResponse", "Sleep", "StopBefore", "Transport"]
+
+log = logging.getLogger("deerluma")
+
+#: Per-request retries back off from this, doubling up to the max, plus up to this at random.
+_FIRST_BACKOFF = 0.25
+_MAX_BACKOFF = 8.0
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class _Secret:
+    """Holds the API key so that no repr, str or log line can show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+class _Headers(dict[str, str]):
+    """Request headers carrying the key: shown redacted by repr (debuggers, tracebacks)."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: <redacted>" for k in self) + "}"
+
+
+class RawResponse(NamedTuple):
+    """What one HTTP exchange produced, read whole (within the body cap)."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
+    body: bytes
+
+
+class StopBefore(stop_base):
+    """Stop retrying when the next sleep would end past `deadline` (a clock time)."""
+
+    def __init__(self, deadline: float | None, clock: Clock) -> None:
+        self._deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        upcoming = retry_state.upcoming_sleep or 0.0
+        return self._deadline is not None and self.clock() + upcoming >= self._deadline
+
+
+class Transport:
+    """One Session's connection pool, key, rate gate and retry budget.
+
+    The pool is borrowed (never closed here) or owned (made on first use,
+    closed by `aclose`).
+    """
+
+    def __init__(
+        self,
+        key: str | None,
+        *,
+        session: aiohttp.ClientSession | None,
+        timeout: float,
+        max_retries: int,
+        max_rps: float | None,
+        sleep: Sleep | None,
+        clock: Clock | None,
+    ) -> None:
+        self._key = _Secret(key) if key else None
+        self._headers: _Headers | None = None  # built once: one less object per request
+        self.timeout = timeout
+        """Seconds one request may take."""
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_retries = max_retries
+        self._borrowed = session
+        self._owned: aiohttp.ClientSession | None = None
+        self.sleep: Sleep = sleep or asyncio.sleep
+        self.clock: Clock = clock or time.monotonic
+        self.gate = RateGate(max_rps, clock=self.clock, sleep=self.sleep)
+        self.rng = random.Random()
+
+    @property
+    def key(self) -> _Secret | None:
+        """The API key, redacted in every repr."""
+        return self._key
+
+    async def aclose(self) -> None:
+        """Close the connection pool, unless it was borrowed from the caller."""
+        if self._owned is not None:
+            owned, self._owned = self._owned, None
+            await owned.close()
+
+    def http(self) -> aiohttp.ClientSession:
+        """The connection pool (the borrowed one, or ours, made on first use)."""
+        if self._borrowed is not None:
+            return self._borrowed
+        if self._owned is None or self._owned.closed:
+            self._owned = aiohttp.ClientSession()
+        return self._owned
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._headers is None:
+            if self._key is None:
+                raise ConfigurationError(
+                    "no API key: pass Session(api_key=...) or set $DEERAPI_API_KEY"
+                )
+            self._headers = _Headers(
+                {"Authorization": f"Bearer {self._key.reveal()}", "Accept": "application/json"}
+            )
+        return self._headers
+
+    async def exchange(
+        self,
+        method: str,
+        url: yarl.URL,
+        *,
+        json_body: Mapping[str, object] | None = None,
+        deadline: float | None = None,
+        task_id: str | None = None,
+    ) -> RawResponse:
+        """One HTTP exchange with the API: gate, auth, timeout, body cap; no retries."""
+        request_headers = self._auth_headers()
+        sent = self.gate.try_pass()
+        if sent is None:
+            sent = await self.gate.acquire(deadline)
+        timeout = self.timeout
+        client_timeout = self._client_timeout
+        if deadline is not None:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                # aiohttp reads a total of 0 as "no timeout": never send past the deadline.
+                raise DeadlineExceeded(f"the deadline passed before a request{_about(task_id)}")
+            if remaining < timeout:
+                timeout = remaining
+                client_timeout = aiohttp.ClientTimeout(total=remaining)
+        try:
+            async with self.http().request(
+                method,
+                url,
+                headers=request_headers,
+                json=json_body,
+                allow_redirects=False,
+                timeout=client_timeout,
+                raise_for_status=False,  # a borrowed session's default must not hide our errors
+            ) as resp:
+                body = await _read_capped(resp, task_id)
+                headers = resp.headers
+                status = resp.status
+        except TimeoutError as exc:
+            raise TransportError(
+                f"no answer from {url.host} within {timeout:.3g}s{_about(task_id)}",
+                task_id=task_id,
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(
+                f"could not connect to {url.host}{_about(task_id)}: {exc.os_error or exc}",
+                task_id=task_id,
+                request_sent=False,
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TransportError(
+                f"connection to {url.host} failed{_about(task_id)}: {type(exc).__name__}: {exc}",
+                task_id=task_id,
+            ) from exc
+        if log.isEnabledFor(logging.DEBUG):  # the hot path of big batches: no call when off
+            log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
+        if status != 429:
+            self.gate.answered(sent)
+            return RawResponse(status, headers, body)
+        try:
+            decode_generation(status, headers, body, task_id=task_id)
+        except RateLimitError as exc:
+            # The gate owns the pause: retries and polls simply wait for their next turn.
+            pause = self.gate.throttled(sent, exc.retry_after)
+            log.info(
+                "rate limited by %s; %.1f requests/s from now on, pausing %.2fs",
+                url.host,
+                self.gate.view.rps,
+                pause,
+            )
+            raise
+        raise AssertionError("unreachable: a 429 always decodes to RateLimitError")
+
+    def retrying(
+        self, *, deadline: float | None, retry_on: Callable[[BaseException], bool]
+    ) -> AsyncRetrying:
+        """The per-request retry loop: bounded by max_retries and never sleeping past `deadline`."""
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, RateLimitError):
+                return 0.0  # the rate gate holds the next attempt back as long as needed
+            # Exponential with jitter (tenacity's wait_exponential_jitter, whose arguments
+            # differ between the versions we support).
+            backoff = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2.0 ** (state.attempt_number - 1))
+            return backoff + self.rng.uniform(0.0, _FIRST_BACKOFF)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "attempt %d failed (%s); retrying in %.2fs",
+                state.attempt_number,
+                exc,
+                state.upcoming_sleep,
+            )
+
+        return AsyncRetrying(
+            stop=stop_any(
+                stop_after_attempt(self._max_retries + 1), StopBefore(deadline, self.clock)
+            ),
+            wait=wait,
+            retry=retry_if_exception(retry_on),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    async def with_retries(
+        self,
+        call: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None,
+        retry_on: Callable[[BaseException], bool],
+        first_failure: Exception | None = None,
+    ) -> T:
+        """Run `call`, retrying the failures `retry_on` accepts, per `retrying()`.
+
+        `first_failure` is an attempt the caller already made and lost: it
+        counts against the budget and is waited out like any other.
+        """
+        async for attempt in self.retrying(deadline=deadline, retry_on=retry_on):
+            with attempt:
+                if first_failure is not None and attempt.retry_state.attempt_number == 1:
+                    raise first_failure
+                return await call()
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+
+def _about(task_id: str | None) -> str:
+    return f" (task {task_id!r})" if task_id else ""
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, task_id: str | None) -> bytes:
+    if resp.content_length is not None:
+        if resp.content_length > MAX_BODY_BYTES:
+            raise DecodeError(
+                f"the server announced a {resp.content_length}-byte body; refusing to read it",
+                task_id=task_id,
+            )
+        return await resp.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise DecodeError(
+                f"the body is larger than {MAX_BODY_BYTES} bytes; refusing it", task_id=task_id
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
