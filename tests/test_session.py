@@ -61,7 +61,7 @@ async def test_seed_body_served_by_fake_decodes_to_the_seed_generation(
         Fault.html(502),
         Fault.wrong_id(),
     ],
-    ids=lambda f: f"{f.kind}-{f.status}",
+    ids=lambda f: f"{f.kind}-{getattr(f, 'status', 500)}",
 )
 async def test_transient_fault_is_retried_then_succeeds(
     fake: FakeDeerAPI, session: deerluma.Session, fault: Fault
@@ -397,3 +397,13 @@ def test_nonsense_settings_are_refused_at_construction(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         deerluma.Session(api_key="k", **settings)
+
+
+def test_fault_kinds_are_typed_and_carry_their_own_fields() -> None:
+    from deerluma.testing import OversizedFault, RedirectFault, StatusFault
+
+    assert Fault.oversized(10) == OversizedFault(10) and OversizedFault(10).size == 10
+    redirect = Fault.redirect("https://elsewhere.example/x", 307)
+    assert isinstance(redirect, RedirectFault) and redirect.location.endswith("/x")
+    limited = Fault.rate_limit(2)
+    assert isinstance(limited, StatusFault) and (limited.status, limited.retry_after) == (429, "2")

@@ -1,56 +1,4 @@
-"""FakeDeerAPI: a real HTTP server that behaves like DeerAPI, for your own tests.
-
-Start it as an async context manager; it listens on ``127.0.0.1`` on a free
-port. Point a Session at ``fake.url`` with ``fake.api_key`` and everything the
-SDK does runs over a real socket, with no network and no cost::
-
-    from deerluma.testing import FakeClock, FakeDeerAPI, Fault
-
-    async def test_my_app() -> None:
-        clock = FakeClock()
-        async with FakeDeerAPI(clock=clock) as fake:
-            task_id = fake.add_generation(duration=30, estimate_bias=1.2)
-            fake.inject(Fault.error(502), Fault.reset())   # the next two requests fail
-            async with deerluma.Session(api_key=fake.api_key, base_url=fake.url,
-                                        clock=clock, sleep=clock.sleep) as s:
-                g = await s.wait_until_completed(task_id)   # no real waiting
-            assert g.is_completed
-
-What it does:
-
-- Generations follow a scripted progression driven by ``clock``: ``pending``
-  for ``pending_for`` seconds, then ``processing`` with a falling
-  ``estimate_wait_seconds`` (whole seconds, skewed by ``estimate_bias``, or
-  ``null`` when ``estimate=False``), then ``completed`` (or ``failed`` with
-  ``failure_reason``). Bodies have the shape of the API page's example, the
-  official Luma shape with ``shape="luma"``, or the gateway's newer shape with
-  ``shape="new"`` (no ``prompt``, ``estimate_wait_seconds`` or ``queue_state``,
-  a zero ``created_at``; ``media_type``, ``video.duration``, ``thumbnail.palette``).
-- It checks ``Authorization: Bearer <api_key>`` (401 otherwise) and answers an
-  unknown id with 404, both in the gateway's error body shapes.
-- ``POST /dream-machine/v1/generations`` creates generations
-  (``create_duration`` seconds long, or whatever ``create_script(body)``
-  returns as ``add_generation`` arguments) and records each body in ``created``.
-- Finished generations link to a storage route that serves fake video bytes
-  behind presigned-style links expiring after ``link_ttl`` seconds; it refuses
-  any request carrying an Authorization header and supports ``Range``.
-- Faults on demand: ``inject(...)`` queues faults for the next requests;
-  ``fault_rate`` faults a random share of requests (seeded); ``max_rps``
-  (with ``burst`` requests at once, by default one second's worth)
-  answers 429 beyond a request rate, with ``Retry-After`` set to one
-  request's spacing (``retry_after=True``), to a number of seconds, or
-  absent (``retry_after=False``).
-- Callbacks: a create with ``callback_url`` gets a JSON POST of the
-  generation on each state change (``processing``, then ``completed`` or
-  ``failed``), as Luma sends them (5 s timeout, up to 3 retries), following
-  ``clock`` in real time (use a ScaledClock, not a FakeClock);
-  ``callback_loss`` loses a share of them and ``callback_duplicates`` sends a
-  share twice; ``callbacks`` records each (``SentCallback``).
-- It records what it saw: ``requests`` (method, path, whether a key was sent,
-  status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
-  time of the first answer showing it terminal) and ``max_in_flight``; set
-  ``record_requests = False`` for long benchmark runs.
-"""
+"""FakeDeerAPI itself: the aiohttp.web app, its scripted generations, callbacks and records."""
 
 from __future__ import annotations
 
@@ -74,154 +22,15 @@ import aiohttp
 import attrs
 from aiohttp import web
 
-from ._portal import LoopThread
+from .._portal import LoopThread
+from ._faults import DEFAULT_FAULT_MIX, FAULT_KEY, Fault, cut
 
-__all__ = [
-    "DEFAULT_FAULT_MIX",
-    "FakeClock",
-    "FakeDeerAPI",
-    "Fault",
-    "ScaledClock",
-    "SeenRequest",
-    "SentCallback",
-]
+__all__ = ["FakeDeerAPI", "SeenRequest", "SentCallback"]
 
 _API = "/dream-machine/v1/generations"
-# A typed request key where aiohttp has them (3.14+), a namespaced string before that.
-_FAULT: Any = getattr(web, "RequestKey", lambda name, _: f"deerluma.{name}")("fault", str)
 _CDN = "https://storage.cdn-luma.com/fake"
 #: How often (real seconds) the fake checks whether a callback is due: it follows any clock.
 _CALLBACK_TICK = 0.002
-_HTML_PAGE = (
-    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
-    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
-)
-
-
-class FakeClock:
-    """A clock that only moves when told; its `sleep` moves it instead of waiting.
-
-    Give ``clock=fake_clock`` to FakeDeerAPI and ``clock=fake_clock,
-    sleep=fake_clock.sleep`` to a Session, and waiting costs no real time.
-    """
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self._now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward."""
-        self._now += max(0.0, seconds)
-
-    async def sleep(self, seconds: float) -> None:
-        """Record the sleep, move time forward, and let other tasks run."""
-        self.sleeps.append(seconds)
-        self.advance(seconds)
-        await asyncio.sleep(0)
-
-
-class ScaledClock:
-    """Virtual seconds that pass `speed` times faster than real ones.
-
-    Share one between FakeDeerAPI and a Session (``clock=c, sleep=c.sleep``)
-    and a 60 s generation takes 60/speed real seconds, every request still
-    crossing a real socket: for demos and benchmarks.
-    """
-
-    def __init__(self, speed: float) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be positive, got {speed!r}")
-        self.speed = speed
-        self._origin = time.monotonic()
-
-    def __call__(self) -> float:
-        return (time.monotonic() - self._origin) * self.speed
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep `seconds` of virtual time."""
-        await asyncio.sleep(seconds / self.speed)
-
-
-@attrs.frozen
-class Fault:
-    """One misbehaviour of the server, applied to one request."""
-
-    kind: str
-    status: int = 500
-    body: bytes = b""
-    content_type: str = "application/json"
-    retry_after: str | None = None
-    seconds: float = 0.0
-
-    @classmethod
-    def error(cls, status: int, body: bytes | Mapping[str, object] | None = None) -> Fault:
-        """Answer with `status` and an error body (``{"error": {...}}`` unless given)."""
-        if body is None:
-            body = {"error": {"message": f"fake error {status}", "type": "fake", "code": status}}
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return cls("status", status=status, body=raw)
-
-    @classmethod
-    def rate_limit(cls, retry_after: float | str | None = 1) -> Fault:
-        """Answer 429, with a Retry-After header unless it is None."""
-        header = None if retry_after is None else str(retry_after)
-        body = b'{"error": {"message": "rate limit exceeded", "type": "rate_limit"}}'
-        return cls("status", status=429, body=body, retry_after=header)
-
-    @classmethod
-    def html(cls, status: int = 502) -> Fault:
-        """Answer with a proxy's HTML error page."""
-        return cls("status", status=status, body=_HTML_PAGE, content_type="text/html")
-
-    @classmethod
-    def reset(cls) -> Fault:
-        """Drop the connection without answering."""
-        return cls("reset")
-
-    @classmethod
-    def truncated(cls) -> Fault:
-        """Answer 200 with the first half of the JSON body."""
-        return cls("truncated")
-
-    @classmethod
-    def cut(cls) -> Fault:
-        """Announce the full body, send half of it, then drop the connection."""
-        return cls("cut")
-
-    @classmethod
-    def latency(cls, seconds: float) -> Fault:
-        """Answer normally after a real delay of `seconds`."""
-        return cls("latency", seconds=seconds)
-
-    @classmethod
-    def redirect(cls, location: str, status: int = 302) -> Fault:
-        """Answer with a redirect to `location` (another host, say)."""
-        return cls("redirect", status=status, body=location.encode())
-
-    @classmethod
-    def oversized(cls, size: int = 5 << 20) -> Fault:
-        """Answer 200 with a chunked body of `size` bytes and no Content-Length."""
-        return cls("oversized", status=size)
-
-    @classmethod
-    def wrong_id(cls) -> Fault:
-        """Answer with another generation's body, as a confused proxy might."""
-        return cls("wrong_id")
-
-
-#: The mix of faults `fault_rate` draws from.
-DEFAULT_FAULT_MIX: tuple[Fault, ...] = (
-    Fault.error(502),
-    Fault.error(503, {"detail": "service unavailable"}),
-    Fault.rate_limit(0.05),
-    Fault.reset(),
-    Fault.truncated(),
-    Fault.html(502),
-    Fault.latency(0.02),
-)
 
 
 @attrs.frozen
@@ -520,24 +329,9 @@ class FakeDeerAPI:
                     headers=headers,
                 )
         if fault is not None:
-            if fault.kind == "latency":
-                await asyncio.sleep(fault.seconds)
-            elif fault.kind == "status":
-                headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                return web.Response(
-                    status=fault.status,
-                    body=fault.body,
-                    headers={**headers, "Content-Type": fault.content_type},
-                )
-            elif fault.kind == "reset":
-                return _drop(request)
-            elif fault.kind == "redirect":
-                location = fault.body.decode()
-                return web.Response(status=fault.status, headers={"Location": location})
-            elif fault.kind == "oversized":
-                return await _chunked(request, fault.status)
-            elif fault.kind in ("truncated", "cut", "wrong_id"):
-                request[_FAULT] = fault.kind
+            answer = await fault.respond(request)
+            if answer is not None:
+                return answer
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
         return response
@@ -564,7 +358,7 @@ class FakeDeerAPI:
             )
         self.polls[task_id] += 1
         now = self.clock()
-        if request.get(_FAULT) == "wrong_id":
+        if request.get(FAULT_KEY) == "wrong_id":
             other = next((g for g in self._gens.values() if g.id != task_id), gen)
             return web.json_response(self._body(other, now))
         body = self._body(gen, now)
@@ -679,8 +473,8 @@ class FakeDeerAPI:
         if start:
             headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
         part = content[start:]
-        if request.get(_FAULT) == "cut":
-            return await _cut(request, part, status, headers)
+        if request.get(FAULT_KEY) == "cut":
+            return await cut(request, part, status, headers)
         return web.Response(status=status, body=part, headers=headers)
 
     # -- bodies ----------------------------------------------------------------
@@ -791,41 +585,10 @@ def _json_error(status: int, message: str, code: str) -> web.Response:
     )
 
 
-def _drop(request: web.Request) -> web.Response:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return web.Response(status=500)
-
-
 async def _send_json(request: web.Request, body: Mapping[str, object]) -> web.StreamResponse:
     raw = json.dumps(body).encode()
-    if request.get(_FAULT) == "truncated":
+    if request.get(FAULT_KEY) == "truncated":
         raw = raw[: len(raw) // 2]
-    elif request.get(_FAULT) == "cut":
-        return await _cut(request, raw, 200, {"Content-Type": "application/json"})
+    elif request.get(FAULT_KEY) == "cut":
+        return await cut(request, raw, 200, {"Content-Type": "application/json"})
     return web.Response(body=raw, content_type="application/json")
-
-
-async def _chunked(request: web.Request, size: int) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    block = b" " * (256 * 1024)
-    try:
-        for _ in range(size // len(block)):
-            await response.write(block)
-    except (ConnectionError, RuntimeError):
-        pass  # the client hung up once it had seen enough: that is the point
-    return response
-
-
-async def _cut(
-    request: web.Request, body: bytes, status: int, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    _drop(request)
-    return response
