@@ -137,7 +137,11 @@ class ConfigurationError(DeerLumaError):
 
 
 class DeadlineExceeded(DeerLumaError, TimeoutError):
-    """The caller's deadline passed before a request could be made or finished."""
+    """A wait's deadline passed before a request could be made or finished.
+
+    Waits report it as WaitTimeout (with this as its ``__cause__``); no
+    public call raises it directly.
+    """
 
 
 class DecodeError(DeerLumaError):

@@ -34,7 +34,9 @@ What it does:
 - Finished generations link to a storage route that serves fake video bytes
   behind presigned-style links expiring after ``link_ttl`` seconds; it refuses
   any request carrying an Authorization header and supports ``Range``.
-- Faults on demand: ``inject(...)`` queues faults for the next requests;
+- Faults on demand (``Fault.error(502)``, ``Fault.reset()``, ...: each kind a
+  small typed class, ``StatusFault``, ``ResetFault``, ...): ``inject(...)``
+  queues faults for the next requests;
   ``fault_rate`` faults a random share of requests (seeded); ``max_rps``
   (with ``burst`` requests at once, by default one second's worth)
   answers 429 beyond a request rate, with ``Retry-After`` set to one
