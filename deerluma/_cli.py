@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -215,6 +215,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, like 0.0.0.0:8080, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
 def _generation_options(create: argparse.ArgumentParser) -> None:
     """The options create and extend share."""
     create.add_argument(
@@ -228,6 +235,13 @@ def _generation_options(create: argparse.ArgumentParser) -> None:
     create.add_argument("--duration", help="e.g. 5s")
     create.add_argument("--end-image", metavar="URL", help="an image for the last frame")
     create.add_argument("--callback-url", metavar="URL", help="the API calls it on each change")
+    create.add_argument(
+        "--callback-listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="receive the API's callbacks here while waiting (implies --wait); they must reach "
+        "it: give its public address as --callback-url if it is not HOST:PORT itself",
+    )
     create.add_argument("--wait", action="store_true", help="wait until it is finished")
     create.add_argument(
         "--timeout", type=float, default=900.0, help="seconds to wait (default 900)"
@@ -277,8 +291,13 @@ class App:
         concurrency: int = 16,
         labels: Sequence[str] = (),
         title: str = "",
+        callbacks: bool = False,
     ) -> list[Row]:
-        """Wait for the tasks as one batch, with a live table on stderr; return the rows."""
+        """Wait for the tasks as one batch, with a live table on stderr; return the rows.
+
+        `callbacks`: a receiver of ours (--callback-listen) hears the API's
+        callbacks; otherwise a --callback-url's calls go elsewhere, so plain polling.
+        """
         from rich.live import Live
 
         from ._render import Row, progress_table
@@ -292,9 +311,12 @@ class App:
                 self.console.print(f"{row.task_id}: {g.state.value}", highlight=False)
 
         async def follow() -> None:
-            # No receiver here: a --callback-url's calls go elsewhere, so plain polling.
             batch = session.as_completed(
-                task_ids, concurrency=concurrency, timeout=timeout, on_update=heard, callbacks=False
+                task_ids,
+                concurrency=concurrency,
+                timeout=timeout,
+                on_update=heard,
+                callbacks=None if callbacks else False,
             )
             async with batch as results:
                 async for result in results:
@@ -529,7 +551,11 @@ async def cmd_create(app: App) -> int:
         "end_image": a.end_image,
         "callback_url": a.callback_url,
     }
-    async with app.session() as s:
+    async with app.session() as s, contextlib.AsyncExitStack() as stack:
+        if a.callback_listen:
+            options["callback_url"] = await stack.enter_async_context(
+                _receiver(s, a.callback_listen, a.callback_url)
+            )
         if a.command == "extend":
             g = await s.extend_generation(a.task_id, a.prompt, **options)
         else:
@@ -537,8 +563,9 @@ async def cmd_create(app: App) -> int:
             g = await s.create_generation(a.prompt, **options)
         app.console.print(f"created {g.id}", highlight=False)
         error: DeerLumaError | None = None
-        if a.wait or a.download:
-            (row,) = await app.track(s, [g.id], timeout=a.timeout)
+        if a.wait or a.download or a.callback_listen:
+            listening = bool(a.callback_listen)
+            (row,) = await app.track(s, [g.id], timeout=a.timeout, callbacks=listening)
             g, error = row.generation or g, row.error
             if error is None and a.download:
                 error = await app.save_row(s, g, a.download)
@@ -547,6 +574,40 @@ async def cmd_create(app: App) -> int:
     else:
         print(g.id if error is None else f"{g.id}\t{type(error).__name__}\t{error}", file=app.out)
     return exit_code_for([error])
+
+
+@contextlib.asynccontextmanager
+async def _receiver(
+    session: Session, listen: tuple[str, int], public: str | None
+) -> AsyncIterator[str]:
+    """Serve the Session's callback handler on `listen` while the block runs; yield its URL.
+
+    A random token in the URL keeps others' POSTs out.
+    """
+    import secrets
+
+    import yarl
+    from aiohttp import web
+
+    token = secrets.token_urlsafe(16)
+    app = web.Application()
+    app.router.add_post("/deerluma-callback", session.callback_handler(secret=token))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        host, port = listen
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ValueError(
+                f"--callback-listen: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from exc
+        if public is None:
+            bound_host, bound_port = runner.addresses[0][:2]
+            public = f"http://{bound_host}:{bound_port}/deerluma-callback"
+        yield str(yarl.URL(public).update_query(token=token))
+    finally:
+        await runner.cleanup()
 
 
 async def cmd_demo(app: App) -> int:

@@ -428,3 +428,27 @@ async def test_wait_many_resume_skips_permanent_errors_and_retries_timeouts(
     assert [r["task_id"] for r in records].count("no-such-task") == 1
     assert [r["task_id"] for r in records].count(slow) == 2
     assert code == 3 and "skipping 1" in err
+
+
+async def test_create_with_callback_listen_is_woken_by_the_apis_callback(
+    live_fake: FakeDeerAPI,
+) -> None:
+    live_fake.create_duration = 0.5
+    argv = ["create", "a deer", "--callback-listen", "127.0.0.1:0", "--timeout", "30", "--json"]
+    code, out, _ = await run(live_fake, *argv)
+    record = json.loads(out)
+    assert code == 0 and record["state"] == "completed"
+    sent = live_fake.created[-1]["callback_url"]
+    assert sent.startswith("http://127.0.0.1:") and "token=" in sent  # ours, with a secret
+    delivered = [c for c in live_fake.callbacks if c.status == 200]
+    assert {c.state for c in delivered} == {"processing", "completed"}
+    # Woken by the callback and confirmed once: no 3 s polling loop ran.
+    assert live_fake.polls[record["task_id"]] == 1  # the create answer was the first look
+
+
+async def test_callback_listen_refuses_a_bad_address(
+    live_fake: FakeDeerAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = await run(live_fake, "create", "a deer", "--callback-listen", "nowhere")
+    assert code == 2 and "expected HOST:PORT" in capsys.readouterr().err  # argparse's own
+    assert live_fake.created == []
