@@ -154,24 +154,28 @@ _PLAIN_MEDIA_TYPES = {
 def _media_hook(cls: type[Media], converter: cattrs.Converter) -> _Hook:
     from_dict = make_dict_structure_fn(cls, converter)  # extra keys (palette, ...) ignored
     plain = tuple((f.name, _PLAIN_MEDIA_TYPES[f.name]) for f in attrs.fields(cls))
+    timed = plain[-1][0] == "duration"  # Video's last field: a float that must be finite
 
     def structure(value: object, _: object) -> object:
-        if isinstance(value, str):
-            return cls(url=value)  # the official shape's assets are plain URLs
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected an object or a URL, got {type(value).__name__}")
-        # Batches decode thousands of these: values already of their exact type (the usual
-        # case) are taken as they are; anything else goes through the converter's checks.
-        fields = {}
-        for name, kind in plain:
-            item = value.get(name)
-            if item is not None:
-                if type(item) is not kind:
-                    return from_dict(value, cls)
-                fields[name] = item
-        if "duration" in fields and not math.isfinite(fields["duration"]):  # type: ignore[arg-type]
+        if type(value) is not dict:  # a plain dict from json.loads is the usual case
+            if isinstance(value, str):
+                return cls(url=value)  # the official shape's assets are plain URLs
+            if not isinstance(value, Mapping):
+                raise TypeError(f"expected an object or a URL, got {type(value).__name__}")
             return from_dict(value, cls)
-        return cls(**fields)  # type: ignore[arg-type]
+        # Batches decode thousands of these: values already of their exact type (the usual
+        # case) are taken as they are, in field order; anything else goes through the
+        # converter's checks.
+        get = value.get
+        args = []
+        for name, kind in plain:
+            item = get(name)
+            if item is not None and type(item) is not kind:
+                return from_dict(value, cls)
+            args.append(item)
+        if timed and args[-1] is not None and not math.isfinite(args[-1]):  # type: ignore[arg-type]
+            return from_dict(value, cls)
+        return cls(*args)  # type: ignore[arg-type]
 
     return structure
 

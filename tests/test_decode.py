@@ -268,6 +268,14 @@ def test_media_values_of_wrong_types_still_fail_with_their_field(video: dict[str
         decode_generation(200, {}, body)
 
 
+def test_a_non_finite_video_duration_fails_and_a_stray_one_on_a_thumbnail_is_ignored() -> None:
+    body = b'{"id": "t", "state": "completed", "video": {"url": "u", "duration": 1e999}}'
+    with pytest.raises(DecodeError, match="video"):
+        decode_generation(200, {}, body)
+    body = json.dumps({"id": "t", "state": "completed", "thumbnail": {"duration": "x"}}).encode()
+    assert decode_generation(200, {}, body).thumbnail == Media()
+
+
 def test_video_duration_may_be_quoted() -> None:
     body = json.dumps({"id": "t", "state": "completed", "video": {"duration": "5.04"}}).encode()
     video = decode_generation(200, {}, body).video
