@@ -235,10 +235,14 @@ class RateGate:
         self.rate_limited += 1
         now = self._clock()
         if sent > self._cut_at and now >= self._cut_at + _SETTLE * self._rtt:
-            # What the server took lately is its limit, near enough: regrow towards it. (Not
-            # below one cut of the rate: after a pause, "lately" took next to nothing.)
+            # What the server took lately is its limit, near enough: regrow towards it. Not
+            # below one cut of what was sent (a burst after a quiet spell), nor, when a pause
+            # fell in the window (then "lately" took next to nothing), of the rate itself.
+            # A rate far above what was ever sent (slow start's overshoot) is no floor.
             taken = self._rate_of(self._ok, now, whole=True)
-            limit = min(self._rate, max(taken, _BETA * self._rate))
+            paused = self._paused_until > now - _WINDOW
+            tried = self._rate if paused else self._rate_of(self._sent, now, whole=True)
+            limit = min(self._rate, max(taken, _BETA * tried))
             self._slow_start = False
             self._w_max = limit
             self._k = (limit * (1 - _BETA) / _CUBIC) ** (1 / 3)

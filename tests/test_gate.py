@@ -94,14 +94,24 @@ async def test_an_idle_session_does_not_inflate_its_rate(clock: FakeClock) -> No
 
 def test_a_429_cuts_the_rate_from_what_the_server_took(clock: FakeClock) -> None:
     gate = _gate(clock)
-    _drive(clock, [gate], None, 0.3)  # slow start to some hundreds per second
-    sent_rate = gate.view.rps
-    assert sent_rate >= 200
+    _drive(clock, [gate], None, 0.3)  # slow start overshoots far past what was sent
+    reached, taken = gate.view.rps, len(gate._sent)  # all sent (and taken) this past second
+    assert reached >= 200 and reached > 4 * taken
     gate.throttled(clock(), None)
-    # Cut from what the server took over the last second (less than the rate just reached),
-    # but never by more than one cut of the rate at once.
-    assert 0.7 * 0.7 * sent_rate <= gate.view.rps <= 0.7 * sent_rate
+    # Cut from what the server took over the last second, not one step below the rate that
+    # slow start had reached: an overshoot is not walked down one 429 burst at a time.
+    assert 0.7 * 0.7 * taken <= gate.view.rps <= 0.7 * taken
     assert not gate.view.slow_start and gate.rate_limited == 1
+
+
+def test_a_429_just_after_a_pause_cuts_one_step_of_the_rate(clock: FakeClock) -> None:
+    gate, server = _gate(clock), _Server(100, clock())
+    _drive(clock, [gate], server, 5.0)
+    gate.throttled(clock(), 1.0)  # Retry-After: everyone pauses a second
+    clock.advance(1.5)
+    before = gate.view.rps
+    gate.throttled(clock(), None)  # the server took next to nothing lately: that was the pause
+    assert 0.7 * 0.7 * before <= gate.view.rps <= 0.7 * before
 
 
 async def test_a_burst_of_429s_already_in_flight_cuts_once(clock: FakeClock) -> None:
