@@ -86,7 +86,8 @@ class RateGate:
         self._w_max = 0.0  # CUBIC: the rate that was too much
         self._k = 0.0  # CUBIC: seconds from a cut back to `_w_max`
         self._cut_at = -math.inf  # clock time of the last cut
-        self._grown_at = clock()  # clock time of the last slow-start doubling
+        self._born = clock()
+        self._grown_at = self._born  # clock time of the last slow-start doubling
         self._held_back = False  # a request waited for its slot since the last doubling
         self._tokens = self._rate * _BURST if self._slow_start else 1.0
         self._refilled_at = clock()
@@ -239,9 +240,11 @@ class RateGate:
             # below one cut of what was sent (a burst after a quiet spell), nor, when a pause
             # fell in the window (then "lately" took next to nothing), of the rate itself.
             # A rate far above what was ever sent (slow start's overshoot) is no floor.
-            taken = self._rate_of(self._ok, now, whole=True)
+            # A Session younger than the window has counted over its own age only.
+            span = _WINDOW / max(1e-3, min(_WINDOW, now - self._born))
+            taken = self._rate_of(self._ok, now, whole=True) * span
             paused = self._paused_until > now - _WINDOW
-            tried = self._rate if paused else self._rate_of(self._sent, now, whole=True)
+            tried = self._rate if paused else self._rate_of(self._sent, now, whole=True) * span
             limit = min(self._rate, max(taken, _BETA * tried))
             self._slow_start = False
             self._w_max = limit
