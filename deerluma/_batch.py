@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable
 
 import attrs
 
-from ._callbacks import Listening
+from ._callbacks import Listening, sleep_or_wake
 from ._engine import PollTracker, Verdict, changed
 from ._models import Generation
 from ._policy import PollPolicy
@@ -230,22 +230,13 @@ class _Scheduler:
                 if wake_at is not None and not self.timer_running:
                     self.timer_running = True
                     try:
-                        await self._sleep_or_wake(wake_at - now)
+                        await sleep_or_wake(self.sleep, wake_at - now, self.wake)
                     finally:
                         self.timer_running = False
                 else:
                     await self.wake.wait()
         except Exception as exc:  # a bug must surface to the caller, not hang the batch
             self.results.put_nowait(exc)
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.sleep(seconds))
-        waker = asyncio.ensure_future(self.wake.wait())
-        try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
 
     async def _poll_once(self, item: _Waiter | str) -> BatchResult | None:
         # An id's first look needs no bookkeeping: most batches are mostly done.
