@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable
 import attrs
 
 from ._callbacks import Listening, sleep_or_wake
-from ._engine import PollTracker, Verdict, changed
+from ._engine import TOLERANCE, PollTracker, Verdict, changed
 from ._models import Generation
 from ._policy import PollPolicy
 from ._validate import check_task_id
@@ -47,8 +47,6 @@ class BatchResult:
         return self.generation
 
 
-#: Clock readings this close count as equal.
-_TOLERANCE = 1e-6
 #: Under a binding rate limit, at most this many re-polls before a first poll.
 _REPOLLS_PER_FIRST = 3
 
@@ -140,15 +138,15 @@ class _Scheduler:
         for _ in range(len(self.unseen)):
             task_id = self.unseen.popleft()
             waiter = self._listening(task_id)
-            created = self.hub.created(task_id)
-            if waiter is None or created is None or self.engine.policy.initial_delay:
+            listening = None if waiter is None else waiter.listening
+            started = None if listening is None else listening.start(self.engine)
+            if waiter is None or listening is None or started is None:
                 self.unseen.append(task_id)
                 if waiter is not None:
                     self.unseen_listening[task_id] = waiter
                 continue
-            generation, at = created
-            step, waiter.tracker = self.engine.seen(None, task_id, at, generation, at)
-            self._plan(waiter, at, step.delay, spread=True)
+            _, waiter.tracker = started
+            self._recheck(waiter, listening, listening.planned_from)
 
     def _plan(self, waiter: _Waiter, now: float, delay: float, *, spread: bool) -> None:
         """Put the waiter back in the heap: after `delay`, or as callbacks have it."""
@@ -259,7 +257,7 @@ class _Scheduler:
                 self._recheck(waiter, listening, sent)
                 return None
             before = listening.sending()
-            if not before[0] and sent < listening.due(engine.final) - _TOLERANCE:
+            if not before[0] and sent < listening.due(engine.final) - TOLERANCE:
                 self._recheck(waiter, listening, sent)  # not due yet, as callbacks have it
                 return None
         spread = False

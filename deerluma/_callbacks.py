@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._decode import decode_generation
+from ._engine import Engine, PollTracker, Step
 from ._models import Generation, GenerationState
 from .exceptions import DeerLumaError
 
@@ -285,13 +286,23 @@ class Listening:
         """At most this long between looks at `due()` (the reliability may change meanwhile)."""
         return max(self.planned_delay, min_interval)
 
-    def terminal(self) -> bool:
-        """Whether a terminal callback awaits its confirming poll."""
-        return self._hub.hint(self.task_id)[0]
+    def start(self, engine: Engine) -> tuple[Step, PollTracker | None] | None:
+        """Take this Session's create answer as the first look: no GET at 0 s.
+
+        Returns the engine's step for it (and plans the next poll), or None
+        when there is no create answer (or an `initial_delay`): poll first.
+        """
+        created = self._hub.created(self.task_id)
+        if created is None or engine.policy.initial_delay:
+            return None
+        generation, at = created
+        step, tracker = engine.seen(None, self.task_id, at, generation, at)
+        self.plan(at, step.delay, spread=True)
+        return step, tracker
 
     def sending(self) -> tuple[bool, int]:
         """Before a poll: whether it confirms a terminal callback, and the hint's sequence."""
-        return self.terminal(), self._hub.terminal_seq(self.task_id)
+        return self._hub.hint(self.task_id)[0], self._hub.terminal_seq(self.task_id)
 
     def news(self) -> bool:
         """A terminal callback, or a progress callback not yet passed on."""

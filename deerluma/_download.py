@@ -237,7 +237,7 @@ class Downloads:
 
 
 async def download_generation(
-    session: Downloads,
+    downloads: Downloads,
     target: Generation | str,
     dest: str | os.PathLike[str],
     *,
@@ -248,15 +248,15 @@ async def download_generation(
 ) -> Path:
     """Download one asset of a completed generation to `dest`; see Session.download."""
     if isinstance(target, str):
-        target = await session.fetch(check_task_id(target))
+        target = await downloads.fetch(check_task_id(target))
     generation = target
     url = asset_url(generation, asset)
     if is_expired(url):
-        generation = await session.fetch(generation.id)
+        generation = await downloads.fetch(generation.id)
         url = asset_url(generation, asset)
     final = destination(dest, generation.id, asset)
     if final.exists() and not overwrite:
-        transport = session.transport
+        transport = downloads.transport
         if skip_complete and await _holds_all_of(transport.http(), url, final, transport.timeout):
             log.info("%s already holds the whole %s of %r; kept", final, asset, generation.id)
             return final
@@ -278,13 +278,13 @@ async def download_generation(
             try:
                 attempt = functools.partial(
                     stream_to,
-                    session.transport.http(),
+                    downloads.transport.http(),
                     url,
                     transfer,
-                    timeout=session.transport.timeout,
+                    timeout=downloads.transport.timeout,
                     on_progress=on_progress,
                 )
-                await session.transport.with_retries(
+                await downloads.transport.with_retries(
                     attempt, deadline=None, retry_on=_download_transient
                 )
                 break
@@ -296,7 +296,7 @@ async def download_generation(
                         task_id=generation.id,
                     ) from exc
                 refreshed = True  # links expire after about an hour: ask for a fresh one, once
-                generation = await session.fetch(generation.id)
+                generation = await downloads.fetch(generation.id)
                 url = asset_url(generation, asset)
                 transfer = Transfer(transfer.part)
             except (TransportError, ServerError) as exc:

@@ -45,7 +45,7 @@ _FINAL_MARGIN = 0.5
 #: is known about them yet and they poll at the plain cadence.
 _FRONTIER = 0.25
 #: Clock readings this close count as equal (a sleep of `final - now` may land an ulp short).
-_TOLERANCE = 1e-6
+TOLERANCE = 1e-6
 
 
 def _utcnow() -> datetime:
@@ -368,7 +368,7 @@ class Engine:
     ) -> Step:
         # A poll sent at the last moment was the last look; one sent earlier whose answer
         # came late still leaves time for the last look.
-        if (now if sent is None else sent) >= self.final - _TOLERANCE:
+        if (now if sent is None else sent) >= self.final - TOLERANCE:
             step = self._timed_out(tracker, task_id, now, cause)
             return attrs.evolve(step, emit=emit)
         return Step(Verdict.SLEEP, delay=max(0.0, min(delay, self.final - now)), emit=emit)

@@ -46,7 +46,7 @@ class SyncUpdates(Generic[T]):
     iterator being garbage-collected).
     """
 
-    __slots__ = ("__weakref__", "_closed", "_portal", "_updates")
+    __slots__ = ("_closed", "_portal", "_updates")
 
     def __init__(self, portal: LoopThread, updates: Updates[T]) -> None:
         self._portal = portal

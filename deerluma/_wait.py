@@ -15,7 +15,7 @@ import attrs
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 
 from ._callbacks import CallbackHub, Listening, sleep_or_wake
-from ._engine import Engine, PollTracker, Step, Verdict, changed
+from ._engine import TOLERANCE, Engine, PollTracker, Step, Verdict, changed
 from ._history import TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
@@ -26,8 +26,6 @@ __all__ = ["Fetch", "OnUpdate", "Poller", "notify", "wait_for", "watch_generatio
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
 OnUpdate = Callable[[Generation], object]
-#: Clock readings this close count as equal.
-_TOLERANCE = 1e-6
 
 
 @attrs.frozen
@@ -132,7 +130,7 @@ async def _watch_listening(
         while not listening.news():
             now = clock()
             due = listening.due(engine.final)
-            if now >= due - _TOLERANCE:
+            if now >= due - TOLERANCE:
                 return
             woken.clear()  # no await since news(): no callback is missed
             tick = listening.tick(policy.min_interval)
@@ -142,13 +140,10 @@ async def _watch_listening(
         return step.delay
 
     try:
-        created = hub.created(task_id)
-        if created is not None and not policy.initial_delay:
-            # The create answer was the first look: the first poll waits its turn.
-            generation, at = created
-            step, tracker = engine.seen(None, task_id, at, generation, at)
-            last = generation
-            listening.plan(at, step.delay, spread=True)
+        started = listening.start(engine)
+        if started is not None:  # the create answer was the first look: the poll waits its turn
+            step, tracker = started
+            last = step.emit
             await sleep(0.0)
         elif first := engine.first_delay(may_skip=True):
             await poller.sleep(first)
