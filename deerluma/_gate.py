@@ -8,6 +8,13 @@ per congestion: 429s for requests sent before the cut, or within a moment of
 it, do not cut again), then a CUBIC regrowth towards that rate. Two Sessions
 sharing a key each back off on their own 429s and so settle to a fair share
 (AIMD). A ``max_rps`` given by the user is a hard cap on top.
+
+Two measurements keep the 429s few where the server allows bursts (a token
+bucket holding a second's worth, say). Slow start doubles only every eight
+round trips, so when the bucket runs dry only a few requests are in flight to
+meet it. And from the second cut on, the rate is what the server took between
+two 429s: its bucket was empty at both, so the refills after a Retry-After
+pause, and the bursts that drained them, are all counted.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ __all__ = ["RateGate", "RateView"]
 _START = 50.0
 #: The bucket holds this many seconds' worth of requests: a few may go at once, the rest evenly.
 _BURST = 0.2
-#: Slow start doubles the rate once per two round trips (at least this long) of being held
-#: back by it without a 429, as TCP's does per round trip.
-_DOUBLING = 0.01
+#: Slow start doubles the rate once per `_ROUNDS` round trips (at least `_DOUBLING` seconds)
+#: of being held back by it without a 429: gentler than TCP's once per round trip, because
+#: every request in flight when a server's burst allowance runs out comes back a 429.
+_DOUBLING = 0.05
+_ROUNDS = 8
 #: Never below this rate, however many 429s: a trickle still finds out when the server recovers.
 _FLOOR = 0.5
 #: The multiplicative cut on a 429, and CUBIC's growth constant (botocore's values).
@@ -45,6 +54,11 @@ _LATEST = 32
 #: After a cut, 429s within this many round trips are the same congestion (the requests sent
 #: meanwhile met the same empty bucket); round trips are smoothed by this weight.
 _SETTLE = 4
+#: A cut measures what the server took since the previous cut when that was at most this
+#: many seconds ago, and goes no deeper at once than this share of the rate (a Session that
+#: sat out a Retry-After while others took the refill measures next to nothing).
+_MEASURED = 10.0
+_DEEPEST = 0.6
 _SMOOTHING = 0.2
 #: A whole token, give or take the rounding of clock arithmetic.
 _ONE = 1.0 - 1e-9
@@ -95,6 +109,8 @@ class RateGate:
         self._sent: collections.deque[float] = collections.deque()  # send times, lately
         self._ok: collections.deque[float] = collections.deque()  # answer times of successes
         self._rtt = 0.0  # seconds from send to answer, smoothed
+        self._served = 0  # successes, all told
+        self._served_at_cut = 0  # ... when the last cut came
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         self._dispatcher: asyncio.Future[None] | None = None
         self.rate_limited = 0
@@ -214,9 +230,10 @@ class RateGate:
         """A request sent at `sent` went through: the rate may grow."""
         now = self._clock()
         _stamp(self._ok, now)
+        self._served += 1
         self._rtt += (max(0.0, now - sent) - self._rtt) * _SMOOTHING
         if self._slow_start:
-            if self._held_back and now - self._grown_at >= max(_DOUBLING, 2 * self._rtt):
+            if self._held_back and now - self._grown_at >= max(_DOUBLING, _ROUNDS * self._rtt):
                 # Double, but never past twice what the server has taken lately.
                 self._set_rate(max(self._rate, min(2 * self._rate, 2 * self._latest_rate())))
                 self._grown_at, self._held_back = now, False
@@ -236,26 +253,39 @@ class RateGate:
         self.rate_limited += 1
         now = self._clock()
         if sent > self._cut_at and now >= self._cut_at + _SETTLE * self._rtt:
-            # What the server took lately is its limit, near enough: regrow towards it. Not
-            # below one cut of what was sent (a burst after a quiet spell), nor, when a pause
-            # fell in the window (then "lately" took next to nothing), of the rate itself.
-            # A rate far above what was ever sent (slow start's overshoot) is no floor.
-            # A Session younger than the window has counted over its own age only.
-            span = _WINDOW / max(1e-3, min(_WINDOW, now - self._born))
-            taken = self._rate_of(self._ok, now, whole=True) * span
-            paused = self._paused_until > now - _WINDOW
-            tried = self._rate if paused else self._rate_of(self._sent, now, whole=True) * span
-            limit = min(self._rate, max(taken, _BETA * tried))
+            limit, rate = self._limit(now)
             self._slow_start = False
             self._w_max = limit
-            self._k = (limit * (1 - _BETA) / _CUBIC) ** (1 / 3)
-            self._cut_at = now
-            self._set_rate(limit * _BETA)
+            self._k = (max(0.0, limit - rate) / _CUBIC) ** (1 / 3)
+            self._cut_at, self._served_at_cut = now, self._served
+            self._set_rate(rate)
         pause = 1.0 / self._rate if retry_after is None else min(_MAX_PAUSE, retry_after)
         self._paused_until = max(self._paused_until, now + pause)
         # No burst when the pause ends: one request, then the (new) rate.
         self._tokens, self._refilled_at = min(self._tokens, 1.0), max(now, self._refilled_at)
         return pause
+
+    def _limit(self, now: float) -> tuple[float, float]:
+        """At a new congestion: the rate that proved too much, and the rate to go on at."""
+        since, served = now - self._cut_at, self._served - self._served_at_cut
+        if since <= _MEASURED and served >= _ENOUGH:
+            # The server's bucket was empty at the last cut and is now: what it took from
+            # this Session in between is its limit (this Session's share of it). Go on at
+            # that rate, and let CUBIC probe beyond it.
+            limit = min(self._rate, max(served / since, _DEEPEST * self._rate))
+            return limit, limit
+        # First congestion (or long after the last): what the server took lately is its
+        # limit, near enough; regrow towards it. Not below one cut of what was sent (a burst
+        # after a quiet spell), nor, when a pause fell in the window (then "lately" took
+        # next to nothing), of the rate itself. A rate far above what was ever sent (slow
+        # start's overshoot) is no floor. A Session younger than the window has counted
+        # over its own age only.
+        span = _WINDOW / max(1e-3, min(_WINDOW, now - self._born))
+        taken = self._rate_of(self._ok, now, whole=True) * span
+        paused = self._paused_until > now - _WINDOW
+        tried = self._rate if paused else self._rate_of(self._sent, now, whole=True) * span
+        limit = min(self._rate, max(taken, _BETA * tried))
+        return limit, _BETA * limit
 
     def _set_rate(self, rate: float) -> None:
         self._rate = max(_FLOOR, rate if self._cap is None else min(rate, self._cap))

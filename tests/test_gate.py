@@ -16,31 +16,60 @@ def _gate(clock: FakeClock, max_rps: float | None = None) -> RateGate:
 
 
 class _Server:
-    """A limit of `rps` requests per second, as a token bucket holding a tenth of a second."""
+    """A limit of `rps` requests per second, as a token bucket holding `burst` seconds of it."""
 
-    def __init__(self, rps: float, start: float) -> None:
-        self.rps, self.burst = rps, rps / 10
+    def __init__(
+        self, rps: float, start: float, burst: float = 0.1, retry_after: float | None = None
+    ) -> None:
+        self.rps, self.burst, self.retry_after = rps, rps * burst, retry_after
         self.tokens, self.at = self.burst, start
         self.throttled = self.served = 0
 
-    def answer(self, gate: RateGate, sent: float) -> None:
+    def take(self, sent: float) -> bool:
+        """Whether a request arriving at `sent` gets through."""
         self.tokens = min(self.burst, self.tokens + (sent - self.at) * self.rps)
         self.at = sent
         if self.tokens < 1:
             self.throttled += 1
-            gate.throttled(sent, None)
-        else:
-            self.tokens -= 1
-            self.served += 1
+            return False
+        self.tokens -= 1
+        self.served += 1
+        return True
+
+    def answer(self, gate: RateGate, sent: float) -> None:
+        if self.take(sent):
             gate.answered(sent)
+        else:
+            gate.throttled(sent, self.retry_after)
 
 
-def _drive(clock: FakeClock, gates: list[RateGate], server: _Server | None, seconds: float) -> None:
-    """Each gate's Session wants to send all the time; time moves in 1 ms ticks."""
+def _drive(
+    clock: FakeClock,
+    gates: list[RateGate],
+    server: _Server | None,
+    seconds: float,
+    rtt: float = 0.0,
+) -> None:
+    """Each gate's Session wants to send all the time; time moves in 1 ms ticks.
+
+    With `rtt`, each answer arrives that long after its request, which the
+    server judges as it is sent.
+    """
+    flying: list[tuple[float, RateGate, float, bool]] = []
     for _ in range(int(seconds * 1000)):
+        now = clock()
+        for answer in [a for a in flying if a[0] <= now]:
+            flying.remove(answer)
+            _, gate, sent, ok = answer
+            if ok:
+                gate.answered(sent)
+            else:
+                gate.throttled(sent, server.retry_after if server else None)
         for gate in gates:
             while (sent := gate.try_pass()) is not None:
-                if server is None:
+                if rtt:
+                    flying.append((sent + rtt, gate, sent, server is None or server.take(sent)))
+                elif server is None:
                     gate.answered(sent)
                 else:
                     server.answer(gate, sent)
@@ -128,8 +157,42 @@ async def test_a_burst_of_429s_already_in_flight_cuts_once(clock: FakeClock) -> 
 def test_the_rate_settles_under_the_servers_limit_with_few_429s(clock: FakeClock) -> None:
     gate, server = _gate(clock), _Server(100, clock())
     _drive(clock, [gate], server, 60.0)
-    assert 80 * 60 <= server.served <= 100 * 60
+    assert 80 * 60 <= server.served <= 100 * 60 + server.burst
     assert server.throttled < 0.01 * server.served
+
+
+def test_slow_start_meets_a_servers_burst_allowance_with_few_requests_in_flight(
+    clock: FakeClock,
+) -> None:
+    # A second's worth of burst hides the limit from slow start; whatever is in flight when
+    # it runs out comes back a 429. Doubling every eight round trips keeps that little.
+    gate, server = _gate(clock), _Server(100, clock(), burst=1.0)
+    _drive(clock, [gate], server, 5.0, rtt=0.03)
+    assert not gate.view.slow_start
+    assert server.throttled <= 25  # doubling every two round trips: 46
+
+
+def test_later_cuts_go_on_at_what_the_server_took_between_two_429s(clock: FakeClock) -> None:
+    # Retry-After pauses let a one-second bucket fill up again, so "what was taken lately"
+    # overstates the limit; between two 429s (the bucket empty at both) it does not. The
+    # first cuts go at most 0.6x at once, so it takes two or three to get there.
+    gate, server = _gate(clock), _Server(100, clock(), burst=1.0, retry_after=1.0)
+    cuts: list[float] = []
+    throttled = gate.throttled
+
+    def noting(sent: float, retry_after: float | None) -> float:
+        before = gate.view.rps
+        pause = throttled(sent, retry_after)
+        if gate.view.rps != before:
+            cuts.append(gate.view.rps)
+        return pause
+
+    gate.throttled = noting  # type: ignore[method-assign]
+    _drive(clock, [gate], server, 30.0, rtt=0.01)
+    assert len(cuts) >= 4
+    assert all(90 <= rps <= 115 for rps in cuts[3:]), cuts
+    assert server.throttled < 0.01 * server.served
+    assert server.served >= 90 * 30
 
 
 def test_two_sessions_sharing_a_limit_settle_to_a_fair_share(clock: FakeClock) -> None:
