@@ -10,7 +10,7 @@ FakeDeerAPI that answers 429 beyond its limit (burst: one second's worth):
 (e) a wrong key with 1,000 ids: requests sent;
 (b) 10,000 completed ids, concurrency 64, server in its own process, bodies
     with distinct ``created_at``: wait_many results/s / a bare aiohttp loop
-    (``await r.json()``, check ``state``), best of three interleaved rounds;
+    (``await r.json()``, check ``state``), best of six rounds in ABBA order;
 (m) memory per waiting id with 10,000 waiting.
 
 Each prints lost / misreported, the 429 share, and wall time / the oracle's
@@ -171,15 +171,17 @@ async def bare_loop(url: str, key: str, ids: list[str], concurrency: int) -> int
 async def _rounds(rounds: int, runs: dict[str, Callable[[], Awaitable[int]]]) -> dict[str, float]:
     """Best results/s of each run, interleaved round by round so that noise hits all alike."""
     best = dict.fromkeys(runs, 0.0)
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for round_ in range(rounds):
+        # ABBA order: a machine that warms up or slows down favours neither.
+        order = list(runs.items()) if round_ % 4 in (0, 3) else list(reversed(runs.items()))
+        for name, run in order:
             started = time.perf_counter()
             done = await run()
             best[name] = max(best[name], done / (time.perf_counter() - started))
     return best
 
 
-async def throughput(count: int, concurrency: int, rounds: int = 3) -> None:
+async def throughput(count: int, concurrency: int, rounds: int = 6) -> None:
     print(f"\n(b) {count} completed ids, concurrency {concurrency}, best of {rounds} rounds")
     ids = [f"task-{i}" for i in range(count)]
     with server_process(count, 0.0) as url:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType, NoneType, UnionType
-from typing import Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 import attrs
 import cattrs
@@ -141,20 +141,11 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
-#: The exact types a media field may already have for its value to be taken as it is.
-_PLAIN_MEDIA_TYPES = {
-    "url": str,
-    "width": int,
-    "height": int,
-    "download_url": str,
-    "duration": float,
-}
-
-
 def _media_hook(cls: type[Media], converter: cattrs.Converter) -> _Hook:
     from_dict = make_dict_structure_fn(cls, converter)  # extra keys (palette, ...) ignored
-    plain = tuple((f.name, _PLAIN_MEDIA_TYPES[f.name]) for f in attrs.fields(cls))
-    timed = plain[-1][0] == "duration"  # Video's last field: a float that must be finite
+    names = tuple(f.name for f in attrs.fields(cls))
+    assert names in (("url", "width", "height"), _VIDEO_FIELDS), names
+    timed = names == _VIDEO_FIELDS
 
     def structure(value: object, _: object) -> object:
         if type(value) is not dict:  # a plain dict from json.loads is the usual case
@@ -167,20 +158,94 @@ def _media_hook(cls: type[Media], converter: cattrs.Converter) -> _Hook:
         # case) are taken as they are, in field order; anything else goes through the
         # converter's checks.
         get = value.get
-        args = []
-        for name, kind in plain:
-            item = get(name)
-            if item is not None and type(item) is not kind:
-                return from_dict(value, cls)
-            args.append(item)
-        if timed and args[-1] is not None and not math.isfinite(args[-1]):  # type: ignore[arg-type]
+        url, width, height = get("url"), get("width"), get("height")
+        if (
+            (url is not None and type(url) is not str)
+            or (width is not None and type(width) is not int)
+            or (height is not None and type(height) is not int)
+        ):
             return from_dict(value, cls)
-        return cls(*args)  # type: ignore[arg-type]
+        if not timed:
+            return cls(url, width, height)
+        link, duration = get("download_url"), get("duration")
+        if (link is not None and type(link) is not str) or (
+            duration is not None and (type(duration) is not float or not math.isfinite(duration))
+        ):
+            return from_dict(value, cls)
+        return Video(url, width, height, link, duration)
 
     return structure
 
 
+#: Video's fields, in order (the plain path above builds it positionally).
+_VIDEO_FIELDS = ("url", "width", "height", "download_url", "duration")
+
+
 _CONVERTER = make_converter()
+#: Generation's media fields, in field order, with their hooks.
+_MEDIA_FIELDS = tuple(
+    (name, _CONVERTER.get_structure_hook(cls))
+    for name, cls in (
+        ("video", Video),
+        ("video_raw", Media),
+        ("thumbnail", Media),
+        ("last_frame", Media),
+    )
+)
+
+
+def _plain_generation(fields: Mapping[str, object]) -> Generation | None:
+    """The usual body (a dict from json.loads, each value of its exact type) as a Generation.
+
+    Batches decode thousands of these, and the converter's per-field dispatch
+    is most of the cost. Anything unusual returns None and goes the
+    converter's way, with its checks and its messages.
+    """
+    if type(fields) is not dict:
+        return None
+    get = fields.get
+    id_, state, prompt, created = get("id"), get("state"), get("prompt"), get("created_at")
+    estimate, failure, liked = get("estimate_wait_seconds"), get("failure_reason"), get("liked")
+    if (
+        type(id_) is not str
+        or type(state) is not str
+        or (prompt is not None and type(prompt) is not str)
+        or (created is not None and type(created) is not str)
+        or (failure is not None and type(failure) is not str)
+        or (liked is not None and type(liked) is not bool)
+    ):
+        return None
+    if estimate is not None:
+        if type(estimate) is int and abs(estimate) < 2**53:  # seconds are often whole
+            estimate = float(estimate)
+        elif type(estimate) is not float or not math.isfinite(estimate):
+            return None
+    media: list[Any] = []
+    for name, hook in _MEDIA_FIELDS:
+        value = get(name)
+        if value is not None:
+            if type(value) is not dict:
+                return None
+            try:
+                value = hook(value, None)
+            except Exception:  # the converter's way names the field and the fault
+                return None
+        media.append(value)
+    video, video_raw, thumbnail, last_frame = media
+    return Generation(
+        id_,
+        _state(state, GenerationState),
+        prompt,
+        None if created is None else _datetime(created, datetime),
+        video,
+        video_raw,
+        thumbnail,
+        last_frame,
+        get("queue_state"),
+        estimate,
+        failure,
+        liked,
+    )
 
 
 def excerpt(body: bytes | str, limit: int = _EXCERPT_CHARS) -> str:
@@ -349,8 +414,9 @@ def _structure(payload: object, task_id: str | None) -> Generation:
         message, _ = _error_fields(payload)
         why = f": {message}" if message else ""
         raise DecodeError(f"the body is not a generation (no id){why}", task_id=task_id)
+    fields = _normalize(payload)
     try:
-        generation = _CONVERTER.structure(_normalize(payload), Generation)
+        generation = _plain_generation(fields) or _CONVERTER.structure(fields, Generation)
     except cattrs.BaseValidationError as exc:  # names each failing field and why
         details = "; ".join(cattrs.transform_error(exc))
         raise DecodeError(

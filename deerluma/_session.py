@@ -202,9 +202,11 @@ class Session:
         url = self.generation_url(task_id)
         # The first attempt inline, with nothing allocated for the retry path:
         # batch polling lives here, and every layer and object per request
-        # costs a measurable share of a local request (and of GC time).
+        # costs a measurable share of a local request (and of GC time: each
+        # coroutine of a request in flight is scanned by every young collection).
         try:
-            return await self._get(url, task_id, deadline)
+            resp = await self._transport.exchange("GET", url, deadline=deadline, task_id=task_id)
+            return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)
         except Exception as exc:
             if not is_transient(exc):
                 raise

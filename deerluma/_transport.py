@@ -186,7 +186,11 @@ class Transport:
                 timeout=client_timeout,
                 raise_for_status=False,  # a borrowed session's default must not hide our errors
             ) as resp:
-                body = await _read_capped(resp, task_id)
+                length = resp.content_length
+                if length is not None and length <= MAX_BODY_BYTES:  # inline: no coroutine
+                    body = await resp.read()
+                else:
+                    body = await _read_capped(resp, task_id)
                 headers = resp.headers
                 status = resp.status
         except TimeoutError as exc:

@@ -288,3 +288,16 @@ def test_raw_is_the_body_as_received_and_read_only() -> None:
     assert g.raw["media_type"] == "video" and dict(g.raw) == json.loads(body)
     with pytest.raises(TypeError):
         g.raw["id"] = "other"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["seed_completed.json", "new_shape_completed.json", "processing_hint.json", "failed.json"],
+)
+def test_usual_bodies_take_the_plain_path_and_decode_as_the_converter_does(name: str) -> None:
+    from deerluma._decode import _CONVERTER, _normalize, _plain_generation
+
+    fields = _normalize(json.loads(sample(name)))
+    plain = _plain_generation(fields)
+    assert plain is not None  # the fast path is the one batches take
+    assert plain == _CONVERTER.structure(fields, Generation)

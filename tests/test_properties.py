@@ -68,7 +68,7 @@ def test_any_json_value_gives_a_generation_or_our_error(status: int, value: obje
     )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(body=generation_like)
 def test_any_generation_shaped_body_gives_a_generation_or_decode_error(
     body: dict[str, object],
@@ -125,3 +125,76 @@ def test_over_a_real_socket_a_task_id_reaches_exactly_its_own_path(ids: list[str
     import asyncio
 
     asyncio.run(_request_each(ids))
+
+
+plain_media = st.fixed_dictionaries(
+    {},
+    optional={
+        "url": st.none() | st.text(max_size=10) | st.integers(),
+        "width": st.none() | st.integers() | st.floats() | st.booleans(),
+        "height": st.none() | st.integers() | st.text(max_size=3),
+        "download_url": st.none() | st.text(max_size=10),
+        "duration": st.none() | st.floats() | st.integers() | st.text(max_size=4),
+        "palette": json_values,
+    },
+)
+plain_like = st.fixed_dictionaries(
+    {
+        "id": st.text(min_size=1, max_size=20),
+        "state": st.sampled_from(["pending", "completed", "dreaming", "odd"]) | json_values,
+    },
+    optional={
+        "prompt": st.none() | st.text(max_size=10) | st.integers(),
+        "created_at": st.none()
+        | st.sampled_from(["0001-01-01T00:00:00Z", "2024-07-01T12:00:00.123456Z", "soon"])
+        | st.integers(0, 2**31)
+        | st.booleans(),
+        "video": st.none() | plain_media | st.text(max_size=10),
+        "video_raw": st.none() | plain_media,
+        "thumbnail": st.none() | plain_media | st.lists(st.integers(), max_size=2),
+        "last_frame": st.none() | plain_media,
+        "queue_state": json_values,
+        "estimate_wait_seconds": st.none() | st.floats() | st.integers() | st.text(max_size=4),
+        "failure_reason": st.none() | st.text(max_size=10) | st.booleans(),
+        "liked": st.none() | st.booleans() | st.integers(0, 1),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=plain_like)
+def test_the_plain_decoding_path_agrees_with_the_converter(body: dict[str, object]) -> None:
+    # The fast path for usual bodies must build exactly what the converter builds, and step
+    # aside (None) for anything it would not take as it is.
+    from deerluma._decode import _CONVERTER, _plain_generation
+
+    try:
+        expected: Generation | Exception = _CONVERTER.structure(body, Generation)
+    except Exception as exc:  # the converter refuses it: the plain path must not take it
+        expected = exc
+    plain = _plain_generation(body)
+    if isinstance(expected, Exception):
+        assert plain is None
+    elif plain is not None:
+        assert plain == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=plain_media)
+def test_the_plain_media_path_agrees_with_the_converter(value: dict[str, object]) -> None:
+    from cattrs.gen import make_dict_structure_fn
+
+    from deerluma import Media, Video
+    from deerluma._decode import _CONVERTER
+
+    for cls in (Media, Video):
+        checked = make_dict_structure_fn(cls, _CONVERTER)  # every field through its hook
+        try:
+            expected: object = checked(value, cls)
+        except Exception as exc:
+            expected = type(exc)
+        try:
+            got: object = _CONVERTER.get_structure_hook(cls)(value, cls)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected
