@@ -1,7 +1,7 @@
 """One rate gate per Session: it owns every pause, and learns the API's rate limit from 429s.
 
 The shape is botocore's adaptive retry mode and TCP's congestion control: a
-client-side token rate, spaced evenly; a slow start that doubles it while the
+client-side token rate, spaced evenly; a slow start that grows it while the
 Session wants more and the server has not objected; on a 429, a
 multiplicative cut from the rate the server actually accepted lately (once
 per congestion: 429s for requests sent before the cut, or within a moment of
@@ -10,11 +10,12 @@ sharing a key each back off on their own 429s and so settle to a fair share
 (AIMD). A ``max_rps`` given by the user is a hard cap on top.
 
 Two measurements keep the 429s few where the server allows bursts (a token
-bucket holding a second's worth, say). Slow start doubles only every eight
-round trips, so when the bucket runs dry only a few requests are in flight to
-meet it. And from the second cut on, the rate is what the server took between
-two 429s: its bucket was empty at both, so the refills after a Retry-After
-pause, and the bursts that drained them, are all counted.
+bucket holding a second's worth, say). Slow start grows the rate by half, once
+every eight round trips, so when the bucket runs dry the rate is not far past
+the limit and only a few requests are in flight to meet it. And from the
+second cut on, the rate is what the server took between two 429s: its bucket
+was empty at both, so the refills after a Retry-After pause, and the bursts
+that drained them, are all counted.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ __all__ = ["RateGate", "RateView"]
 _START = 50.0
 #: The bucket holds this many seconds' worth of requests: a few may go at once, the rest evenly.
 _BURST = 0.2
-#: Slow start doubles the rate once per `_ROUNDS` round trips (at least `_DOUBLING` seconds)
-#: of being held back by it without a 429: gentler than TCP's once per round trip, because
-#: every request in flight when a server's burst allowance runs out comes back a 429.
-_DOUBLING = 0.05
+#: Slow start grows the rate by `_GROWTH` once per `_ROUNDS` round trips (at least `_STEP`
+#: seconds) of being held back by it without a 429: gentler than TCP's doubling per round
+#: trip, because every request in flight when a server's burst allowance runs out comes
+#: back a 429, and a far API has many in flight.
+_STEP = 0.05
 _ROUNDS = 8
+_GROWTH = 1.5
 #: Never below this rate, however many 429s: a trickle still finds out when the server recovers.
 _FLOOR = 0.5
 #: The multiplicative cut on a 429, and CUBIC's growth constant (botocore's values).
@@ -76,7 +79,8 @@ class RateView:
     max_rps: float | None
     #: How many 429 answers this Session has received.
     rate_limited: int
-    #: True until the first 429: the rate doubles while the Session wants more.
+    #: True until the first 429: the rate grows by half every few round trips while the
+    #: Session wants more.
     slow_start: bool
 
 
@@ -101,8 +105,8 @@ class RateGate:
         self._k = 0.0  # CUBIC: seconds from a cut back to `_w_max`
         self._cut_at = -math.inf  # clock time of the last cut
         self._born = clock()
-        self._grown_at = self._born  # clock time of the last slow-start doubling
-        self._held_back = False  # a request waited for its slot since the last doubling
+        self._grown_at = self._born  # clock time of the last slow-start step
+        self._held_back = False  # a request waited for its slot since the last step
         self._tokens = self._rate * _BURST if self._slow_start else 1.0
         self._refilled_at = clock()
         self._paused_until = -math.inf
@@ -138,7 +142,7 @@ class RateGate:
 
         Returns the send time to hand back with the answer (see `answered`).
         Waiters queue in order; one dispatcher lets them through at the rate
-        of the moment, so a cut (or a doubling) applies to everyone queued.
+        of the moment, so a cut (or a step up) applies to everyone queued.
         """
         turn = self.try_pass()
         if turn is not None:
@@ -217,7 +221,7 @@ class RateGate:
         """Events per second lately, from their clock times.
 
         Over the last quarter window when it holds enough events to tell (a
-        rate that just doubled is not averaged away), else (or when `whole`)
+        rate that just grew is not averaged away), else (or when `whole`)
         over the whole window: steadier, where a moment of 429s would mislead.
         """
         _forget_old(stamps, now)
@@ -233,9 +237,9 @@ class RateGate:
         self._served += 1
         self._rtt += (max(0.0, now - sent) - self._rtt) * _SMOOTHING
         if self._slow_start:
-            if self._held_back and now - self._grown_at >= max(_DOUBLING, _ROUNDS * self._rtt):
-                # Double, but never past twice what the server has taken lately.
-                self._set_rate(max(self._rate, min(2 * self._rate, 2 * self._latest_rate())))
+            if self._held_back and now - self._grown_at >= max(_STEP, _ROUNDS * self._rtt):
+                # Grow, but never past twice what the server has taken lately.
+                self._set_rate(max(self._rate, min(_GROWTH * self._rate, 2 * self._latest_rate())))
                 self._grown_at, self._held_back = now, False
             return
         # CUBIC: back to the rate that was too much after `_k` seconds, then beyond, slowly;

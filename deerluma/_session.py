@@ -135,7 +135,7 @@ class Session:
     def rate(self) -> RateView:
         """The request rate this Session sends at now, its cap, and how many 429s it got.
 
-        Without ``max_rps`` the rate is learned: it starts at 50/s, doubles
+        Without ``max_rps`` the rate is learned: it starts at 50/s, grows
         while more is wanted, is cut on a 429 and grows back gently.
         """
         return self._transport.gate.view
