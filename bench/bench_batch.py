@@ -34,7 +34,7 @@ from deerluma import PollPolicy
 from deerluma.testing import FakeDeerAPI
 
 from ._server import server_process
-from .common import ratio
+from .common import abba, ratio
 
 KEY = "fake-key-0123456789"  # FakeDeerAPI's default
 
@@ -172,9 +172,7 @@ async def _rounds(rounds: int, runs: dict[str, Callable[[], Awaitable[int]]]) ->
     """Best results/s of each run, interleaved round by round so that noise hits all alike."""
     best = dict.fromkeys(runs, 0.0)
     for round_ in range(rounds):
-        # ABBA order: a machine that warms up or slows down favours neither.
-        order = list(runs.items()) if round_ % 4 in (0, 3) else list(reversed(runs.items()))
-        for name, run in order:
+        for name, run in abba(round_, runs):
             started = time.perf_counter()
             done = await run()
             best[name] = max(best[name], done / (time.perf_counter() - started))

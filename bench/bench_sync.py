@@ -15,6 +15,7 @@ from collections.abc import Callable
 import deerluma
 
 from ._server import server_process
+from .common import abba
 
 KEY = "fake-key-0123456789"
 
@@ -42,9 +43,7 @@ def run(count: int, concurrency: int, rounds: int) -> None:
         }
         best = dict.fromkeys(runs, 0.0)
         for round_ in range(rounds):
-            # ABBA order: a machine that warms up or slows down favours neither.
-            order = list(runs.items()) if round_ % 2 == 0 else list(runs.items())[::-1]
-            for name, once in order:
+            for name, once in abba(round_, runs):
                 started = time.perf_counter()
                 done = once()
                 assert done == count, f"{name}: {done} of {count} completed"

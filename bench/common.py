@@ -1,8 +1,12 @@
-"""Shared pieces of the benchmarks: small statistics."""
+"""Shared pieces of the benchmarks: small statistics, and the ABBA order of rounds."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -17,3 +21,10 @@ def percentile(values: list[float], q: float) -> float:
 def ratio(ours: float, baseline: float) -> str:
     """ours ÷ baseline, printed."""
     return f"{ours / baseline:.2f}x" if baseline else "n/a"
+
+
+def abba(round_: int, runs: Mapping[str, T]) -> list[tuple[str, T]]:
+    """The runs in ABBA order (reversed every other round): warming up or slowing down
+    during a benchmark favours none of them."""
+    order = list(runs.items())
+    return order if round_ % 2 == 0 else order[::-1]
