@@ -200,10 +200,11 @@ class Session:
     async def _fetch(self, task_id: str, deadline: float | None) -> Generation:
         """Like get_generation, but no retry sleeps past `deadline` (a `clock` time)."""
         url = self.generation_url(task_id)
-        # The first attempt inline, with nothing allocated for the retry path:
-        # batch polling lives here, and every layer and object per request
-        # costs a measurable share of a local request (and of GC time: each
-        # coroutine of a request in flight is scanned by every young collection).
+        # The first attempt inline (what `_get` does, for retries), with nothing
+        # allocated for the retry path: batch polling lives here, and every layer
+        # and object per request costs a measurable share of a local request (and
+        # of GC time: each coroutine of a request in flight is scanned by every
+        # young collection).
         try:
             resp = await self._transport.exchange("GET", url, deadline=deadline, task_id=task_id)
             return decode_generation(resp.status, resp.headers, resp.body, task_id=task_id)

@@ -288,13 +288,12 @@ def _about(task_id: str | None) -> str:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, task_id: str | None) -> bytes:
+    """A body of no announced size, or of one over the cap (`exchange` reads the others)."""
     if resp.content_length is not None:
-        if resp.content_length > MAX_BODY_BYTES:
-            raise DecodeError(
-                f"the server announced a {resp.content_length}-byte body; refusing to read it",
-                task_id=task_id,
-            )
-        return await resp.read()
+        raise DecodeError(
+            f"the server announced a {resp.content_length}-byte body; refusing to read it",
+            task_id=task_id,
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(64 * 1024):
