@@ -22,6 +22,8 @@ import random
 import attrs
 
 from deerluma._gate import RateGate
+from deerluma._peers import MemoryPeers, PeerEvent
+from deerluma._throttle import Throttle, ThrottleKind
 
 
 @attrs.define
@@ -57,11 +59,17 @@ def simulate(
     rps: float = 100.0,
     burst: float = 1.0,
     concurrency: int = 64,
+    stray: float = 0.0,
+    share: bool = True,
 ) -> Outcome:
     """`sessions` Sessions share `total` successful requests; each always wants to send."""
     rng = random.Random(seed)
     clock = _Clock()
-    gates = [RateGate(None, clock=clock, sleep=clock.sleep) for _ in range(sessions)]
+    board: list[PeerEvent] = []
+    gates = [
+        RateGate(None, clock=clock, sleep=clock.sleep, peers=MemoryPeers(board) if share else None)
+        for _ in range(sessions)
+    ]
     quota = [total // sessions] * sessions
     idle = [concurrency] * sessions
     tokens, refilled = rps * burst, clock.now
@@ -76,6 +84,8 @@ def simulate(
             refilled = at
             ok = tokens >= 1
             tokens -= ok
+            if ok and stray and rng.random() < stray:
+                ok = False  # a 429 that is not about the rate (the token stays spent)
             throttled += not ok
             order += 1
             back = at + rtt * rng.uniform(0.3, 0.7)
@@ -87,7 +97,7 @@ def simulate(
                 quota[who] -= 1
                 gates[who].answered(sent)
             else:
-                gates[who].throttled(sent, retry_after)
+                gates[who].throttled(sent, Throttle(ThrottleKind.RATE, retry_after=retry_after))
         for who in rng.sample(range(sessions), sessions):
             while idle[who] and quota[who] > concurrency - idle[who]:
                 sent = gates[who].try_pass()

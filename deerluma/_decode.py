@@ -20,6 +20,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._models import Generation, GenerationState, Media, Video
+from ._throttle import classify
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -354,8 +355,18 @@ def decode_error(
     preview = excerpt(body)
     if status == 429:
         retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+        wall = None if now is None else now.timestamp()
+        throttle = classify(message, headers, retry_after, wall=wall)
         return RateLimitError(
-            status, code, message, preview, retry_after=retry_after, task_id=task_id
+            status,
+            code,
+            message,
+            preview,
+            retry_after=throttle.retry_after,
+            task_id=task_id,
+            kind=throttle.kind.value,
+            limit=throttle.limit,
+            window=throttle.window,
         )
     cls = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
     return cls(status, code, message, preview, task_id=task_id)

@@ -22,6 +22,7 @@ from ._create import CreateOptions, build_create_body
 from ._decode import decode_generation
 from ._download import Asset, Downloads, OnProgress, download_generation
 from ._gate import RateView
+from ._peers import peers_for
 from ._history import TimingHistory
 from ._models import Generation
 from ._policy import PollPolicy, Seconds, to_seconds
@@ -107,6 +108,9 @@ class Session:
             max_rps=max_rps,
             sleep=sleep,
             clock=clock,
+            # Sessions of one key on this machine hear of each other's 429s; their clock
+            # times are comparable only on the machine's monotonic clock.
+            peers=None if clock is not None else peers_for(str(self._base), key),
         )
         self._clock = self._transport.clock
         self._history = TimingHistory()

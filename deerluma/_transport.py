@@ -25,7 +25,10 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ._decode import MAX_BODY_BYTES, decode_generation
+from ._control import MAX_PAUSE
 from ._gate import RateGate
+from ._peers import Peers
+from ._throttle import Throttle, ThrottleKind
 from .exceptions import (
     ConfigurationError,
     DeadlineExceeded,
@@ -41,6 +44,9 @@ log = logging.getLogger("deerluma")
 #: Per-request retries back off from this, doubling up to the max, plus up to this at random.
 _FIRST_BACKOFF = 0.25
 _MAX_BACKOFF = 8.0
+
+#: The kinds of 429 the rate gate answers for the whole Session.
+_OURS = frozenset({ThrottleKind.LIMIT.value, ThrottleKind.RATE.value})
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -108,6 +114,7 @@ class Transport:
         max_rps: float | None,
         sleep: Sleep | None,
         clock: Clock | None,
+        peers: Peers | None = None,
     ) -> None:
         self._key = _Secret(key) if key else None
         self._headers: _Headers | None = None  # built once: one less object per request
@@ -119,7 +126,7 @@ class Transport:
         self._owned: aiohttp.ClientSession | None = None
         self.sleep: Sleep = sleep or asyncio.sleep
         self.clock: Clock = clock or time.monotonic
-        self.gate = RateGate(max_rps, clock=self.clock, sleep=self.sleep)
+        self.gate = RateGate(max_rps, clock=self.clock, sleep=self.sleep, peers=peers)
         self.rng = random.Random()
 
     @property
@@ -217,14 +224,17 @@ class Transport:
         try:
             decode_generation(status, headers, body, task_id=task_id)
         except RateLimitError as exc:
-            # The gate owns the pause: retries and polls simply wait for their next turn.
-            pause = self.gate.throttled(sent, exc.retry_after)
-            log.info(
-                "rate limited by %s; %.1f requests/s from now on, pausing %.2fs",
-                url.host,
-                self.gate.view.rps,
-                pause,
-            )
+            # The gate owns Session-wide pauses; it judges which kind of 429 this was.
+            judged = self.gate.throttled(sent, Throttle.of(exc))
+            exc.judged(judged.kind.value)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "429 (%s) from %s; %.1f requests/s from now on, everyone pausing %.2fs",
+                    exc.kind,
+                    url.host,
+                    self.gate.view.rps,
+                    self.gate.pause_left(),
+                )
             raise
         raise AssertionError("unreachable: a 429 always decodes to RateLimitError")
 
@@ -235,12 +245,16 @@ class Transport:
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, RateLimitError):
-                return 0.0  # the rate gate holds the next attempt back as long as needed
             # Exponential with jitter (tenacity's wait_exponential_jitter, whose arguments
             # differ between the versions we support).
             backoff = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2.0 ** (state.attempt_number - 1))
-            return backoff + self.rng.uniform(0.0, _FIRST_BACKOFF)
+            backoff += self.rng.uniform(0.0, _FIRST_BACKOFF)
+            if isinstance(exc, RateLimitError):
+                # Retry-After holds back the request that got it. A 429 about our rate needs
+                # nothing more (the gate spaces or pauses everyone); one that is not backs off.
+                asked = min(MAX_PAUSE, exc.retry_after or 0.0)
+                return asked if exc.kind in _OURS else max(asked, backoff)
+            return backoff
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

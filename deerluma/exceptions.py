@@ -59,9 +59,12 @@ class APIError(DeerLumaError):
         self.message = message
         self.body_excerpt = body_excerpt
         self.task_id = task_id
-        where = f" for task {task_id!r}" if task_id else ""
-        code_part = f" [{code}]" if code else ""
-        super().__init__(f"HTTP {status}{where}: {message}{code_part}{self._advice()}")
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = f" for task {self.task_id!r}" if self.task_id else ""
+        code_part = f" [{self.code}]" if self.code else ""
+        return f"HTTP {self.status}{where}: {self.message}{code_part}{self._advice()}"
 
     def _advice(self) -> str:
         return ""
@@ -82,7 +85,14 @@ class NotFoundError(APIError):
 
 
 class RateLimitError(APIError):
-    """429: too many requests; `retry_after` is the server's requested pause in seconds."""
+    """429: too many requests; `retry_after` is the server's requested pause in seconds.
+
+    `kind` says which kind of 429 it was (see docs/batch.md): ``"limit"`` (the
+    gateway named this key's limit, `limit` requests per `window` seconds),
+    ``"rate"`` (a plain 429, taken as this Session's rate), ``"upstream"`` (the
+    gateway's upstream is saturated: not about your rate) or ``"stray"`` (a
+    plain 429 that slowing down did not make rarer).
+    """
 
     def __init__(
         self,
@@ -93,13 +103,43 @@ class RateLimitError(APIError):
         *,
         retry_after: float | None = None,
         task_id: str | None = None,
+        kind: str = "rate",
+        limit: int | None = None,
+        window: float | None = None,
     ) -> None:
         self.retry_after = retry_after
+        self.kind = kind
+        self.limit = limit
+        self.window = window
         super().__init__(status, code, message, body_excerpt, task_id=task_id)
 
+    def judged(self, kind: str) -> None:
+        """The Session judged this 429 to be of another kind: say so in the message."""
+        if kind != self.kind:
+            self.kind = kind
+            self.args = (self._describe(),)
+
     def _advice(self) -> str:
-        after = f" after {self.retry_after:g}s" if self.retry_after is not None else " later"
-        return f" (slow down; retry{after} or set Session(max_rps=...))"
+        after = f"after {self.retry_after:g}s" if self.retry_after is not None else "later"
+        if self.kind == "limit" and self.limit is not None and self.window is not None:
+            return (
+                f" (the gateway allows {self.limit} requests per {self.window:g}s for this key;"
+                " the Session now paces to that and resumes when the window has room)"
+            )
+        if self.kind == "upstream":
+            return (
+                " (the gateway's upstream is saturated: not about your request rate, so"
+                f" slowing down will not help; only this request waits; retry {after})"
+            )
+        if self.kind == "stray":
+            return (
+                " (a 429 that slowing down did not make rarer: not about your request rate;"
+                f" only this request waits; retry {after})"
+            )
+        return (
+            f" (too fast for this key: the Session slowed down; retry {after}, or set a"
+            " lower Session(max_rps=...))"
+        )
 
 
 class ServerError(APIError):

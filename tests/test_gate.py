@@ -8,11 +8,17 @@ import pytest
 
 from deerluma import DeadlineExceeded
 from deerluma._gate import RateGate
+from deerluma._throttle import Throttle, ThrottleKind
 from deerluma.testing import FakeClock
 
 
 def _gate(clock: FakeClock, max_rps: float | None = None) -> RateGate:
     return RateGate(max_rps, clock=clock, sleep=clock.sleep)
+
+
+def _plain(retry_after: float | None = None) -> Throttle:
+    """A plain 429 ("too many requests"), with or without Retry-After."""
+    return Throttle(ThrottleKind.RATE, retry_after=retry_after)
 
 
 class _Server:
@@ -40,7 +46,7 @@ class _Server:
         if self.take(sent):
             gate.answered(sent)
         else:
-            gate.throttled(sent, self.retry_after)
+            gate.throttled(sent, _plain(self.retry_after))
 
 
 def _drive(
@@ -64,7 +70,7 @@ def _drive(
             if ok:
                 gate.answered(sent)
             else:
-                gate.throttled(sent, server.retry_after if server else None)
+                gate.throttled(sent, _plain(server.retry_after if server else None))
         for gate in gates:
             while (sent := gate.try_pass()) is not None:
                 if rtt:
@@ -124,9 +130,9 @@ async def test_an_idle_session_does_not_inflate_its_rate(clock: FakeClock) -> No
 def test_a_429_cuts_the_rate_from_what_the_server_took(clock: FakeClock) -> None:
     gate = _gate(clock)
     _drive(clock, [gate], None, 0.5)  # slow start overshoots far past what was sent
-    reached, taken = gate.view.rps, len(gate._sent) / 0.5  # all sent (and taken), per second
+    reached, taken = gate.view.rps, len(gate.control.meter.sent) / 0.5  # all sent (and taken), per second
     assert reached >= 200 and reached > 2 * taken
-    gate.throttled(clock(), None)
+    gate.throttled(clock(), _plain())
     # Cut from what the server took over the last second, not one step below the rate that
     # slow start had reached: an overshoot is not walked down one 429 burst at a time.
     assert 0.7 * 0.7 * taken <= gate.view.rps <= 0.7 * taken * (1 + 1e-6)
@@ -136,20 +142,20 @@ def test_a_429_cuts_the_rate_from_what_the_server_took(clock: FakeClock) -> None
 def test_a_429_just_after_a_pause_cuts_one_step_of_the_rate(clock: FakeClock) -> None:
     gate, server = _gate(clock), _Server(100, clock())
     _drive(clock, [gate], server, 5.0)
-    gate.throttled(clock(), 1.0)  # Retry-After: everyone pauses a second
+    gate.throttled(clock(), _plain(1.0))  # Retry-After: everyone pauses a second
     clock.advance(1.5)
     before = gate.view.rps
-    gate.throttled(clock(), None)  # the server took next to nothing lately: that was the pause
+    gate.throttled(clock(), _plain())  # the server took next to nothing lately: that was the pause
     assert 0.7 * 0.7 * before <= gate.view.rps <= 0.7 * before
 
 
 async def test_a_burst_of_429s_already_in_flight_cuts_once(clock: FakeClock) -> None:
     gate = _gate(clock)
     in_flight = [await gate.acquire() for _ in range(20)]
-    gate.throttled(in_flight[0], None)
+    gate.throttled(in_flight[0], _plain())
     after_one = gate.view.rps
     for sent in in_flight[1:]:
-        gate.throttled(sent, None)  # sent before the cut: the same congestion
+        gate.throttled(sent, _plain())  # sent before the cut: the same congestion
     assert gate.view.rps == after_one
     assert gate.rate_limited == 20
 
@@ -180,12 +186,12 @@ def test_later_cuts_go_on_at_what_the_server_took_between_two_429s(clock: FakeCl
     cuts: list[float] = []
     throttled = gate.throttled
 
-    def noting(sent: float, retry_after: float | None) -> float:
+    def noting(sent: float, throttle: Throttle) -> Throttle:
         before = gate.view.rps
-        pause = throttled(sent, retry_after)
+        judged = throttled(sent, throttle)
         if gate.view.rps != before:
             cuts.append(gate.view.rps)
-        return pause
+        return judged
 
     gate.throttled = noting  # type: ignore[method-assign]
     _drive(clock, [gate], server, 30.0, rtt=0.01)
@@ -216,22 +222,28 @@ def test_two_sessions_sharing_a_limit_settle_to_a_fair_share(clock: FakeClock) -
 async def test_retry_after_pauses_everyone_and_is_capped(clock: FakeClock) -> None:
     gate = _gate(clock)
     start = clock()
-    assert gate.throttled(clock(), 7.0) == 7.0
+    gate.throttled(clock(), _plain(7.0))
+    assert gate.pause_left() == 7.0
     assert gate.try_pass() is None
     await gate.acquire()
     assert clock() - start == pytest.approx(7.0)
-    assert gate.throttled(clock(), 10_000) == 60.0
+    fresh = _gate(clock)
+    fresh.throttled(clock(), _plain(10_000))
+    assert fresh.pause_left() == 60.0
 
 
 async def test_429s_without_retry_after_never_pause_for_long(clock: FakeClock) -> None:
     gate = _gate(clock)
-    pauses = [gate.throttled(await gate.acquire(), None) for _ in range(50)]
+    pauses = []
+    for _ in range(50):
+        gate.throttled(await gate.acquire(), _plain())
+        pauses.append(gate.pause_left())
     assert max(pauses) <= 2.0  # one slot at the floor rate, not a doubling into minutes
 
 
 async def test_a_pause_past_the_deadline_raises_instead_of_waiting(clock: FakeClock) -> None:
     gate = _gate(clock)
-    gate.throttled(clock(), 30.0)
+    gate.throttled(clock(), _plain(30.0))
     with pytest.raises(DeadlineExceeded, match="deadline"):
         await gate.acquire(deadline=clock() + 5.0)
     assert clock.sleeps == []

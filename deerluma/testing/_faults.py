@@ -25,6 +25,12 @@ __all__ = [
 
 # A typed request key where aiohttp has them (3.14+), a namespaced string before that.
 FAULT_KEY: Any = getattr(web, "RequestKey", lambda name, _: f"deerluma.{name}")("fault", str)
+#: new-api's answer on task routes when its upstream said 429: the message is rewritten,
+#: whatever the upstream said (controller/relay.go, respondTaskError).
+UPSTREAM_SATURATED_BODY = json.dumps(
+    {"code": "upstream_error", "message": "当前分组上游负载已饱和，请稍后再试", "data": None},
+    ensure_ascii=False,
+).encode()
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
     b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
@@ -60,6 +66,13 @@ class Fault:
         header = None if retry_after is None else str(retry_after)
         body = b'{"error": {"message": "rate limit exceeded", "type": "rate_limit"}}'
         return StatusFault(429, body, retry_after=header)
+
+    @classmethod
+    def upstream_saturated(cls, retry_after: float | str | None = None) -> Fault:
+        """Answer 429 as new-api does when its upstream answered 429 (``respondTaskError``):
+        "this group's upstream is saturated", nothing to do with the caller's rate."""
+        header = None if retry_after is None else str(retry_after)
+        return StatusFault(429, UPSTREAM_SATURATED_BODY, retry_after=header)
 
     @classmethod
     def html(cls, status: int = 502) -> Fault:

@@ -101,6 +101,9 @@ class FakeDeerAPI:
         video_bytes: int = 64 * 1024,
         callback_loss: float = 0.0,
         callback_duplicates: float = 0.0,
+        window_limit: int | None = None,
+        window_minutes: int = 1,
+        window_counts_failures: bool = False,
     ) -> None:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -128,6 +131,10 @@ class FakeDeerAPI:
         self._raw: dict[str, bytes] = {}
         self._faults: deque[Fault] = deque()
         self._storage_faults: deque[Fault] = deque()
+        self.window_limit = window_limit
+        self.window_minutes = window_minutes
+        self.window_counts_failures = window_counts_failures
+        self._window_log: deque[float] = deque()  # the latest `window_limit` counted requests
         self._bucket = float(self.burst)
         self._bucket_time = self.clock()
         self._links: dict[str, float] = {}
@@ -298,6 +305,8 @@ class FakeDeerAPI:
             status = response.status
         finally:
             self.in_flight -= 1
+            if request.path.startswith(_API) and status != 499:
+                self._count_in_window(status)
             if self.record_requests:
                 kind = fault.kind if fault else None
                 self.requests.append(
@@ -317,6 +326,8 @@ class FakeDeerAPI:
         if request.path.startswith(_API):
             if not authorized:
                 return _json_error(401, "invalid api key", "invalid_api_key")
+            if self.window_limit and not self._window_allows():
+                return self._window_refusal()
             if self.max_rps and not self._take_token():
                 headers = {}
                 if self.retry_after is not False:
@@ -335,6 +346,34 @@ class FakeDeerAPI:
         response = await handler(request)  # type: ignore[misc]
         assert isinstance(response, web.StreamResponse)
         return response
+
+    def _window_allows(self) -> bool:
+        """new-api's model request rate limit: a request passes while fewer than
+        `window_limit` were counted, or the oldest of the latest that many is a whole
+        window old (its Redis handler, middleware/model-rate-limit.go)."""
+        assert self.window_limit
+        log = self._window_log
+        if len(log) < self.window_limit:
+            return True
+        return int(self.clock() - log[0]) >= self.window_minutes * 60
+
+    def _count_in_window(self, status: int) -> None:
+        """Count an answered API request: successes only, or every one ("total" variant)."""
+        if self.window_limit and (status < 400 or self.window_counts_failures):
+            self._window_log.append(self.clock())
+            while len(self._window_log) > self.window_limit:
+                self._window_log.popleft()
+
+    def _window_refusal(self) -> web.Response:
+        """new-api's 429 for the window limit: the limit named, no Retry-After."""
+        minutes, limit = self.window_minutes, self.window_limit
+        if self.window_counts_failures:
+            message = f"您已达到总请求数限制：{minutes}分钟内最多请求{limit}次，包括失败次数，请检查您的请求是否正确"
+        else:
+            message = f"您已达到请求数限制：{minutes}分钟内最多请求{limit}次"
+        request_id = f"{self._random.getrandbits(64):016x}"
+        body = {"error": {"message": f"{message} (request id: {request_id})", "type": "new_api_error"}}
+        return web.json_response(body, status=429, dumps=_dumps_utf8)
 
     def _take_token(self) -> bool:
         assert self.max_rps
@@ -576,6 +615,10 @@ def _range_start(header: str | None, size: int) -> int | None:
     if unit.strip() != "bytes" or not start_text.isdigit() or int(start_text) >= size:
         return None
     return int(start_text)
+
+
+def _dumps_utf8(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _json_error(status: int, message: str, code: str) -> web.Response:

@@ -1,0 +1,308 @@
+"""Rate limits as new-api gateways enforce them, each case beside a plain 3 s loop in the same run.
+
+Default Session settings, no ``max_rps``; the fake server behaves as new-api
+does (middleware/model-rate-limit.go, controller/relay.go):
+
+(u) 5 % of answers are new-api's "upstream saturated" 429 (no Retry-After);
+    300 tasks of 3-9 s with estimates, one batch;
+(s) a mixed-fault soak: 15 % of answers faulted (502, 503, 429 with
+    ``Retry-After: 1``, resets, truncated bodies, HTML pages); 500 tasks of 3 s;
+(w) new-api's window: 600 successes per 60 s for the key, 429 naming it and no
+    Retry-After; 200 tasks of 20-60 s, no estimate (on a clock 4x real time);
+(f) 8 worker processes on one key, 1000 tasks of 3-9 s, a 100 req/s bucket
+    with ``Retry-After: 1``: 429 share, and wall time over an oracle that polls
+    each task once, at completion, within the limit.
+
+The plain loop is what people write first: per task, ``GET; sleep(3)`` until
+terminal, whatever the answer. Lag is the time from a generation's completion
+to the moment the caller learns of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import aiohttp
+import attrs
+
+import deerluma
+from deerluma.testing import FakeDeerAPI, Fault, ScaledClock
+
+from .bench_batch import ideal_wall
+from .common import percentile, ratio
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@attrs.frozen
+class Run:
+    """One side of a scenario: what the caller saw and what the server saw."""
+
+    lags: list[float]
+    lost: int
+    requests: int
+    throttled: int
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.lags, 95)
+
+    @property
+    def share(self) -> float:
+        return 100 * self.throttled / max(1, self.requests)
+
+
+def _report(name: str, plain: Run, ours: Run, targets: Iterable[tuple[str, bool]]) -> None:
+    print(f"\n{name}")
+    for label, run in (("plain loop", plain), ("deerluma", ours)):
+        print(
+            f"  {label:10}  lag p50 {percentile(run.lags, 50):6.2f}s  p95 {run.p95:6.2f}s"
+            f"  requests {run.requests:6}  429s {run.share:5.1f} %  lost {run.lost}"
+        )
+    print(
+        f"  deerluma / plain: lag p95 {ratio(ours.p95, plain.p95)},"
+        f" requests {ratio(ours.requests, plain.requests)}"
+    )
+    for label, met in targets:
+        print(f"  target {label}: {'met' if met else 'MISSED'}")
+
+
+async def plain_loop(fake: FakeDeerAPI, ids: list[str], clock: Clock, sleep: Sleep) -> Run:
+    """Per task: GET, and if not terminal (or not an answer at all), sleep 3 s and ask again."""
+    lags: list[float] = []
+    lost = 0
+    url = f"{fake.url}/dream-machine/v1/generations/"
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def one(task_id: str) -> None:
+            nonlocal lost
+            for _ in range(10_000):
+                try:
+                    async with http.get(url + task_id) as resp:
+                        body = await resp.json(content_type=None) if resp.status == 200 else {}
+                except (aiohttp.ClientError, ValueError, TimeoutError):
+                    body = {}
+                state = body.get("state") if isinstance(body, dict) else None
+                if state in ("completed", "failed"):
+                    lags.append(clock() - fake.finishes_at(task_id))
+                    return
+                await sleep(3.0)
+            lost += 1
+
+        await asyncio.gather(*(one(i) for i in ids))
+    return _run(fake, lags, lost)
+
+
+async def ours(fake: FakeDeerAPI, ids: list[str], clock: Clock, sleep: Sleep) -> Run:
+    """One batch with default settings."""
+    lags: list[float] = []
+    lost = 0
+    async with deerluma.Session(
+        api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=sleep
+    ) as s:
+        async for r in s.as_completed(ids):
+            if r.generation is None:
+                lost += 1
+                print(f"    lost {r.task_id}: {r.error}", file=sys.stderr)
+                continue
+            lags.append(clock() - fake.finishes_at(r.task_id))
+    return _run(fake, lags, lost)
+
+
+def _run(fake: FakeDeerAPI, lags: list[float], lost: int) -> Run:
+    throttled = sum(1 for r in fake.requests if r.status == 429)
+    return Run(lags, lost, len(fake.requests), throttled)
+
+
+async def _side(
+    side: Callable[[FakeDeerAPI, list[str], Clock, Sleep], Awaitable[Run]],
+    make: Callable[[Clock], FakeDeerAPI],
+    durations: list[float],
+    speed: float,
+    **generation: object,
+) -> Run:
+    clock = ScaledClock(speed)
+    async with make(clock) as fake:
+        ids = [fake.add_generation(duration=d, **generation) for d in durations]  # type: ignore[arg-type]
+        return await side(fake, ids, clock, clock.sleep)
+
+
+async def _both(
+    make: Callable[[Clock], FakeDeerAPI],
+    durations: list[float],
+    speed: float = 1.0,
+    **generation: object,
+) -> tuple[Run, Run]:
+    plain = await _side(plain_loop, make, durations, speed, **generation)
+    mine = await _side(ours, make, durations, speed, **generation)
+    return plain, mine
+
+
+async def upstream(seed: int) -> None:
+    rng = random.Random(seed)
+    durations = [rng.uniform(3, 9) for _ in range(300)]
+    mix = (Fault.upstream_saturated(),)
+
+    def make(clock: Clock) -> FakeDeerAPI:
+        return FakeDeerAPI(clock=clock, fault_rate=0.05, fault_mix=mix, seed=seed)
+
+    plain, mine = await _both(make, durations)
+    _report(
+        "(u) 5 % upstream-saturated 429s; 300 tasks of 3-9 s with estimates, one batch",
+        plain,
+        mine,
+        [
+            ("lag p95 <= 0.5x plain", mine.p95 <= 0.5 * plain.p95),
+            ("requests <= 1.05x plain", mine.requests <= 1.05 * plain.requests),
+            ("nothing lost", mine.lost == 0),
+        ],
+    )
+
+
+async def soak(seed: int) -> None:
+    mix = (
+        Fault.error(502),
+        Fault.error(503, {"detail": "service unavailable"}),
+        Fault.rate_limit(1),
+        Fault.reset(),
+        Fault.truncated(),
+        Fault.html(502),
+    )
+
+    def make(clock: Clock) -> FakeDeerAPI:
+        return FakeDeerAPI(clock=clock, fault_rate=0.15, fault_mix=mix, seed=seed)
+
+    plain, mine = await _both(make, [3.0] * 500)
+    _report(
+        "(s) 15 % faulted answers (429 with Retry-After: 1 among them); 500 tasks of 3 s",
+        plain,
+        mine,
+        [("lag p95 <= 1.0x plain", mine.p95 <= plain.p95), ("nothing lost", mine.lost == 0)],
+    )
+
+
+async def window(seed: int) -> None:
+    rng = random.Random(seed)
+    durations = [rng.uniform(20, 60) for _ in range(200)]
+
+    def make(clock: Clock) -> FakeDeerAPI:
+        return FakeDeerAPI(clock=clock, window_limit=600, window_minutes=1, seed=seed)
+
+    plain, mine = await _both(make, durations, speed=4.0, estimate=False, shape="new")
+    _report(
+        "(w) new-api window, 600 per 60 s; 200 tasks of 20-60 s, no estimate (4x clock)",
+        plain,
+        mine,
+        [
+            ("429s < 1 %", mine.share < 1.0),
+            ("lag p95 <= 1.0x plain", mine.p95 <= plain.p95),
+            ("requests <= 0.3x plain", mine.requests <= 0.3 * plain.requests),
+            ("nothing lost", mine.lost == 0),
+        ],
+    )
+
+
+# -- (f): a fleet of worker processes on one key ------------------------------------------
+async def _fleet_server(tasks: int, rps: float, seed: int) -> None:
+    """Serve `tasks` generations (task-0 ...) of 3-9 s; on stdin's end, print the tally."""
+    rng = random.Random(seed)
+    async with FakeDeerAPI(max_rps=rps, retry_after=1.0, seed=seed) as fake:
+        for i in range(tasks):
+            fake.add_generation(f"task-{i}", duration=rng.uniform(3, 9), estimate=False, shape="new")
+        start = fake.clock()
+        print(fake.url, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        limited = [r.at - start for r in fake.requests if r.status == 429]
+        seconds = [0] * (1 + int(max(limited, default=0)))
+        for at in limited:
+            seconds[int(at)] += 1
+        tally = {"requests": len(fake.requests), "throttled": len(limited), "by_second": seconds}
+        print(json.dumps(tally), flush=True)
+
+
+async def _fleet_worker(url: str, ids: list[str]) -> None:
+    async with deerluma.Session(api_key="fake-key-0123456789", base_url=url) as s:
+        results = await s.wait_many(ids)
+    lost = sum(1 for r in results.values() if not isinstance(r, deerluma.Generation))
+    print(json.dumps({"lost": lost, "done": time.time()}), flush=True)
+
+
+def fleet(workers: int, tasks: int, rps: float, seed: int) -> None:
+    rng = random.Random(seed)
+    durations = [rng.uniform(3, 9) for _ in range(tasks)]
+    python = sys.executable
+    server = subprocess.Popen(
+        [python, "-m", "bench.bench_gateway", "_server", str(tasks), str(rps), str(seed)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    url = server.stdout.readline().strip()
+    started = time.time()
+    share = [list(range(tasks))[w::workers] for w in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [python, "-m", "bench.bench_gateway", "_worker", url, *(f"task-{i}" for i in part)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for part in share
+    ]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    tally = json.loads(server.communicate("")[0].strip().splitlines()[-1])
+    wall = max(o["done"] for o in outs) - started
+    lost = sum(o["lost"] for o in outs)
+    ideal = ideal_wall(durations, rps)
+    share_429 = 100 * tally["throttled"] / max(1, tally["requests"])
+    print(f"\n(f) {workers} worker processes on one key; {tasks} tasks of 3-9 s; {rps:g} req/s")
+    print(
+        f"  requests {tally['requests']} ({tally['requests'] / tasks:.2f}/task), "
+        f"429s {tally['throttled']} ({share_429:.2f} %), lost {lost}"
+    )
+    print(f"  wall {wall:.2f}s, oracle {ideal:.2f}s, wall / oracle {ratio(wall, ideal)}")
+    print(f"  429s in each second: {tally['by_second']}")
+    print(f"  target 429s < 2 %: {'met' if share_429 < 2 else 'MISSED'}")
+    print(f"  target wall <= 1.3x oracle: {'met' if wall <= 1.3 * ideal else 'MISSED'}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    print("bench_gateway (default Sessions, no max_rps; beside a plain GET-sleep(3) loop)")
+    chosen = set(args.only or "uswf")
+    if "u" in chosen:
+        await upstream(args.seed)
+    if "s" in chosen:
+        await soak(args.seed)
+    if "w" in chosen:
+        await window(args.seed)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_server":
+        asyncio.run(_fleet_server(int(argv[1]), float(argv[2]), int(argv[3])))
+        return
+    if argv and argv[0] == "_worker":
+        asyncio.run(_fleet_worker(argv[1], argv[2:]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", help="letters of the scenarios to run (default: uswf)")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    asyncio.run(main(args))
+    if "f" in (args.only or "uswf"):
+        fleet(args.workers, 1000, 100.0, args.seed)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,465 @@
+"""The rate controller: answers and 429s in, a rate and pauses out. Pure: time is a number given.
+
+Parts, each testable with plain numbers (botocore's adaptive mode has the same shape):
+
+- `Meter`: what was sent and what was taken lately, round trips, and sends per
+  second over the last minutes (for window limits).
+- `Evidence`: how often answers were 429s at each send rate, lately, and
+  whether the latest ones crowd.
+- `WindowBudget`: a limit the gateway named (``M`` requests per ``W`` seconds);
+  when the next request fits in the window.
+- `Controller`: slow start, then CUBIC after cuts; judges each 429 by its kind
+  (`deerluma._throttle`) and, for a plain 429, by evidence: when sending slower
+  has not made such 429s rarer, they are stray (no cut), and the cuts they
+  caused are undone.
+
+How the rate is learned (slow start, cuts from what the server took, CUBIC regrowth) is
+told in docs/batch.md; the constants below carry the why of each number.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import math
+
+import attrs
+
+from ._peers import PeerEvent, Peers
+from ._throttle import Throttle, ThrottleKind
+
+__all__ = ["Controller", "Evidence", "Meter", "WindowBudget"]
+
+#: The rate a new Session starts at, in requests per second (no crawl: most limits are higher).
+START = 50.0
+#: Slow start grows the rate by `_GROWTH` once per `_ROUNDS` round trips (at least `_STEP`
+#: seconds) of being held back by it without a 429: gentler than TCP's doubling per round
+#: trip, because every request in flight when a server's burst allowance runs out comes
+#: back a 429, and a far API has many in flight.
+_STEP = 0.05
+_ROUNDS = 8
+_GROWTH = 1.5
+#: Never below this rate, however many 429s: a trickle still finds out when the server recovers.
+FLOOR = 0.5
+#: The multiplicative cut on a 429, and CUBIC's growth constant (botocore's values).
+_BETA = 0.7
+_CUBIC = 0.4
+#: The send rate is measured over this window (seconds), or its last quarter when that holds
+#: this many requests.
+_WINDOW = 1.0
+_ENOUGH = 8
+#: Slow start reads the rate of successes off this many latest ones.
+_LATEST = 32
+#: After a cut, 429s within this many round trips are the same congestion (the requests sent
+#: meanwhile met the same empty bucket); round trips are smoothed by this weight.
+_SETTLE = 4
+#: A cut measures what the server took since the previous cut when that was at most this
+#: many seconds ago, and goes no deeper at once than this share of the rate (a Session that
+#: sat out a Retry-After while others took the refill measures next to nothing).
+_MEASURED = 10.0
+_DEEPEST = 0.6
+_SMOOTHING = 0.2
+#: A Retry-After longer than this is taken as this (a caller's deadline caps it further).
+MAX_PAUSE = 60.0
+#: Evidence: send rates are binned by factors of `_BIN`; counts halve every `_HALF_LIFE`
+#: seconds, so that what is learned follows the server.
+_BIN = 1.25
+_HALF_LIFE = 30.0
+#: A plain 429 is stray when answers at lower send rates (`_LOWER_ANSWERS` of them, with at
+#: least `_SEEN` 429s) saw 429s at no less than `_SAME` of the share at higher ones: sending
+#: slower would not make them rarer.
+_LOWER_ANSWERS = 40.0
+_SEEN = 2.0
+_SAME = 0.5
+#: Plain 429s are counted over the latest `_RECENT` answers: more than `_FLOOD` of them is
+#: congestion whatever came before. After slow start one alone (`_CROWD` make a crowd)
+#: delays only its own request; in slow start, where meeting a limit fails most requests at
+#: once, a crowd is `_ONSET` of the latest `_ONSET_OF`.
+_RECENT = 50
+_FLOOD = 0.2
+_CROWD = 2
+_ONSET = 3
+_ONSET_OF = 20
+#: After this many successes in a row, the latest cuts are taken as right, never undone.
+_QUIET = 200
+#: Sends are counted per slot of `_SLOT` seconds for `_HORIZON` seconds (the longest window
+#: followed).
+_SLOT = 0.25
+_HORIZON = 600
+#: A named window limit is followed with this margin, and its edges with this slack (clocks
+#: differ, and the gateway counts at arrival).
+_WINDOW_MARGIN = 0.95
+_WINDOW_SLACK = 0.05
+#: With a named window, up to this share of its allowance may go at once after a quiet spell.
+_WINDOW_BURST = 0.25
+
+
+class Meter:
+    """What this Session sent and what the server took, lately; answers' 429 share; round trips."""
+
+    def __init__(self, now: float) -> None:
+        self.born = now
+        self.sent: collections.deque[float] = collections.deque()  # send times, last second
+        self.ok: collections.deque[float] = collections.deque()  # success times, last second
+        self.rtt = 0.0  # seconds from send to answer, smoothed
+        self.served = 0  # successes, all told
+        self._slots: collections.deque[list[int]] = collections.deque()  # [slot, sends]
+
+    def sending(self, now: float) -> None:
+        """A request goes now."""
+        _stamp(self.sent, now)
+        index = math.floor(now / _SLOT)
+        slots = self._slots
+        if slots and slots[-1][0] == index:
+            slots[-1][1] += 1
+            return
+        slots.append([index, 1])
+        while slots[0][0] < index - _HORIZON / _SLOT:
+            slots.popleft()
+
+    def success(self, now: float, sent: float) -> None:
+        """A request sent at `sent` went through at `now`."""
+        _stamp(self.ok, now)
+        self.served += 1
+        self.rtt += (max(0.0, now - sent) - self.rtt) * _SMOOTHING
+
+    def rate_of_sent(self, now: float, whole: bool = False) -> float:
+        """Requests sent per second lately."""
+        return _rate_of(self.sent, now, whole)
+
+    def rate_of_ok(self, now: float, whole: bool = False) -> float:
+        """Successes per second lately."""
+        return _rate_of(self.ok, now, whole)
+
+    def latest_rate(self) -> float:
+        """Successes per second over the last few of them: quick to follow a ramp."""
+        ok = self.ok
+        if len(ok) < _ENOUGH:
+            return 0.0
+        first = ok[-min(len(ok), _LATEST)]
+        return (min(len(ok), _LATEST) - 1) / max(ok[-1] - first, 1e-6)
+
+    def sends_since(self, start: float) -> int:
+        """Requests sent since clock time `start` (by whole slots: a little more, never less)."""
+        first = math.floor(start / _SLOT)
+        return sum(count for index, count in self.slots_since(start) if index >= first)
+
+    def slots_since(self, start: float) -> list[tuple[int, int]]:
+        """Sends per slot of `_SLOT` seconds (index, count), oldest first, of the slots that end
+        after clock time `start`."""
+        found: list[tuple[int, int]] = []
+        for index, count in reversed(self._slots):
+            if (index + 1) * _SLOT <= start:
+                break
+            found.append((index, count))
+        found.reverse()
+        return found
+
+
+class Evidence:
+    """How often answers were plain 429s at each send rate, lately: the test of "is it our rate?".
+
+    A 429 that comes about as often at lower send rates as at higher ones is
+    not about the rate; one that comes only at the highest rates is.
+    """
+
+    def __init__(self, now: float) -> None:
+        self._bins: dict[int, list[float]] = {}  # bin -> [answers, 429s]
+        self._halved_at = now
+        self._recent: collections.deque[bool] = collections.deque(maxlen=_RECENT)
+
+    @staticmethod
+    def bin(rate: float) -> int:
+        """The bin of a send rate."""
+        return math.floor(math.log(max(rate, 1e-3)) / math.log(_BIN))
+
+    def note(self, now: float, rate: float, throttled: bool) -> None:
+        """An answer to a request sent at `rate` requests per second (a 429 when `throttled`)."""
+        if now - self._halved_at >= _HALF_LIFE:  # the past counts less and less
+            self._halved_at = now
+            for counts in self._bins.values():
+                counts[0] *= 0.5
+                counts[1] *= 0.5
+        counts = self._bins.setdefault(self.bin(rate), [0.0, 0.0])
+        counts[0] += 1.0
+        counts[1] += throttled
+        self._recent.append(throttled)
+
+    def crowded(self, *, onset: bool) -> bool:
+        """Whether 429s crowd the latest answers (see `_CROWD` and `_ONSET`)."""
+        if onset:
+            return sum(itertools.islice(reversed(self._recent), _ONSET_OF)) >= _ONSET
+        return sum(self._recent) >= _CROWD
+
+    def stray(self, rate: float) -> bool:
+        """Whether 429s at `rate` look stray: about as common at lower send rates as at higher
+        ones (split below the current rate, or just above it), and not a flood now."""
+        if sum(self._recent) > _FLOOD * _RECENT:
+            return False
+        here = self.bin(rate)
+        return self._alike(here) or self._alike(here + 1)
+
+    def _alike(self, split: int) -> bool:
+        """Whether rates below bin `split` saw 429s at no less than `_SAME` of the share above."""
+        lower, upper = [0.0, 0.0], [0.0, 0.0]
+        for b, (answers, throttled) in self._bins.items():
+            side = lower if b < split else upper
+            side[0] += answers
+            side[1] += throttled
+        if min(lower[0], upper[0]) < _LOWER_ANSWERS or lower[1] < _SEEN:
+            return False
+        return lower[1] / lower[0] >= _SAME * upper[1] / upper[0]
+
+
+@attrs.define
+class WindowBudget:
+    """A limit the gateway named: at most `budget` of this Session's requests in `window` seconds.
+
+    The budget starts a little under the named limit; when the gateway says the
+    window is full while this Session sent fewer (others share the key), it
+    shrinks to what this Session had sent, and grows back by a twentieth of
+    the limit per quiet window.
+    """
+
+    limit: int
+    window: float
+    budget: float
+    since: float  # clock time of the last 429 that named it
+
+    @classmethod
+    def named(cls, throttle: Throttle, meter: Meter, now: float) -> WindowBudget:
+        assert throttle.limit is not None and throttle.window is not None
+        budget = _WINDOW_MARGIN * throttle.limit
+        return cls(throttle.limit, throttle.window, budget, now).full(meter, now)
+
+    def full(self, meter: Meter, now: float) -> WindowBudget:
+        """The gateway said the window is full: no more than this Session sent in it."""
+        mine = meter.sends_since(now - self.window)
+        self.budget = max(1.0, min(self.budget, _WINDOW_MARGIN * mine))
+        self.since = now
+        return self
+
+    def rate(self, now: float) -> float:
+        """The even rate that spends the budget over the window."""
+        quiet = (now - self.since) // self.window
+        if quiet >= 1:  # a window without a 429: grow back towards the named limit
+            grown = self.budget + quiet * self.limit / 20
+            self.budget = min(_WINDOW_MARGIN * self.limit, grown)
+            self.since += quiet * self.window
+        return self.budget / self.window
+
+    @property
+    def burst(self) -> float:
+        """Requests that may go at once after a quiet spell."""
+        return max(1.0, _WINDOW_BURST * self.budget)
+
+    def room_at(self, meter: Meter, now: float) -> float:
+        """The earliest clock time, from `now`, at which one more request fits in the window."""
+        span = self.window + _WINDOW_SLACK
+        slots = meter.slots_since(now - span)
+        over = sum(count for _, count in slots) - self.budget + 1
+        if over <= 0:
+            return now
+        for index, count in slots:
+            over -= count
+            if over <= 0:
+                return (index + 1) * _SLOT + span
+        return now + span  # not reached: every counted send must age out
+
+
+class Controller:
+    """Answers and 429s in, the rate and the Session's pause out."""
+
+    def __init__(self, cap: float | None, now: float, peers: Peers | None = None) -> None:
+        self.cap = cap
+        self.peers = peers or Peers()
+        self.rate = cap or START
+        self.slow_start = cap is None
+        self.meter = Meter(now)
+        self.evidence = Evidence(now)
+        self.paused_until = -math.inf
+        self.window: WindowBudget | None = None
+        #: 429s by judged kind, for the Session's view.
+        self.counts: collections.Counter[ThrottleKind] = collections.Counter()
+        #: Whether the last success made slow start take a step.
+        self.grew = False
+        self._w_max = 0.0  # CUBIC: the rate that was too much
+        self._k = 0.0  # CUBIC: seconds from a cut back to `_w_max`
+        self._cut_at = -math.inf
+        self._grown_at = now
+        self._served_at_cut = 0
+        #: Before the first of the latest cuts: the rate, and whether slow start was on.
+        self._undo: tuple[float, bool] | None = None
+        self._quiet = 0  # successes in a row
+
+    # -- events ---------------------------------------------------------------
+    def sending(self, now: float) -> None:
+        """A request goes now."""
+        self.meter.sending(now)
+
+    def answered(self, now: float, sent: float, held_back: bool) -> None:
+        """A request sent at `sent` went through at `now`: the rate may grow.
+
+        `held_back`: a request waited for its turn since slow start's last step
+        (the Session wants more than the rate); read `grew` afterwards.
+        """
+        meter = self.meter
+        meter.success(now, sent)
+        self.evidence.note(now, meter.rate_of_sent(now, whole=True), throttled=False)
+        self._quiet += 1
+        if self._quiet >= _QUIET:
+            self._undo = None  # the cuts were followed by quiet: they were about our rate
+        self.grew = False
+        if self.slow_start:
+            if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
+                # Grow, but never past twice what the server has taken lately.
+                grown = min(_GROWTH * self.rate, 2 * meter.latest_rate())
+                self._set_rate(max(self.rate, grown), now)
+                self._grown_at, self.grew = now, True
+            return
+        # CUBIC: back to the rate that was too much after `_k` seconds, then beyond, slowly;
+        # never more than twice what the Session sends (idle Sessions do not inflate it).
+        cubic = _CUBIC * (now - self._cut_at - self._k) ** 3 + self._w_max
+        self._set_rate(min(cubic, max(self.rate, 2 * meter.rate_of_sent(now))), now)
+
+    def throttled(self, now: float, sent: float, throttle: Throttle) -> Throttle:
+        """A request sent at `sent` got a 429 at `now`; returns it judged (its kind may change).
+
+        Upstream 429s change nothing here. A named limit sets the rate and a
+        pause until the window has room. A plain 429 cuts the rate when 429s
+        crowd, once per congestion, unless the evidence says sending slower
+        would not make them rarer (then it is stray, and its cuts are undone).
+        """
+        kind = throttle.kind
+        if kind is not ThrottleKind.UPSTREAM:
+            self.evidence.note(now, self.meter.rate_of_sent(now, whole=True), throttled=True)
+            self._quiet = 0
+        if kind is ThrottleKind.LIMIT:
+            self._named(now, throttle)
+        elif kind is ThrottleKind.RATE:
+            self.peers.tick()
+            kind = self._plain(now, sent, throttle.retry_after)
+        self.counts[kind] += 1
+        return throttle if kind is throttle.kind else attrs.evolve(throttle, kind=kind)
+
+    def heard_429s(self, now: float, count: int) -> None:
+        """Other Sessions of this key met `count` plain 429s: evidence of a crowd here too."""
+        for _ in range(min(count, _RECENT)):
+            self.evidence.note(now, self.meter.rate_of_sent(now, whole=True), throttled=True)
+
+    def heard(self, now: float, event: PeerEvent) -> None:
+        """Another Session of this key judged a 429 about the key's rate: act as if it were ours.
+
+        Once per congestion, as for our own: a cut of our own just before it covers it.
+        """
+        self.paused_until = max(self.paused_until, event.pause_until)
+        if event.limit and event.window:
+            throttle = Throttle(ThrottleKind.LIMIT, event.limit, event.window)
+            self._named(now, throttle, tell=False)
+        elif self.cap is None and event.at > self._cut_at + _SETTLE * self.meter.rtt:
+            self._cut(now)
+
+    # -- judgements -------------------------------------------------------------
+    def _named(self, now: float, throttle: Throttle, *, tell: bool = True) -> None:
+        meter, window = self.meter, self.window
+        if window is None or (window.limit, window.window) != (throttle.limit, throttle.window):
+            window = self.window = WindowBudget.named(throttle, meter, now)
+        else:
+            window.full(meter, now)
+        self.slow_start = False
+        self._undo = None
+        self._w_max, self._k, self._cut_at = window.rate(now), 0.0, now
+        self._set_rate(self._w_max, now)
+        resume = window.room_at(meter, now)
+        if throttle.retry_after is not None:
+            resume = max(resume, now + min(MAX_PAUSE, throttle.retry_after))
+        self.paused_until = max(self.paused_until, resume)
+        if tell:
+            self.peers.publish(now, self.paused_until, window.limit, window.window)
+
+    def _plain(self, now: float, sent: float, retry_after: float | None) -> ThrottleKind:
+        """A plain 429: stray, the same congestion, a lone one, or a cut."""
+        meter, evidence = self.meter, self.evidence
+        if evidence.stray(meter.rate_of_sent(now, whole=True)):
+            if self._undo is not None:  # the cuts did not make them rarer: undo them
+                rate, self.slow_start = self._undo
+                # Not past twice what the server takes now (an overshoot was never fine).
+                rate = min(rate, max(self.rate, 2 * meter.latest_rate()))
+                rate = max(self.rate, rate)
+                self._undo, self._w_max, self._k, self._cut_at = None, rate, 0.0, now
+                self._set_rate(rate, now)
+            return ThrottleKind.STRAY
+        if sent <= self._cut_at or now < self._cut_at + _SETTLE * meter.rtt:
+            return ThrottleKind.RATE  # the same congestion as the last cut
+        if not evidence.crowded(onset=self.slow_start):
+            return ThrottleKind.RATE  # a lone 429 delays its own request; a crowd of them cuts
+        if self._undo is None:  # the first of a run of cuts: what an undo goes back to
+            self._undo = (self.rate, self.slow_start)
+        self._cut(now)
+        pause = 1.0 / self.rate if retry_after is None else min(MAX_PAUSE, retry_after)
+        self.paused_until = max(self.paused_until, now + pause)
+        self.peers.publish(now, self.paused_until)
+        return ThrottleKind.RATE
+
+    def _cut(self, now: float) -> None:
+        limit, rate = self._limit(now)
+        self.slow_start = False
+        self._w_max = limit
+        self._k = (max(0.0, limit - rate) / _CUBIC) ** (1 / 3)
+        self._cut_at, self._served_at_cut = now, self.meter.served
+        self._set_rate(rate, now)
+
+    def _limit(self, now: float) -> tuple[float, float]:
+        """At a new congestion: the rate that proved too much, and the rate to go on at."""
+        meter = self.meter
+        since, served = now - self._cut_at, meter.served - self._served_at_cut
+        if since <= _MEASURED and served >= _ENOUGH:
+            # The server's bucket was empty at the last cut and is now: what it took from
+            # this Session in between is its limit (this Session's share of it). Go on at
+            # that rate, and let CUBIC probe beyond it.
+            limit = min(self.rate, max(served / since, _DEEPEST * self.rate))
+            return limit, limit
+        # First congestion (or long after the last): what the server took lately is its
+        # limit, near enough; regrow towards it. Not below one cut of what was sent (a burst
+        # after a quiet spell), nor, when a pause fell in the window (then "lately" took
+        # next to nothing), of the rate itself. A rate far above what was ever sent (slow
+        # start's overshoot) is no floor. A Session younger than the window has counted
+        # over its own age only.
+        span = _WINDOW / max(1e-3, min(_WINDOW, now - meter.born))
+        taken = meter.rate_of_ok(now, whole=True) * span
+        paused = self.paused_until > now - _WINDOW
+        tried = self.rate if paused else meter.rate_of_sent(now, whole=True) * span
+        limit = min(self.rate, max(taken, _BETA * tried))
+        return limit, _BETA * limit
+
+    def _set_rate(self, rate: float, now: float) -> None:
+        if self.window is not None:
+            rate = min(rate, self.window.rate(now))
+        self.rate = max(FLOOR, rate if self.cap is None else min(rate, self.cap))
+
+
+def _stamp(stamps: collections.deque[float], now: float) -> None:
+    """Note an event at `now` in a window of recent ones."""
+    stamps.append(now)
+    _forget_old(stamps, now)
+
+
+def _forget_old(stamps: collections.deque[float], now: float) -> None:
+    """Drop the events that fell out of the window."""
+    while stamps and stamps[0] < now - _WINDOW:
+        stamps.popleft()
+
+
+def _rate_of(stamps: collections.deque[float], now: float, whole: bool) -> float:
+    """Events per second lately, from their clock times.
+
+    Over the last quarter window when it holds enough events to tell (a rate
+    that just grew is not averaged away), else (or when `whole`) over the
+    whole window: steadier, where a moment of 429s would mislead.
+    """
+    _forget_old(stamps, now)
+    recent = len(stamps) - bisect.bisect_left(stamps, now - _WINDOW / 4)
+    if recent >= _ENOUGH and not whole:
+        return recent / (_WINDOW / 4)
+    return len(stamps) / _WINDOW
