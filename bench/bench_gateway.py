@@ -217,7 +217,9 @@ async def _fleet_server(tasks: int, rps: float, seed: int) -> None:
     rng = random.Random(seed)
     async with FakeDeerAPI(max_rps=rps, retry_after=1.0, seed=seed) as fake:
         for i in range(tasks):
-            fake.add_generation(f"task-{i}", duration=rng.uniform(3, 9), estimate=False, shape="new")
+            fake.add_generation(
+                f"task-{i}", duration=rng.uniform(3, 9), estimate=False, shape="new"
+            )
         start = fake.clock()
         print(fake.url, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -246,7 +248,8 @@ def fleet(workers: int, tasks: int, rps: float, seed: int) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert server.stdin is not None and server.stdout is not None
+    assert server.stdin is not None
+    assert server.stdout is not None
     url = server.stdout.readline().strip()
     started = time.time()
     share = [list(range(tasks))[w::workers] for w in range(workers)]

@@ -4,14 +4,13 @@ Parts, each testable with plain numbers (botocore's adaptive mode has the same s
 
 - `Meter`: what was sent and what was taken lately, round trips, and sends per
   second over the last minutes (for window limits).
-- `Evidence`: how often answers were 429s at each send rate, lately, and
-  whether the latest ones crowd.
+- `Recent`: which of the latest answers were 429s (a lone one, a crowd, a burst).
 - `WindowBudget`: a limit the gateway named (``M`` requests per ``W`` seconds);
   when the next request fits in the window.
 - `Controller`: slow start, then CUBIC after cuts; judges each 429 by its kind
-  (`deerluma._throttle`) and, for a plain 429, by evidence: when sending slower
-  has not made such 429s rarer, they are stray (no cut), and the cuts they
-  caused are undone.
+  (`deerluma._throttle`) and, for a plain 429, by evidence: a cut is on trial,
+  and one that does not make 429s rarer is undone, after which 429s at that
+  share are stray.
 
 How the rate is learned (slow start, cuts from what the server took, CUBIC regrowth) is
 told in docs/batch.md; the constants below carry the why of each number.
@@ -29,7 +28,7 @@ import attrs
 from ._peers import PeerEvent, Peers
 from ._throttle import Throttle, ThrottleKind
 
-__all__ = ["Controller", "Evidence", "Meter", "WindowBudget"]
+__all__ = ["Controller", "Meter", "Recent", "WindowBudget"]
 
 #: The rate a new Session starts at, in requests per second (no crawl: most limits are higher).
 START = 50.0
@@ -62,27 +61,37 @@ _DEEPEST = 0.6
 _SMOOTHING = 0.2
 #: A Retry-After longer than this is taken as this (a caller's deadline caps it further).
 MAX_PAUSE = 60.0
-#: Evidence: send rates are binned by factors of `_BIN`; counts halve every `_HALF_LIFE`
-#: seconds, so that what is learned follows the server.
-_BIN = 1.25
-_HALF_LIFE = 30.0
-#: A plain 429 is stray when answers at lower send rates (`_LOWER_ANSWERS` of them, with at
-#: least `_SEEN` 429s) saw 429s at no less than `_SAME` of the share at higher ones: sending
-#: slower would not make them rarer.
-_LOWER_ANSWERS = 40.0
-_SEEN = 2.0
-_SAME = 0.5
-#: Plain 429s are counted over the latest `_RECENT` answers: more than `_FLOOD` of them is
-#: congestion whatever came before. After slow start one alone (`_CROWD` make a crowd)
-#: delays only its own request; in slow start, where meeting a limit fails most requests at
-#: once, a crowd is `_ONSET` of the latest `_ONSET_OF`.
+#: Plain 429s are judged over the latest `_RECENT` answers. One alone there (`_CROWD` make a
+#: crowd) delays only its own request; in slow start, where meeting a limit fails most
+#: requests at once, a crowd is `_ONSET` of the latest `_ONSET_OF`. Retry-After holds the
+#: whole Session back only in a burst: `_BURST_429S` of the latest `_BURST_OF`.
 _RECENT = 50
-_FLOOD = 0.2
 _CROWD = 2
 _ONSET = 3
 _ONSET_OF = 20
-#: After this many successes in a row, the latest cuts are taken as right, never undone.
-_QUIET = 200
+_BURST_429S = 3
+_BURST_OF = 10
+#: A cut is on trial for `_TRIAL` answers to requests sent after it (and at least
+#: `_TRIAL_SECONDS`, at most `_TRIAL_LONGEST` with `_TRIAL_MIN` answers), holding its rate.
+#: A cut below a limit is followed by next to no 429s (fewer than `_SEEN`); one followed by
+#: more (but fewer than `_MAX_NOISE` of the answers) is undone, and 429s at that share are
+#: stray from then on.
+_TRIAL = 50
+_TRIAL_MIN = 10
+_TRIAL_SECONDS = 0.5
+_TRIAL_LONGEST = 5.0
+_SEEN = 3
+#: More than `_ROSE` times the share before, or more than `_MAX_NOISE` (and `_SEEN` more),
+#: since a cut: it was not deep enough, and is deepened at once.
+_ROSE = 2.0
+#: 429s within `_SCATTER` answers of each other are close together; when `_CLOSE` of them
+#: are, a limit was met again (stray 429s come scattered).
+_SCATTER = 5
+_CLOSE = 0.5
+#: Each cut that proves right forgets this share of the stray share learned.
+_FORGET = 0.75
+#: The stray share learned is at most this (more is no background noise).
+_MAX_NOISE = 0.1
 #: Sends are counted per slot of `_SLOT` seconds for `_HORIZON` seconds (the longest window
 #: followed).
 _SLOT = 0.25
@@ -157,59 +166,25 @@ class Meter:
         return found
 
 
-class Evidence:
-    """How often answers were plain 429s at each send rate, lately: the test of "is it our rate?".
+class Recent:
+    """Which of the latest answers were plain 429s: a crowd, a burst, a share."""
 
-    A 429 that comes about as often at lower send rates as at higher ones is
-    not about the rate; one that comes only at the highest rates is.
-    """
+    def __init__(self) -> None:
+        self._flags: collections.deque[bool] = collections.deque(maxlen=_RECENT)
 
-    def __init__(self, now: float) -> None:
-        self._bins: dict[int, list[float]] = {}  # bin -> [answers, 429s]
-        self._halved_at = now
-        self._recent: collections.deque[bool] = collections.deque(maxlen=_RECENT)
+    def note(self, throttled: bool) -> None:
+        """One more answer (a plain 429 when `throttled`)."""
+        self._flags.append(throttled)
 
-    @staticmethod
-    def bin(rate: float) -> int:
-        """The bin of a send rate."""
-        return math.floor(math.log(max(rate, 1e-3)) / math.log(_BIN))
+    def count(self, last: int = _RECENT) -> int:
+        """429s among the latest `last` answers."""
+        return sum(itertools.islice(reversed(self._flags), last))
 
-    def note(self, now: float, rate: float, throttled: bool) -> None:
-        """An answer to a request sent at `rate` requests per second (a 429 when `throttled`)."""
-        if now - self._halved_at >= _HALF_LIFE:  # the past counts less and less
-            self._halved_at = now
-            for counts in self._bins.values():
-                counts[0] *= 0.5
-                counts[1] *= 0.5
-        counts = self._bins.setdefault(self.bin(rate), [0.0, 0.0])
-        counts[0] += 1.0
-        counts[1] += throttled
-        self._recent.append(throttled)
-
-    def crowded(self, *, onset: bool) -> bool:
-        """Whether 429s crowd the latest answers (see `_CROWD` and `_ONSET`)."""
-        if onset:
-            return sum(itertools.islice(reversed(self._recent), _ONSET_OF)) >= _ONSET
-        return sum(self._recent) >= _CROWD
-
-    def stray(self, rate: float) -> bool:
-        """Whether 429s at `rate` look stray: about as common at lower send rates as at higher
-        ones (split below the current rate, or just above it), and not a flood now."""
-        if sum(self._recent) > _FLOOD * _RECENT:
-            return False
-        here = self.bin(rate)
-        return self._alike(here) or self._alike(here + 1)
-
-    def _alike(self, split: int) -> bool:
-        """Whether rates below bin `split` saw 429s at no less than `_SAME` of the share above."""
-        lower, upper = [0.0, 0.0], [0.0, 0.0]
-        for b, (answers, throttled) in self._bins.items():
-            side = lower if b < split else upper
-            side[0] += answers
-            side[1] += throttled
-        if min(lower[0], upper[0]) < _LOWER_ANSWERS or lower[1] < _SEEN:
-            return False
-        return lower[1] / lower[0] >= _SAME * upper[1] / upper[0]
+    @property
+    def share(self) -> float:
+        """The share of 429s among the latest answers but the last (a 429 that just came is no
+        evidence of how common they are), at least one in `_RECENT`."""
+        return max(1, self.count() - 1) / max(len(self._flags) - 1, _RECENT)
 
 
 @attrs.define
@@ -229,7 +204,8 @@ class WindowBudget:
 
     @classmethod
     def named(cls, throttle: Throttle, meter: Meter, now: float) -> WindowBudget:
-        assert throttle.limit is not None and throttle.window is not None
+        assert throttle.limit is not None
+        assert throttle.window is not None
         budget = _WINDOW_MARGIN * throttle.limit
         return cls(throttle.limit, throttle.window, budget, now).full(meter, now)
 
@@ -277,11 +253,13 @@ class Controller:
         self.rate = cap or START
         self.slow_start = cap is None
         self.meter = Meter(now)
-        self.evidence = Evidence(now)
+        self.recent = Recent()
         self.paused_until = -math.inf
         self.window: WindowBudget | None = None
         #: 429s by judged kind, for the Session's view.
         self.counts: collections.Counter[ThrottleKind] = collections.Counter()
+        #: The share of plain 429s that cutting did not make rarer (0 until a trial showed it).
+        self.noise = 0.0
         #: Whether the last success made slow start take a step.
         self.grew = False
         self._w_max = 0.0  # CUBIC: the rate that was too much
@@ -289,9 +267,7 @@ class Controller:
         self._cut_at = -math.inf
         self._grown_at = now
         self._served_at_cut = 0
-        #: Before the first of the latest cuts: the rate, and whether slow start was on.
-        self._undo: tuple[float, bool] | None = None
-        self._quiet = 0  # successes in a row
+        self._trial: _Trial | None = None
 
     # -- events ---------------------------------------------------------------
     def sending(self, now: float) -> None:
@@ -306,11 +282,10 @@ class Controller:
         """
         meter = self.meter
         meter.success(now, sent)
-        self.evidence.note(now, meter.rate_of_sent(now, whole=True), throttled=False)
-        self._quiet += 1
-        if self._quiet >= _QUIET:
-            self._undo = None  # the cuts were followed by quiet: they were about our rate
+        self.recent.note(False)
         self.grew = False
+        if self._trial is not None and self._judge(now, sent, throttled=False):
+            return  # a cut on trial holds its rate: growing would spoil the comparison
         if self.slow_start:
             if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
                 # Grow, but never past twice what the server has taken lately.
@@ -328,17 +303,18 @@ class Controller:
 
         Upstream 429s change nothing here. A named limit sets the rate and a
         pause until the window has room. A plain 429 cuts the rate when 429s
-        crowd, once per congestion, unless the evidence says sending slower
-        would not make them rarer (then it is stray, and its cuts are undone).
+        crowd, once per congestion, unless they are no more than the stray
+        share learned; each cut is on trial (see `_judge`).
         """
         kind = throttle.kind
-        if kind is not ThrottleKind.UPSTREAM:
-            self.evidence.note(now, self.meter.rate_of_sent(now, whole=True), throttled=True)
-            self._quiet = 0
         if kind is ThrottleKind.LIMIT:
+            self.recent.note(True)
             self._named(now, throttle)
         elif kind is ThrottleKind.RATE:
+            self.recent.note(True)
             self.peers.tick()
+            if self._trial is not None:
+                self._judge(now, sent, throttled=True)
             kind = self._plain(now, sent, throttle.retry_after)
         self.counts[kind] += 1
         return throttle if kind is throttle.kind else attrs.evolve(throttle, kind=kind)
@@ -346,7 +322,7 @@ class Controller:
     def heard_429s(self, now: float, count: int) -> None:
         """Other Sessions of this key met `count` plain 429s: evidence of a crowd here too."""
         for _ in range(min(count, _RECENT)):
-            self.evidence.note(now, self.meter.rate_of_sent(now, whole=True), throttled=True)
+            self.recent.note(True)
 
     def heard(self, now: float, event: PeerEvent) -> None:
         """Another Session of this key judged a 429 about the key's rate: act as if it were ours.
@@ -368,7 +344,7 @@ class Controller:
         else:
             window.full(meter, now)
         self.slow_start = False
-        self._undo = None
+        self._trial = None
         self._w_max, self._k, self._cut_at = window.rate(now), 0.0, now
         self._set_rate(self._w_max, now)
         resume = window.room_at(meter, now)
@@ -379,28 +355,99 @@ class Controller:
             self.peers.publish(now, self.paused_until, window.limit, window.window)
 
     def _plain(self, now: float, sent: float, retry_after: float | None) -> ThrottleKind:
-        """A plain 429: stray, the same congestion, a lone one, or a cut."""
-        meter, evidence = self.meter, self.evidence
-        if evidence.stray(meter.rate_of_sent(now, whole=True)):
-            if self._undo is not None:  # the cuts did not make them rarer: undo them
-                rate, self.slow_start = self._undo
-                # Not past twice what the server takes now (an overshoot was never fine).
-                rate = min(rate, max(self.rate, 2 * meter.latest_rate()))
-                rate = max(self.rate, rate)
-                self._undo, self._w_max, self._k, self._cut_at = None, rate, 0.0, now
-                self._set_rate(rate, now)
-            return ThrottleKind.STRAY
-        if sent <= self._cut_at or now < self._cut_at + _SETTLE * meter.rtt:
-            return ThrottleKind.RATE  # the same congestion as the last cut
-        if not evidence.crowded(onset=self.slow_start):
-            return ThrottleKind.RATE  # a lone 429 delays its own request; a crowd of them cuts
-        if self._undo is None:  # the first of a run of cuts: what an undo goes back to
-            self._undo = (self.rate, self.slow_start)
+        """A plain 429: stray, the same congestion, a lone one, on trial, or a cut.
+
+        Dense 429s (a burst among the latest few answers) are congestion: a cut, and
+        Retry-After holds everyone back. Sparse ones, which stray 429s also are,
+        cut only when they crowd, and that cut goes on trial.
+        """
+        recent = self.recent
+        if self.noise and recent.count() <= _stray_allowance(self.noise):
+            return ThrottleKind.STRAY  # no more than the 429s a cut did not make rarer
+        dense = recent.count(_BURST_OF) >= _BURST_429S
+        if sent <= self._cut_at or now < self._cut_at + _SETTLE * self.meter.rtt:
+            # The same congestion as the last cut; once its 429s come densely, the server's
+            # Retry-After holds everyone back.
+            if dense and retry_after is not None and self._trial is not None:
+                self._trial = None  # dense 429s: congestion, nothing left to judge
+                self._pause(now, retry_after)
+            return ThrottleKind.RATE
+        trial = self._trial
+        if trial is not None and not dense:
+            return ThrottleKind.RATE  # the cut on trial is judged when the trial ends
+        # In slow start, meeting a limit fails most requests at once: a crowd is denser there.
+        onset = self.slow_start
+        crowded = recent.count(_ONSET_OF) >= _ONSET if onset else recent.count() >= _CROWD
+        if not (crowded or dense):
+            return ThrottleKind.RATE  # a lone 429 delays its own request
+        undo = (
+            trial.undo
+            if trial is not None
+            else _Undo(self.rate, self.slow_start, self._w_max, self._k, self._cut_at)
+        )
+        before = recent.share
         self._cut(now)
-        pause = 1.0 / self.rate if retry_after is None else min(MAX_PAUSE, retry_after)
-        self.paused_until = max(self.paused_until, now + pause)
-        self.peers.publish(now, self.paused_until)
+        self._trial = None if dense else _Trial(now, before, undo)
+        if retry_after is not None and dense:  # the server asks everyone to wait: a burst did
+            self._pause(now, retry_after)
+        else:
+            self.peers.publish(now, self.paused_until)
         return ThrottleKind.RATE
+
+    def _pause(self, now: float, retry_after: float) -> None:
+        """Everyone waits as the server asked (capped), and the other Sessions of the key too."""
+        self.paused_until = max(self.paused_until, now + min(MAX_PAUSE, retry_after))
+        self.peers.publish(now, self.paused_until)
+
+    def _judge(self, now: float, sent: float, *, throttled: bool) -> bool:
+        """Count an answer for the cut on trial; when enough came, keep the cut or undo it.
+
+        Returns whether the trial goes on. A cut that made 429s rarer was about
+        our rate (and the stray share learned halves); one that did not is
+        undone, and 429s at the share that followed it are stray from now on.
+        """
+        trial = self._trial
+        assert trial is not None
+        if sent > trial.at + _SETTLE * self.meter.rtt:
+            trial.answers += 1
+            if throttled:
+                # 429s close together are a limit met (ours, or the key's with others on
+                # it); stray ones come scattered.
+                trial.close += trial.answers - trial.last_429 <= _SCATTER
+                trial.throttled, trial.last_429 = trial.throttled + 1, trial.answers
+        age = now - trial.at
+        rose = trial.answers >= _TRIAL_MIN and trial.throttled > _SEEN + max(
+            _ROSE * trial.before * trial.answers, _MAX_NOISE * trial.answers
+        )
+        # Long enough that 429s as common as before the cut would show `_SEEN` times.
+        enough = max(_TRIAL, _SEEN / trial.before)
+        if not rose and age < _TRIAL_LONGEST and (trial.answers < enough or age < _TRIAL_SECONDS):
+            return True
+        self._trial = None
+        if rose:  # more 429s since the cut: congestion, and the cut was not deep enough
+            undo = trial.undo
+            self._cut(now)
+            self._trial = _Trial(now, self.recent.share, undo)
+            return True
+        if trial.answers < _TRIAL_MIN:
+            return False  # too quiet to tell: the cut stands
+        after = trial.throttled / trial.answers
+        if after >= _MAX_NOISE:  # still many: congestion, and the cut was not deep enough
+            self._cut(now)
+            self._trial = _Trial(now, self.recent.share, trial.undo)
+            return True
+        if trial.throttled < _SEEN or trial.close >= _CLOSE * (trial.throttled - 1):
+            self.noise *= _FORGET  # next to no 429s since the cut (or a limit met again): ours
+            return False
+        self.noise = min(_MAX_NOISE, max(self.noise, after))
+        undo = trial.undo
+        self.slow_start, self._w_max, self._k = undo.slow_start, undo.w_max, undo.k
+        self._cut_at = undo.cut_at
+        # Back to the rate before the cuts, but not past twice what the server takes now
+        # (a slow start's overshoot was never shown to be fine).
+        rate = min(undo.rate, max(self.rate, 2 * self.meter.latest_rate()))
+        self._set_rate(max(self.rate, rate), now)
+        return False
 
     def _cut(self, now: float) -> None:
         limit, rate = self._limit(now)
@@ -437,6 +484,35 @@ class Controller:
         if self.window is not None:
             rate = min(rate, self.window.rate(now))
         self.rate = max(FLOOR, rate if self.cap is None else min(rate, self.cap))
+
+
+def _stray_allowance(noise: float) -> int:
+    """Plain 429s among the latest answers that the stray share explains (twice its mean)."""
+    return max(_CROWD, math.ceil(2 * noise * _RECENT))
+
+
+@attrs.frozen
+class _Undo:
+    """The controller's state before a cut, to go back to if the cut proves wrong."""
+
+    rate: float
+    slow_start: bool
+    w_max: float
+    k: float
+    cut_at: float
+
+
+@attrs.define
+class _Trial:
+    """A cut under judgement: the 429 share before it, and answers to requests sent after it."""
+
+    at: float
+    before: float
+    undo: _Undo
+    answers: int = 0
+    throttled: int = 0
+    last_429: int = -1_000_000  # the answer number of the latest 429
+    close: int = 0  # 429s within `_SCATTER` answers of the one before
 
 
 def _stamp(stamps: collections.deque[float], now: float) -> None:

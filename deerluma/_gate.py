@@ -66,8 +66,9 @@ class RateGate:
         self._clock = clock
         self._sleep = sleep
         self.control = Controller(max_rps, clock(), peers)
+        self._shared = self.control.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
-        self._tokens = self._capacity()
+        self._tokens = max(1.0, self.control.rate * _BURST) if self.control.slow_start else 1.0
         self._refilled_at = clock()
         self._queue: collections.deque[tuple[asyncio.Future[float], float]] = collections.deque()
         self._dispatcher: asyncio.Future[None] | None = None
@@ -95,8 +96,15 @@ class RateGate:
         caller must `acquire`.
         """
         now = self._clock()
-        self._listen(now)
-        if self._queue or self._wait(now) > 0:
+        if self._shared:
+            self._listen(now)
+        control = self.control
+        if (
+            self._queue
+            or now < control.paused_until
+            or (control.window is not None and self._wait(now) > 0)
+            or self._refill(now) < _ONE
+        ):
             self._held_back = True
             return None
         self._take(now)
@@ -189,20 +197,22 @@ class RateGate:
         tokens = self._refill(now)
         return 0.0 if tokens >= _ONE else (1.0 - tokens) / control.rate
 
-    def _capacity(self) -> float:
-        """Tokens the bucket holds: a fifth of a second's while the rate is being found, a
-        share of the window's allowance under a named limit, else one (requests spread evenly)."""
-        control = self.control
-        if control.slow_start:
-            return max(1.0, control.rate * _BURST)
-        if control.window is not None:
-            return control.window.burst
-        return 1.0
-
     def _refill(self, now: float) -> float:
-        """Tokens in the bucket at `now`: it refills at the rate, up to its capacity."""
-        rate = self.control.rate
-        self._tokens = min(self._capacity(), self._tokens + (now - self._refilled_at) * rate)
+        """Tokens in the bucket at `now`: it refills at the rate, up to its capacity.
+
+        The bucket holds a fifth of a second's worth while the rate is being
+        found, a share of the window's allowance under a named limit, else one
+        token (requests spread evenly).
+        """
+        control = self.control
+        rate = control.rate
+        if control.slow_start:
+            capacity = max(1.0, rate * _BURST)
+        elif control.window is not None:
+            capacity = control.window.burst
+        else:
+            capacity = 1.0
+        self._tokens = min(capacity, self._tokens + (now - self._refilled_at) * rate)
         self._refilled_at = now
         return self._tokens
 

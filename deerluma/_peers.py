@@ -60,6 +60,9 @@ class PeerEvent:
 class Peers:
     """Where Sessions of one key tell each other of 429s; this base class tells no one."""
 
+    #: Whether anyone hears: when not, the gate need not ask for news.
+    shared = False
+
     def __init__(self) -> None:
         self.me = random.getrandbits(63)
         self._seen = 0
@@ -89,6 +92,8 @@ class Peers:
 class MemoryPeers(Peers):
     """Peers in one process sharing one list (tests and simulations)."""
 
+    shared = True
+
     def __init__(self, board: list[PeerEvent]) -> None:
         super().__init__()
         self._board = board
@@ -110,6 +115,8 @@ class MemoryPeers(Peers):
 
 class FilePeers(Peers):
     """Peers on one machine sharing a small file."""
+
+    shared = True
 
     def __init__(self, path: str) -> None:
         super().__init__()

@@ -22,9 +22,9 @@ from ._create import CreateOptions, build_create_body
 from ._decode import decode_generation
 from ._download import Asset, Downloads, OnProgress, download_generation
 from ._gate import RateView
-from ._peers import peers_for
 from ._history import TimingHistory
 from ._models import Generation
+from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, to_seconds
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport

@@ -160,9 +160,7 @@ def _header_limit(headers: Mapping[str, str]) -> tuple[int, float] | None:
 
 def _reset(headers: Mapping[str, str], wall: float) -> float | None:
     """Seconds until the limit resets, from ``X-RateLimit-Reset`` and its kin."""
-    value = _header(
-        headers, "X-RateLimit-Reset-Requests", "X-RateLimit-Reset", "RateLimit-Reset"
-    )
+    value = _header(headers, "X-RateLimit-Reset-Requests", "X-RateLimit-Reset", "RateLimit-Reset")
     if value is None:
         return None
     try:

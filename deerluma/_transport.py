@@ -24,8 +24,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from ._decode import MAX_BODY_BYTES, decode_generation
 from ._control import MAX_PAUSE
+from ._decode import MAX_BODY_BYTES, decode_generation
 from ._gate import RateGate
 from ._peers import Peers
 from ._throttle import Throttle, ThrottleKind

@@ -29,6 +29,12 @@ def sample(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
 
 
+@pytest.fixture(autouse=True)
+def _rate_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions of one key share their 429s through a file: each test has a folder of its own."""
+    monkeypatch.setenv("DEERLUMA_RATE_DIR", str(tmp_path / "rates"))
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

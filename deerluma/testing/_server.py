@@ -368,11 +368,16 @@ class FakeDeerAPI:
         """new-api's 429 for the window limit: the limit named, no Retry-After."""
         minutes, limit = self.window_minutes, self.window_limit
         if self.window_counts_failures:
-            message = f"您已达到总请求数限制：{minutes}分钟内最多请求{limit}次，包括失败次数，请检查您的请求是否正确"
+            message = (
+                f"您已达到总请求数限制：{minutes}分钟内最多请求{limit}次，"
+                "包括失败次数，请检查您的请求是否正确"
+            )
         else:
             message = f"您已达到请求数限制：{minutes}分钟内最多请求{limit}次"
         request_id = f"{self._random.getrandbits(64):016x}"
-        body = {"error": {"message": f"{message} (request id: {request_id})", "type": "new_api_error"}}
+        body = {
+            "error": {"message": f"{message} (request id: {request_id})", "type": "new_api_error"}
+        }
         return web.json_response(body, status=429, dumps=_dumps_utf8)
 
     def _take_token(self) -> bool:

@@ -1,0 +1,186 @@
+"""The rate controller and its parts with plain numbers: each kind of 429, and peers."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from deerluma._control import Controller, Meter, WindowBudget
+from deerluma._gate import RateGate
+from deerluma._peers import FilePeers, MemoryPeers, PeerEvent, Peers, peers_for
+from deerluma._throttle import Throttle, ThrottleKind
+from deerluma.testing import FakeClock
+
+from .test_gate import _drive, _Server
+
+UPSTREAM = Throttle(ThrottleKind.UPSTREAM)
+PLAIN = Throttle(ThrottleKind.RATE)
+
+
+def _window(limit: int = 600, window: float = 60.0) -> Throttle:
+    return Throttle(ThrottleKind.LIMIT, limit, window)
+
+
+def _cut_in(control: Controller, now: float) -> None:
+    """Leave slow start as a limit met would: a crowd of plain 429s."""
+    for _ in range(3):
+        control.throttled(now, now, PLAIN)
+
+
+def test_upstream_429s_change_neither_the_rate_nor_the_pause() -> None:
+    control = Controller(None, 0.0)
+    for i in range(50):
+        judged = control.throttled(float(i), float(i), UPSTREAM)
+        assert judged.kind is ThrottleKind.UPSTREAM
+    assert control.rate == 50 and control.slow_start
+    assert control.paused_until == -float("inf")
+    assert control.counts[ThrottleKind.UPSTREAM] == 50
+
+
+def test_a_named_window_sets_the_rate_and_pauses_until_the_window_has_room() -> None:
+    control = Controller(None, 0.0)
+    for i in range(600):  # the whole allowance in the first 12 seconds, as slow start spends it
+        control.sending(i * 0.02)
+    judged = control.throttled(12.0, 11.99, _window())
+    assert judged.kind is ThrottleKind.LIMIT and not control.slow_start
+    assert control.rate == pytest.approx(0.95 * 600 / 60)
+    # The oldest 5 % of those requests (sent by 0.6 s) must leave the window before one more
+    # fits: counted in quarter seconds, with a twentieth of a second to spare.
+    assert 60.0 + 0.6 <= control.paused_until <= 60.0 + 0.6 + 0.25 + 0.06
+
+
+def test_a_named_window_with_others_on_the_key_shrinks_to_our_share() -> None:
+    meter = Meter(0.0)
+    for i in range(100):
+        meter.sending(i * 0.1)
+    budget = WindowBudget.named(_window(), meter, 10.0)
+    assert budget.budget == pytest.approx(0.95 * 100)  # the gateway said full: ours is 100
+    assert budget.rate(10.0) == pytest.approx(95 / 60)
+    assert budget.rate(10.0 + 3 * 60) == pytest.approx((95 + 3 * 30) / 60)  # quiet windows
+    assert budget.rate(10.0 + 60 * 60) == pytest.approx(0.95 * 600 / 60)  # never past the limit
+
+
+class _SlidingLog:
+    """new-api's window: at most `limit` successes in any `window` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.log: deque[float] = deque()
+        self.throttled = self.served = 0
+
+    def take(self, sent: float) -> bool:
+        if len(self.log) >= self.limit and int(sent - self.log[0]) < self.window:
+            self.throttled += 1
+            return False
+        self.log.append(sent)
+        if len(self.log) > self.limit:
+            self.log.popleft()
+        self.served += 1
+        return True
+
+
+def test_a_session_under_a_named_window_meets_it_once(clock: FakeClock) -> None:
+    gate, server = RateGate(None, clock=clock, sleep=clock.sleep), _SlidingLog(120, 60.0)
+    for _ in range(40_000):  # 200 s in 5 ms ticks; the Session always wants to send
+        while (sent := gate.try_pass()) is not None:
+            if server.take(sent):
+                gate.answered(sent)
+            else:
+                gate.throttled(sent, _window(120, 60.0))
+        clock.advance(0.005)
+    assert server.throttled <= 2  # the first window, spent by slow start, and nothing after
+    assert server.served >= 0.9 * 120 * 200 / 60
+    assert gate.view.window == (120, 60.0)
+
+
+def test_plain_429s_that_slowing_down_does_not_make_rarer_become_stray(clock: FakeClock) -> None:
+    class Flaky(_Server):
+        """A server with room to spare that answers 4 % of requests 429 anyway."""
+
+        rng = random.Random(3)
+
+        def take(self, sent: float) -> bool:
+            if self.rng.random() < 0.04:
+                self.throttled += 1
+                return False
+            self.served += 1
+            return True
+
+    gate, server = RateGate(None, clock=clock, sleep=clock.sleep), Flaky(1000, clock())
+    _drive(clock, [gate], server, 20.0)
+    assert gate.control.noise > 0.0
+    assert gate.view.not_ours > 0.5 * gate.rate_limited
+    assert server.served >= 100 * 20  # the rate did not crawl
+
+
+def test_a_cut_followed_by_no_429s_stands(clock: FakeClock) -> None:
+    gate, server = RateGate(None, clock=clock, sleep=clock.sleep), _Server(100, clock())
+    _drive(clock, [gate], server, 30.0)
+    assert gate.control.noise == 0.0
+    assert gate.view.not_ours == 0
+    assert 70 <= gate.view.rps <= 130
+
+
+def test_a_cut_heard_from_another_session_cuts_here_too() -> None:
+    board: list[PeerEvent] = []
+    ours, theirs = (
+        Controller(None, 0.0, MemoryPeers(board)),
+        Controller(None, 0.0, MemoryPeers(board)),
+    )
+    for i in range(100):
+        ours.sending(i * 0.01)
+        ours.answered(i * 0.01 + 0.001, i * 0.01, held_back=True)
+    _cut_in(theirs, 1.0)
+    event, ticks = ours.peers.news(1.0)
+    assert event is not None and ticks == 3
+    ours.heard(1.0, event)
+    assert not ours.slow_start and ours.rate < 100
+    assert theirs.peers.news(1.0) == (None, 0)  # not told of its own
+
+
+def test_a_window_heard_from_another_session_pauses_here_too() -> None:
+    board: list[PeerEvent] = []
+    ours, theirs = (
+        Controller(None, 0.0, MemoryPeers(board)),
+        Controller(None, 0.0, MemoryPeers(board)),
+    )
+    theirs.throttled(5.0, 5.0, _window(60, 60.0))
+    event, _ = ours.peers.news(5.0)
+    assert event is not None and event.limit == 60
+    ours.heard(5.0, event)
+    assert ours.window is not None and ours.paused_until >= 5.0
+    assert ours.rate <= 60 / 60
+
+
+def test_sessions_share_their_429s_through_a_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "rates" / "k.rate")
+    one, two = FilePeers(path), FilePeers(path)
+    assert two.news(0.0) == (None, 0)  # no file yet
+    one.tick()
+    one.tick()
+    one.publish(10.0, 11.0)
+    event, ticks = two.news(1.0)  # the file appeared: looked for again a second later
+    assert ticks == 2 and event is not None
+    assert (event.at, event.pause_until, event.limit) == (10.0, 11.0, 0)
+    assert two.news(1.0) == (None, 0)  # read at most every few milliseconds
+    assert two.news(2.0) == (None, 0)  # nothing new
+    assert one.news(2.0) == (None, 0)  # not told of its own
+    one.close()
+    two.close()
+
+
+def test_the_shared_file_is_named_by_a_digest_never_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEERLUMA_RATE_DIR", str(tmp_path))
+    peers = peers_for("https://api.example", "sk-secret-key-123")
+    assert isinstance(peers, FilePeers)
+    peers.publish(1.0, 2.0)
+    (written,) = tmp_path.iterdir()
+    assert "secret" not in written.name and b"secret" not in written.read_bytes()
+    assert type(peers_for("https://api.example", None)) is Peers
+    monkeypatch.setenv("DEERLUMA_RATE_DIR", "off")
+    assert type(peers_for("https://api.example", "sk-secret-key-123")) is Peers
