@@ -203,17 +203,20 @@ class WindowBudget:
     since: float  # clock time of the last 429 that named it
 
     @classmethod
-    def named(cls, throttle: Throttle, meter: Meter, now: float) -> WindowBudget:
+    def named(cls, throttle: Throttle, meter: Meter, at: float) -> WindowBudget:
+        """The window a 429 for a request sent at clock time `at` named."""
         assert throttle.limit is not None
         assert throttle.window is not None
         budget = _WINDOW_MARGIN * throttle.limit
-        return cls(throttle.limit, throttle.window, budget, now).full(meter, now)
+        return cls(throttle.limit, throttle.window, budget, at).full(meter, at)
 
-    def full(self, meter: Meter, now: float) -> WindowBudget:
-        """The gateway said the window is full: no more than this Session sent in it."""
-        mine = meter.sends_since(now - self.window)
+    def full(self, meter: Meter, at: float) -> WindowBudget:
+        """The gateway found the window full for a request sent at clock time `at` (judged as it
+        arrived: an answer that comes late says nothing of the window at its own time): no more
+        than this Session had sent in it."""
+        mine = meter.sends_since(at - self.window)
         self.budget = max(1.0, min(self.budget, _WINDOW_MARGIN * mine))
-        self.since = now
+        self.since = max(self.since, at)
         return self
 
     def rate(self, now: float) -> float:
@@ -309,7 +312,7 @@ class Controller:
         kind = throttle.kind
         if kind is ThrottleKind.LIMIT:
             self.recent.note(True)
-            self._named(now, throttle)
+            self._named(now, throttle, sent)
         elif kind is ThrottleKind.RATE:
             self.recent.note(True)
             self.peers.tick()
@@ -332,17 +335,17 @@ class Controller:
         self.paused_until = max(self.paused_until, event.pause_until)
         if event.limit and event.window:
             throttle = Throttle(ThrottleKind.LIMIT, event.limit, event.window)
-            self._named(now, throttle, tell=False)
+            self._named(now, throttle, event.at, tell=False)
         elif self.cap is None and event.at > self._cut_at + _SETTLE * self.meter.rtt:
             self._cut(now)
 
     # -- judgements -------------------------------------------------------------
-    def _named(self, now: float, throttle: Throttle, *, tell: bool = True) -> None:
+    def _named(self, now: float, throttle: Throttle, sent: float, *, tell: bool = True) -> None:
         meter, window = self.meter, self.window
         if window is None or (window.limit, window.window) != (throttle.limit, throttle.window):
-            window = self.window = WindowBudget.named(throttle, meter, now)
+            window = self.window = WindowBudget.named(throttle, meter, sent)
         else:
-            window.full(meter, now)
+            window.full(meter, sent)
         self.slow_start = False
         self._trial = None
         self._w_max, self._k, self._cut_at = window.rate(now), 0.0, now
