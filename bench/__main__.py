@@ -1,9 +1,10 @@
 """`python -m bench`: every benchmark, one after the other."""
 
-from . import bench_batch, bench_callbacks, bench_sync, bench_wait, sim_gate
+from . import bench_batch, bench_callbacks, bench_gateway, bench_sync, bench_wait, sim_gate
 
 bench_wait.cli([])
 bench_batch.cli([])
+bench_gateway.cli([])
 sim_gate.cli([])
 bench_sync.cli([])
 bench_callbacks.cli([])

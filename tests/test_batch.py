@@ -96,7 +96,7 @@ async def test_many_waiting_ids_finish_with_faults_and_none_lost(clock: FakeCloc
             assert result.generation.is_completed
 
 
-async def test_a_429_pauses_the_whole_session_until_retry_after(
+async def test_a_first_429_holds_the_batch_until_its_retry_after(
     fake: FakeDeerAPI, session: deerluma.Session
 ) -> None:
     ids = [fake.add_generation(duration=30) for _ in range(20)]

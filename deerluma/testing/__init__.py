@@ -41,7 +41,11 @@ What it does:
   (with ``burst`` requests at once, by default one second's worth)
   answers 429 beyond a request rate, with ``Retry-After`` set to one
   request's spacing (``retry_after=True``), to a number of seconds, or
-  absent (``retry_after=False``).
+  absent (``retry_after=False``). ``window_limit`` (per ``window_minutes``)
+  limits the key as new-api does: a sliding window of successful requests
+  (every request with ``window_counts_failures=True``), then 429 with the
+  message naming the limit and no ``Retry-After``.
+  ``Fault.upstream_saturated()`` is new-api's 429 for a saturated upstream.
 - Callbacks: a create with ``callback_url`` gets a JSON POST of the
   generation on each state change (``processing``, then ``completed`` or
   ``failed``), as Luma sends them (5 s timeout, up to 3 retries), following
