@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import random
+from typing import Any
 
 import attrs
 
@@ -111,23 +112,42 @@ def simulate(
     return Outcome(requests, throttled, clock.now - start, total / rps)
 
 
+def _row(label: str, seeds: int, **options: Any) -> None:
+    runs = [simulate(seed=seed, **options) for seed in range(1, seeds + 1)]
+    shares = [r.share for r in runs]
+    walls = [r.wall / r.ideal for r in runs]
+    print(
+        f"  {label:44}   {sum(shares) / len(shares):6.2f} % / {max(shares):5.2f} %"
+        f"   {max(walls):17.2f}x"
+    )
+
+
 def main(seeds: int) -> None:
     print("sim_gate: the rate gate on a fake clock; server 100 req/s, a second's worth of burst")
-    print("  round trip   Retry-After   Sessions   429s mean / worst   wall / ideal worst")
+    print(f"  {'case':44}   429s mean / worst   wall / ideal worst")
     for rtt in (0.003, 0.02, 0.07, 0.3):
         for retry_after in (1.0, None):
             for sessions in (1, 2):
-                runs = [
-                    simulate(sessions=sessions, rtt=rtt, retry_after=retry_after, seed=seed)
-                    for seed in range(1, seeds + 1)
-                ]
-                shares = [r.share for r in runs]
-                walls = [r.wall / r.ideal for r in runs]
-                print(
-                    f"  {rtt * 1000:7.0f} ms   {'1 s' if retry_after else 'none':>11}"
-                    f"   {sessions:8}   {sum(shares) / len(shares):6.2f} % / {max(shares):5.2f} %"
-                    f"   {max(walls):17.2f}x"
-                )
+                header = "Retry-After: 1" if retry_after else "no Retry-After"
+                label = f"{rtt * 1000:3.0f} ms round trips, {header}, {sessions} Session(s)"
+                _row(label, seeds, sessions=sessions, rtt=rtt, retry_after=retry_after)
+    for share in (True, False):
+        label = f"8 Sessions of one key{'' if share else ', not hearing each other'}"
+        _row(label, seeds, sessions=8, rtt=0.003, retry_after=1.0, total=3000, share=share)
+    print("  stray 429s (not about the rate) from a server of 1,000 req/s:")
+    for stray, retry_after in ((0.02, 1.0), (0.05, None)):
+        header = "Retry-After: 1" if retry_after else "no Retry-After"
+        label = f"{stray:.0%} stray, {header}"
+        _row(
+            label,
+            seeds,
+            sessions=1,
+            rtt=0.003,
+            retry_after=retry_after,
+            rps=1000.0,
+            total=10_000,
+            stray=stray,
+        )
 
 
 def cli(argv: list[str] | None = None) -> None:
