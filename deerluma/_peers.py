@@ -67,6 +67,7 @@ class Peers:
         self.me = random.getrandbits(63)
         self._seen = 0
         self._ticks = 0  # the others' plain 429s counted so far (and ours)
+        self._joined: PeerEvent | None = None
 
     def publish(self, at: float, pause_until: float, limit: int = 0, window: float = 0.0) -> None:
         """Tell the others of a 429 about the key's rate."""
@@ -79,7 +80,18 @@ class Peers:
         the last call."""
         return None, 0
 
-    def _fresh(self, event: PeerEvent | None) -> tuple[PeerEvent | None, int]:
+    def _join(self, event: PeerEvent | None) -> None:
+        """What was there when this Session began is history, not news: only a pause still
+        running, or a window named lately, will concern it."""
+        if event is not None:
+            self._seen, self._ticks, self._joined = event.seq, event.ticks, event
+
+    def _fresh(self, event: PeerEvent | None, now: float) -> tuple[PeerEvent | None, int]:
+        joined, self._joined = self._joined, None
+        if joined is not None and (
+            joined.pause_until > now or (joined.limit and now - joined.at < joined.window)
+        ):
+            return joined, 0
         if event is None:
             return None, 0
         ticks, self._ticks = max(0, event.ticks - self._ticks), max(self._ticks, event.ticks)
@@ -97,6 +109,7 @@ class MemoryPeers(Peers):
     def __init__(self, board: list[PeerEvent]) -> None:
         super().__init__()
         self._board = board
+        self._join(board[-1] if board else None)
 
     def publish(self, at: float, pause_until: float, limit: int = 0, window: float = 0.0) -> None:
         last = self._board[-1] if self._board else PeerEvent(0, 0, -math.inf)
@@ -110,7 +123,7 @@ class MemoryPeers(Peers):
         self._ticks += 1
 
     def news(self, now: float) -> tuple[PeerEvent | None, int]:
-        return self._fresh(self._board[-1] if self._board else None)
+        return self._fresh(self._board[-1] if self._board else None, now)
 
 
 class FilePeers(Peers):
@@ -124,6 +137,10 @@ class FilePeers(Peers):
         self._fd: int | None = None
         self._next_read = -math.inf
         self._next_look = -math.inf
+        fd = self._open(-math.inf)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                self._join(_read(fd))
 
     def publish(self, at: float, pause_until: float, limit: int = 0, window: float = 0.0) -> None:
         try:
@@ -153,7 +170,7 @@ class FilePeers(Peers):
         if fd is None:
             return None, 0
         try:
-            return self._fresh(_read(fd))
+            return self._fresh(_read(fd), now)
         except OSError:
             return None, 0
 

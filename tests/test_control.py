@@ -184,3 +184,18 @@ def test_the_shared_file_is_named_by_a_digest_never_the_key(
     assert type(peers_for("https://api.example", None)) is Peers
     monkeypatch.setenv("DEERLUMA_RATE_DIR", "off")
     assert type(peers_for("https://api.example", "sk-secret-key-123")) is Peers
+
+
+def test_a_session_that_joins_late_takes_old_429s_as_history(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.rate")
+    first = FilePeers(path)
+    first.tick()
+    first.publish(10.0, 11.0)  # a pause long over
+    late = FilePeers(path)
+    assert late.news(20.0) == (None, 0)
+    first.publish(30.0, 35.0)
+    event, ticks = late.news(30.5)
+    assert event is not None and event.pause_until == 35.0 and ticks == 0
+    joining = FilePeers(path)  # while that pause still runs: it concerns the newcomer too
+    event, _ = joining.news(31.0)
+    assert event is not None and event.pause_until == 35.0
