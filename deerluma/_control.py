@@ -71,6 +71,9 @@ _ONSET = 3
 _ONSET_OF = 20
 _BURST_429S = 3
 _BURST_OF = 10
+#: The other Sessions' 429s count towards a crowd (not a burst: their answers are not ours)
+#: for this many seconds.
+_PEER_SPAN = 1.0
 #: A cut is on trial for `_TRIAL` answers to requests sent after it (and at least
 #: `_TRIAL_SECONDS`, at most `_TRIAL_LONGEST` with `_TRIAL_MIN` answers), holding its rate.
 #: A cut below a limit is followed by next to no 429s (fewer than `_SEEN`); one followed by
@@ -167,18 +170,31 @@ class Meter:
 
 
 class Recent:
-    """Which of the latest answers were plain 429s: a crowd, a burst, a share."""
+    """Which of the latest answers were plain 429s (a crowd, a burst, a share), and how many
+    the other Sessions of the key met lately."""
 
     def __init__(self) -> None:
         self._flags: collections.deque[bool] = collections.deque(maxlen=_RECENT)
+        self._peers: collections.deque[float] = collections.deque(maxlen=_RECENT)
 
     def note(self, throttled: bool) -> None:
         """One more answer (a plain 429 when `throttled`)."""
         self._flags.append(throttled)
 
+    def note_peers(self, now: float, count: int) -> None:
+        """Other Sessions of the key met `count` plain 429s."""
+        self._peers.extend([now] * min(count, _RECENT))
+
     def count(self, last: int = _RECENT) -> int:
-        """429s among the latest `last` answers."""
+        """429s among our latest `last` answers."""
         return sum(itertools.islice(reversed(self._flags), last))
+
+    def crowd(self, now: float, last: int = _RECENT) -> int:
+        """429s among our latest `last` answers, and the others' of the last `_PEER_SPAN` s."""
+        peers = self._peers
+        while peers and peers[0] < now - _PEER_SPAN:
+            peers.popleft()
+        return self.count(last) + len(peers)
 
     @property
     def share(self) -> float:
@@ -323,9 +339,12 @@ class Controller:
         return throttle if kind is throttle.kind else attrs.evolve(throttle, kind=kind)
 
     def heard_429s(self, now: float, count: int) -> None:
-        """Other Sessions of this key met `count` plain 429s: evidence of a crowd here too."""
-        for _ in range(min(count, _RECENT)):
-            self.recent.note(True)
+        """Other Sessions of this key met `count` plain 429s: evidence of a crowd here too.
+
+        In slow start, growth waits: the key's limit is near.
+        """
+        self.recent.note_peers(now, count)
+        self._grown_at = max(self._grown_at, now)
 
     def heard(self, now: float, event: PeerEvent) -> None:
         """Another Session of this key judged a 429 about the key's rate: act as if it were ours.
@@ -380,7 +399,8 @@ class Controller:
             return ThrottleKind.RATE  # the cut on trial is judged when the trial ends
         # In slow start, meeting a limit fails most requests at once: a crowd is denser there.
         onset = self.slow_start
-        crowded = recent.count(_ONSET_OF) >= _ONSET if onset else recent.count() >= _CROWD
+        crowd = recent.crowd(now, _ONSET_OF if onset else _RECENT)
+        crowded = crowd >= (_ONSET if onset else _CROWD)
         if not (crowded or dense):
             return ThrottleKind.RATE  # a lone 429 delays its own request
         undo = (
