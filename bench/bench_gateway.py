@@ -299,6 +299,8 @@ def fleet(workers: int, tasks: int, rps: float, seed: int) -> None:
         f"429s {tally['throttled']} ({share_429:.2f} %), lost {lost}"
     )
     print(f"  wall {wall:.2f}s, oracle {ideal:.2f}s, wall / oracle {ratio(wall, ideal)}")
+    done = sorted(o["done"] - started for o in outs)
+    print(f"  workers done after {', '.join(f'{d:.1f}' for d in done)} s")
     print(f"  429s in each second: {tally['by_second']}")
     print(f"  answered 200 in each second: {tally['served']}")
     print(f"  target 429s < 2 %: {'met' if share_429 < 2 else 'MISSED'}")

@@ -357,6 +357,14 @@ class Controller:
             self._named(now, throttle, event.at, tell=False)
         elif self.cap is None and event.at > self._cut_at + _SETTLE * self.meter.rtt:
             self._cut(now)
+            if event.w_max > 0:
+                # Meet the Session that met the limit halfway: Sessions that cut to their own
+                # levels and grow back from there keep whatever shares they had; halfway,
+                # they come to share the key evenly, and in sum cut as much as before.
+                self._w_max = (self._w_max + event.w_max) / 2
+                rate = (self.rate + event.rate) / 2
+                self._k = (max(0.0, self._w_max - rate) / _CUBIC) ** (1 / 3)
+                self._set_rate(rate, now)
 
     # -- judgements -------------------------------------------------------------
     def _named(self, now: float, throttle: Throttle, sent: float, *, tell: bool = True) -> None:
@@ -374,7 +382,8 @@ class Controller:
             resume = max(resume, now + min(MAX_PAUSE, throttle.retry_after))
         self.paused_until = max(self.paused_until, resume)
         if tell:
-            self.peers.publish(now, self.paused_until, window.limit, window.window)
+            event = PeerEvent(0, 0, now, self.paused_until, window.limit, window.window)
+            self.peers.publish(event)
 
     def _plain(self, now: float, sent: float, retry_after: float | None) -> ThrottleKind:
         """A plain 429: stray, the same congestion, a lone one, on trial, or a cut.
@@ -414,13 +423,23 @@ class Controller:
         if retry_after is not None and dense:  # the server asks everyone to wait: a burst did
             self._pause(now, retry_after)
         else:
-            self.peers.publish(now, self.paused_until)
+            self._tell(now)
         return ThrottleKind.RATE
 
     def _pause(self, now: float, retry_after: float) -> None:
         """Everyone waits as the server asked (capped), and the other Sessions of the key too."""
         self.paused_until = max(self.paused_until, now + min(MAX_PAUSE, retry_after))
-        self.peers.publish(now, self.paused_until)
+        self._tell(now)
+
+    def _tell(self, now: float) -> None:
+        """Tell the other Sessions of the key of the last cut (and pause), and where it left us.
+
+        The event is dated at the cut: a pause added later in the same congestion pauses
+        the others, and does not cut them again.
+        """
+        at = min(now, self._cut_at)
+        event = PeerEvent(0, 0, at, self.paused_until, rate=self.rate, w_max=self._w_max)
+        self.peers.publish(event)
 
     def _judge(self, now: float, sent: float, *, throttled: bool) -> bool:
         """Count an answer for the cut on trial; when enough came, keep the cut or undo it.

@@ -35,9 +35,9 @@ __all__ = ["FilePeers", "MemoryPeers", "PeerEvent", "Peers", "peers_for"]
 _READ_EVERY = 0.005
 #: While the file does not exist yet, look for it this often.
 _LOOK_EVERY = 1.0
-_MAGIC = b"DLR1"
-# magic, writer, seq, at, pause_until, limit, window, ticks
-_RECORD = struct.Struct("<4sQQddQdQ")
+_MAGIC = b"DLR2"
+# magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max
+_RECORD = struct.Struct("<4sQQddQdQdd")
 
 
 @attrs.frozen
@@ -55,6 +55,10 @@ class PeerEvent:
     window: float = 0.0
     #: Plain 429s met by all the Sessions of the key, all told.
     ticks: int = 0
+    #: After a cut: the rate the writer goes on at, and the rate that proved too much for it
+    #: (0: none). Sessions that take them up grow back alike, and so share the key evenly.
+    rate: float = 0.0
+    w_max: float = 0.0
 
 
 class Peers:
@@ -69,8 +73,9 @@ class Peers:
         self._ticks = 0  # the others' plain 429s counted so far (and ours)
         self._joined: PeerEvent | None = None
 
-    def publish(self, at: float, pause_until: float, limit: int = 0, window: float = 0.0) -> None:
-        """Tell the others of a 429 about the key's rate."""
+    def publish(self, event: PeerEvent) -> None:
+        """Tell the others of a 429 about the key's rate (`seq`, `writer` and `ticks` are
+        filled in here)."""
 
     def tick(self) -> None:
         """Tell the others that a plain 429 came (evidence, whatever it is judged)."""
@@ -111,10 +116,10 @@ class MemoryPeers(Peers):
         self._board = board
         self._join(board[-1] if board else None)
 
-    def publish(self, at: float, pause_until: float, limit: int = 0, window: float = 0.0) -> None:
+    def publish(self, event: PeerEvent) -> None:
         last = self._board[-1] if self._board else PeerEvent(0, 0, -math.inf)
         seq = last.seq + 1
-        self._board.append(PeerEvent(seq, self.me, at, pause_until, limit, window, last.ticks))
+        self._board.append(attrs.evolve(event, seq=seq, writer=self.me, ticks=last.ticks))
         self._seen = seq
 
     def tick(self) -> None:
@@ -142,12 +147,12 @@ class FilePeers(Peers):
             with contextlib.suppress(OSError):
                 self._join(_read(fd))
 
-    def publish(self, at: float, pause_until: float, limit: int = 0, window: float = 0.0) -> None:
+    def publish(self, event: PeerEvent) -> None:
         try:
             with self._locked() as fd:
                 last = _read(fd) or PeerEvent(0, 0, -math.inf)
                 seq = last.seq + 1
-                event = PeerEvent(seq, self.me, at, pause_until, limit, window, last.ticks)
+                event = attrs.evolve(event, seq=seq, writer=self.me, ticks=last.ticks)
                 os.pwrite(fd, _pack(event), 0)
                 self._seen = seq
         except OSError:
@@ -212,6 +217,8 @@ def _pack(event: PeerEvent) -> bytes:
         event.limit,
         event.window,
         event.ticks,
+        event.rate,
+        event.w_max,
     )
 
 
@@ -219,10 +226,10 @@ def _read(fd: int) -> PeerEvent | None:
     raw = os.pread(fd, _RECORD.size, 0)
     if len(raw) < _RECORD.size:
         return None
-    magic, writer, seq, at, pause_until, limit, window, ticks = _RECORD.unpack(raw)
+    magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max = _RECORD.unpack(raw)
     if magic != _MAGIC:
         return None
-    return PeerEvent(seq, writer, at, pause_until, limit, window, ticks)
+    return PeerEvent(seq, writer, at, pause_until, limit, window, ticks, rate, w_max)
 
 
 def peers_for(base_url: str, key: str | None) -> Peers:

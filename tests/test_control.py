@@ -161,7 +161,7 @@ def test_sessions_share_their_429s_through_a_file(tmp_path: Path) -> None:
     assert two.news(0.0) == (None, 0)  # no file yet
     one.tick()
     one.tick()
-    one.publish(10.0, 11.0)
+    one.publish(PeerEvent(0, 0, 10.0, 11.0))
     event, ticks = two.news(1.0)  # the file appeared: looked for again a second later
     assert ticks == 2 and event is not None
     assert (event.at, event.pause_until, event.limit) == (10.0, 11.0, 0)
@@ -178,7 +178,7 @@ def test_the_shared_file_is_named_by_a_digest_never_the_key(
     monkeypatch.setenv("DEERLUMA_RATE_DIR", str(tmp_path))
     peers = peers_for("https://api.example", "sk-secret-key-123")
     assert isinstance(peers, FilePeers)
-    peers.publish(1.0, 2.0)
+    peers.publish(PeerEvent(0, 0, 1.0, 2.0))
     (written,) = tmp_path.iterdir()
     assert "secret" not in written.name and b"secret" not in written.read_bytes()
     assert type(peers_for("https://api.example", None)) is Peers
@@ -190,10 +190,10 @@ def test_a_session_that_joins_late_takes_old_429s_as_history(tmp_path: Path) -> 
     path = str(tmp_path / "k.rate")
     first = FilePeers(path)
     first.tick()
-    first.publish(10.0, 11.0)  # a pause long over
+    first.publish(PeerEvent(0, 0, 10.0, 11.0))  # a pause long over
     late = FilePeers(path)
     assert late.news(20.0) == (None, 0)
-    first.publish(30.0, 35.0)
+    first.publish(PeerEvent(0, 0, 30.0, 35.0))
     event, ticks = late.news(30.5)
     assert event is not None and event.pause_until == 35.0 and ticks == 0
     joining = FilePeers(path)  # while that pause still runs: it concerns the newcomer too
