@@ -444,9 +444,10 @@ class Controller:
     def _judge(self, now: float, sent: float, *, throttled: bool) -> bool:
         """Count an answer for the cut on trial; when enough came, keep the cut or undo it.
 
-        Returns whether the trial goes on. A cut that made 429s rarer was about
-        our rate (and the stray share learned halves); one that did not is
-        undone, and 429s at the share that followed it are stray from now on.
+        Returns whether the trial goes on. A cut followed by next to no 429s (or
+        by 429s close together) was about our rate, and the stray share learned
+        fades; one followed by as many scattered 429s as before is undone, and
+        429s at the share that followed it are stray from now on.
         """
         trial = self._trial
         assert trial is not None
@@ -466,18 +467,14 @@ class Controller:
         if not rose and age < _TRIAL_LONGEST and (trial.answers < enough or age < _TRIAL_SECONDS):
             return True
         self._trial = None
-        if rose:  # more 429s since the cut: congestion, and the cut was not deep enough
-            undo = trial.undo
+        if rose or (trial.answers >= _TRIAL_MIN and trial.throttled >= _MAX_NOISE * trial.answers):
+            # Still many 429s since the cut: congestion, and the cut was not deep enough.
             self._cut(now)
-            self._trial = _Trial(now, self.recent.share, undo)
+            self._trial = _Trial(now, self.recent.share, trial.undo)
             return True
         if trial.answers < _TRIAL_MIN:
             return False  # too quiet to tell: the cut stands
         after = trial.throttled / trial.answers
-        if after >= _MAX_NOISE:  # still many: congestion, and the cut was not deep enough
-            self._cut(now)
-            self._trial = _Trial(now, self.recent.share, trial.undo)
-            return True
         if trial.throttled < _SEEN or trial.close >= _CLOSE * (trial.throttled - 1):
             self.noise *= _FORGET  # next to no 429s since the cut (or a limit met again): ours
             return False

@@ -32,7 +32,7 @@ import attrs
 __all__ = ["FilePeers", "MemoryPeers", "PeerEvent", "Peers", "peers_for"]
 
 #: Readers look at the record at most this often (seconds): cheap, and soon enough.
-_READ_EVERY = 0.005
+_READ_EVERY = 0.001
 #: While the file does not exist yet, look for it this often.
 _LOOK_EVERY = 1.0
 _MAGIC = b"DLR2"

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,19 @@ async def test_wait_timeout_exits_3(live_fake: FakeDeerAPI) -> None:
     code, out, _ = await run(live_fake, "wait", task_id, "--timeout", "0.2")
     assert code == 3
     assert "WaitTimeout" in out
+
+
+async def test_wait_many_returns_at_its_timeout_whatever_retry_after_says(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    ids = [live_fake.add_generation(duration=1000) for _ in range(3)]
+    live_fake.inject(*[Fault.rate_limit(30)] * 50)
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
+    started = time.monotonic()
+    code, _, _ = await run(live_fake, "wait-many", "--from", str(id_file), "--timeout", "0.5")
+    assert code == 3
+    assert time.monotonic() - started < 10  # not the 30 s the server asked for
 
 
 async def test_wait_many_writes_jsonl_and_resumes(live_fake: FakeDeerAPI, tmp_path: Path) -> None:
