@@ -85,6 +85,9 @@ class Peers:
         the last call."""
         return None, 0
 
+    def close(self) -> None:
+        """Let go of what telling others takes (a file, here none)."""
+
     def _join(self, event: PeerEvent | None) -> None:
         """What was there when this Session began is history, not news: only a pause still
         running, or a window named lately, will concern it."""
@@ -191,8 +194,11 @@ class FilePeers(Peers):
         import fcntl  # not on Windows: peers_for gives no FilePeers there
 
         if self._fd is None:
-            os.makedirs(os.path.dirname(self._path), mode=0o700, exist_ok=True)
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            folder = os.path.dirname(self._path)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if os.stat(folder).st_uid != os.getuid():  # another user's folder: share nothing
+                raise PermissionError(f"{folder} belongs to another user")
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             yield self._fd

@@ -136,6 +136,7 @@ class Transport:
 
     async def aclose(self) -> None:
         """Close the connection pool, unless it was borrowed from the caller."""
+        self.gate.control.peers.close()
         if self._owned is not None:
             owned, self._owned = self._owned, None
             await owned.close()

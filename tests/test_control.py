@@ -199,3 +199,17 @@ def test_a_session_that_joins_late_takes_old_429s_as_history(tmp_path: Path) -> 
     joining = FilePeers(path)  # while that pause still runs: it concerns the newcomer too
     event, _ = joining.news(31.0)
     assert event is not None and event.pause_until == 35.0
+
+
+async def test_a_closed_session_lets_go_of_the_shared_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deerluma
+
+    monkeypatch.setenv("DEERLUMA_RATE_DIR", str(tmp_path))
+    async with deerluma.Session(api_key="k", base_url="https://api.example") as s:
+        peers = s._transport.gate.control.peers
+        assert isinstance(peers, FilePeers)
+        peers.publish(PeerEvent(0, 0, 1.0, 2.0))  # opens (and makes) the file
+        assert peers._fd is not None
+    assert peers._fd is None
