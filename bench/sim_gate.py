@@ -6,11 +6,13 @@ when a server's burst allowance runs out comes back a 429: that is where the
 gate's behaviour changes most. This drives the real `RateGate` (no sockets,
 1 ms ticks) with Sessions that always want to send, and a server of 100 req/s
 whose bucket holds one second's worth, answering 429 with ``Retry-After: 1``
-or without it.
+or without it; then 8 Sessions of one key (hearing each other's 429s, as
+Sessions on one machine do, or not), and a server with room to spare that
+answers a share of requests 429 anyway (stray 429s).
 
-For each round trip it prints the 429 share (mean and worst over three seeds
-of answer-time jitter) and the wall time over the ideal (all requests at
-exactly the limit), for one Session and for two sharing the limit.
+For each case it prints the 429 share (mean and worst over three seeds of
+answer-time jitter) and the wall time over the ideal (all requests at
+exactly the limit).
 """
 
 from __future__ import annotations
