@@ -93,6 +93,7 @@ class PollTracker:
         "_running",
         "_wall",
         "errors",
+        "failure",
         "last",
         "origin",
         "policy",
@@ -113,6 +114,8 @@ class PollTracker:
         #: Clock time of the last poll that saw it unfinished (None: not seen yet).
         self.survived: float | None = None
         self.errors = 0
+        #: What the latest poll met, when it failed (None once one succeeds).
+        self.failure: DeerLumaError | None = None
         self.last: Generation | None = None
         self._rng = rng
         self._wall = wall
@@ -125,6 +128,7 @@ class PollTracker:
     def observe(self, now: float, generation: Generation) -> None:
         """Record a successful poll that found the generation unfinished."""
         self.errors = 0
+        self.failure = None
         if self.survived is None:
             self._date(now, generation)
         self.survived = now
@@ -219,6 +223,8 @@ class PollTracker:
 
         429s do not count: the rate gate paces the Session, and the deadline bounds the wait.
         """
+        if isinstance(exc, DeerLumaError):
+            self.failure = exc
         if isinstance(exc, RateLimitError):
             return False
         self.errors += 1
@@ -384,11 +390,13 @@ class Engine:
         now: float,
         cause: BaseException | None,
     ) -> Step:
-        last = None
+        last = failure = None
         if tracker is not None:
-            last = tracker.last
+            last, failure = tracker.last, tracker.failure
             tracker.finish(now, None)
-        error = WaitTimeout(task_id, last, self.policy.timeout)
+        # What the latest polls met says more than "the deadline came" that ended them.
+        failure = failure or (cause if isinstance(cause, DeerLumaError) else None)
+        error = WaitTimeout(task_id, last, self.policy.timeout, failure, now - self.started)
         error.__cause__ = cause
         return Step(Verdict.GIVE_UP, error=error)
 

@@ -218,17 +218,51 @@ class GenerationFailed(DeerLumaError):
 
 
 class WaitTimeout(DeerLumaError, TimeoutError):
-    """The deadline passed before the generation finished; `last` is the last state seen."""
+    """The deadline passed before the generation finished; `last` is the last state seen.
 
-    def __init__(self, task_id: str, last: Generation | None, timeout: float | None = None) -> None:
+    `failure` is what went wrong with the latest polls, if anything did (a 429, an
+    unreachable server, ...): the message says it, and whether a longer wait would help.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        last: Generation | None,
+        timeout: float | None = None,
+        failure: BaseException | None = None,
+        elapsed: float | None = None,
+    ) -> None:
         self.task_id = task_id
         self.last = last
         self.timeout = timeout
+        self.failure = failure
         seen = f"last state {last.state.value}" if last is not None else "never fetched"
         after = f" after {timeout:g}s" if timeout is not None else ""
+        if timeout is not None and elapsed is not None and elapsed < 0.9 * timeout:
+            # Given up early: no poll could come back before the deadline.
+            after = f" within {timeout:g}s, given up after {elapsed:.1f}s"
+        because = f"; the latest poll: {_short(failure)}" if failure is not None else ""
         super().__init__(
-            f"generation {task_id!r} not finished{after} ({seen}); wait again with a longer timeout"
+            f"generation {task_id!r} not finished{after} ({seen}{because}); {_advice(failure)}"
         )
+
+
+def _short(failure: BaseException) -> str:
+    text = str(failure) or type(failure).__name__
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+def _advice(failure: BaseException | None) -> str:
+    """What a longer wait would or would not change, given what went wrong."""
+    if isinstance(failure, RateLimitError) and failure.retry_after is not None:
+        return (
+            f"the server asked to wait {failure.retry_after:g}s: a longer timeout lets it answer"
+        )
+    if isinstance(failure, TransportError) and not failure.request_sent:
+        return "the server could not be reached: a longer wait will not help until it can be"
+    if isinstance(failure, ServerError | DecodeError):
+        return "the server kept failing: try again later"
+    return "wait again with a longer timeout"
 
 
 class CreateOutcomeUnknown(DeerLumaError):

@@ -104,9 +104,10 @@ async def test_wait_many_returns_at_its_timeout_whatever_retry_after_says(
     id_file = tmp_path / "ids.txt"
     id_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
     started = time.monotonic()
-    code, _, _ = await run(live_fake, "wait-many", "--from", str(id_file), "--timeout", "0.5")
+    code, out, _ = await run(live_fake, "wait-many", "--from", str(id_file), "--timeout", "0.5")
     assert code == 3
     assert time.monotonic() - started < 10  # not the 30 s the server asked for
+    assert out.count("asked to wait 30s: a longer timeout lets it answer") == 3  # the cause
 
 
 async def test_wait_many_writes_jsonl_and_resumes(live_fake: FakeDeerAPI, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import socket
 
 import pytest
 
@@ -96,6 +97,8 @@ async def test_a_batch_returns_at_its_deadline_whatever_retry_after_says(clock: 
             results = await s.wait_many(ids, timeout=5)
     assert clock() - start <= 5 + 1e-6
     assert all(isinstance(r, WaitTimeout) for r in results.values())
+    said = str(next(iter(results.values())))
+    assert "HTTP 429" in said and "asked to wait 30s: a longer timeout lets it answer" in said
 
 
 async def test_single_waits_return_at_their_deadlines_whatever_retry_after_says(
@@ -130,3 +133,18 @@ async def test_two_sessions_of_one_key_hear_each_others_limit() -> None:
                 await asyncio.wait_for(two.get_generation(task_id), timeout=0.3)
             assert two.rate.window == (3, 60.0)
     assert [r.status for r in fake.requests] == [200, 200, 200, 429]
+
+
+async def test_a_wait_on_an_unreachable_server_says_so_when_it_times_out(clock: FakeClock) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with deerluma.Session(
+        api_key="k", base_url=f"http://127.0.0.1:{port}", clock=clock, sleep=clock.sleep
+    ) as s:
+        with pytest.raises(WaitTimeout) as caught:
+            await s.wait_until_completed("abc", timeout=20)
+    said = str(caught.value)
+    assert "never fetched" in said and "could not connect" in said
+    assert "a longer wait will not help" in said
+    assert isinstance(caught.value.failure, deerluma.TransportError)
