@@ -255,9 +255,7 @@ def _short(failure: BaseException) -> str:
 def _advice(failure: BaseException | None) -> str:
     """What a longer wait would or would not change, given what went wrong."""
     if isinstance(failure, RateLimitError) and failure.retry_after is not None:
-        return (
-            f"the server asked to wait {failure.retry_after:g}s: a longer timeout lets it answer"
-        )
+        return f"the server asked to wait {failure.retry_after:g}s: a longer timeout lets it answer"
     if isinstance(failure, TransportError) and not failure.request_sent:
         return "the server could not be reached: a longer wait will not help until it can be"
     if isinstance(failure, ServerError | DecodeError):
