@@ -720,9 +720,12 @@ def main(
         where = getattr(exc, "dest", None) or exc.filename or str(exc).split(" exists")[0]
         _report(app, f"{where} exists", "the --overwrite flag replaces it")
         return EXIT_USAGE
-    except ConfigurationError:
-        _report(app, "no API key: pass --api-key or set $DEERAPI_API_KEY")
-        return EXIT_ERROR
+    except ConfigurationError as exc:
+        if str(exc).startswith("no API key"):
+            _report(app, "no API key: pass --api-key or set $DEERAPI_API_KEY")
+            return EXIT_ERROR
+        _report(app, exc)  # a key that cannot be sent, an unsafe --base-url
+        return EXIT_USAGE
     except ValueError as exc:  # bad arguments, found before anything was sent
         _report(app, exc)
         return EXIT_USAGE

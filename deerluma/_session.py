@@ -28,7 +28,7 @@ from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, to_seconds
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
-from ._validate import check_base_url, check_batch, check_task_id
+from ._validate import check_api_key, check_base_url, check_batch, check_task_id
 from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
 from .exceptions import (
     CreateOutcomeUnknown,
@@ -87,7 +87,7 @@ class Session:
         sleep: Sleep | None = None,
         clock: Clock | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("DEERAPI_API_KEY")
+        key = check_api_key(api_key if api_key is not None else os.environ.get("DEERAPI_API_KEY"))
         self._base = check_base_url(
             base_url or os.environ.get("DEERAPI_BASE_URL") or DEFAULT_BASE_URL
         )
@@ -185,8 +185,13 @@ class Session:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool, unless it was borrowed from the caller."""
+        """Close the connection pool, unless it was borrowed; the Session is done after that."""
         await self._transport.aclose()
+
+    async def _close_pool(self) -> None:
+        """Close the connection pool but leave the Session usable (SyncSession's close: its
+        private loop starts again when it is used later)."""
+        await self._transport.aclose(final=False)
 
     def generation_url(self, task_id: str) -> yarl.URL:
         """The API URL of one generation; the id is checked and always quoted.

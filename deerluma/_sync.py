@@ -274,13 +274,13 @@ def _shut_down(portal: LoopThread, session: Session) -> None:
         portal.submit(_close_then_stop(portal, session))
         return
     try:
-        portal.call(session.aclose())
+        portal.call(session._close_pool())
     finally:
         portal.stop()
 
 
 async def _close_then_stop(portal: LoopThread, session: Session) -> None:
     try:
-        await session.aclose()
+        await session._close_pool()
     finally:
         portal.stop()

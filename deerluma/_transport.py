@@ -124,6 +124,8 @@ class Transport:
         self._max_retries = max_retries
         self._borrowed = session
         self._owned: aiohttp.ClientSession | None = None
+        self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self.sleep: Sleep = sleep or asyncio.sleep
         self.clock: Clock = clock or time.monotonic
         self.gate = RateGate(max_rps, clock=self.clock, sleep=self.sleep, peers=peers)
@@ -134,19 +136,38 @@ class Transport:
         """The API key, redacted in every repr."""
         return self._key
 
-    async def aclose(self) -> None:
-        """Close the connection pool, unless it was borrowed from the caller."""
-        self.gate.control.peers.close()
+    async def aclose(self, *, final: bool = True) -> None:
+        """Close the connection pool, unless it was borrowed from the caller.
+
+        Not `final`: the next request opens a new pool (SyncSession, whose private
+        loop starts again when used after close).
+        """
+        self._closed = self._closed or final
+        self.gate.control.peers.close()  # reopened if used again
         if self._owned is not None:
-            owned, self._owned = self._owned, None
+            owned, self._owned, self._owned_loop = self._owned, None, None
             await owned.close()
 
     def http(self) -> aiohttp.ClientSession:
-        """The connection pool (the borrowed one, or ours, made on first use)."""
+        """The connection pool (the borrowed one, or ours, made on first use).
+
+        A closed Session refuses, as does one first used in another event loop (each
+        ``asyncio.run`` makes a new one): its pool belongs to that loop.
+        """
+        if self._closed:
+            raise ConfigurationError(
+                "this Session is closed: make a new one (async with deerluma.Session() as s: ...)"
+            )
         if self._borrowed is not None:
             return self._borrowed
-        if self._owned is None or self._owned.closed:
-            self._owned = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        if self._owned is None:
+            self._owned, self._owned_loop = aiohttp.ClientSession(), loop
+        elif self._owned_loop is not loop:
+            raise ConfigurationError(
+                "this Session was first used in another event loop (another asyncio.run?): "
+                "make one Session inside each, with async with deerluma.Session() as s: ..."
+            )
         return self._owned
 
     def _auth_headers(self) -> dict[str, str]:

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 
 import yarl
 
-from .exceptions import InvalidTaskId
+from .exceptions import ConfigurationError, InvalidTaskId
 
-__all__ = ["check_base_url", "check_batch", "check_task_id"]
+__all__ = ["check_api_key", "check_base_url", "check_batch", "check_task_id"]
 
 _FORBIDDEN = frozenset("/\\?#%")
 _MAX_TASK_ID = 200
@@ -83,16 +83,33 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def check_api_key(key: str | None) -> str | None:
+    """The key without the whitespace around it (as read from a file); None when nothing is left.
+
+    A key with a control character inside cannot go in a header: refused here, by a
+    message that never shows the key.
+    """
+    if key is None:
+        return None
+    key = key.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ConfigurationError(
+            "the API key contains a control character (a line break or a tab, say): "
+            "it cannot be sent in a header; check how it was read"
+        )
+    return key or None
+
+
 def check_base_url(base_url: str) -> yarl.URL:
     """Parse the API base url; refuse plain http except to loopback (the key would go in clear)."""
     url = yarl.URL(base_url)
     if url.scheme not in ("https", "http") or not url.host:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        raise ConfigurationError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
     if url.scheme == "http" and not _is_loopback(url.host):
-        raise ValueError(
+        raise ConfigurationError(
             f"refusing plain http:// to {url.host}: the API key would be sent unencrypted; "
             "use https://"
         )
     if url.user or url.password or url.query_string or url.fragment:
-        raise ValueError("base_url must not carry credentials, a query or a fragment")
+        raise ConfigurationError("base_url must not carry credentials, a query or a fragment")
     return url

@@ -172,8 +172,9 @@ class InvalidTaskId(DeerLumaError, ValueError):
         super().__init__(f"invalid task id {task_id[:80]!r}: {problem}")
 
 
-class ConfigurationError(DeerLumaError):
-    """The Session is not set up to make requests (for example, no API key)."""
+class ConfigurationError(DeerLumaError, ValueError):
+    """The Session cannot make requests as set up: no API key, a key that cannot go in a
+    header, an unsafe base_url, or a Session closed (or made in another event loop)."""
 
 
 class DeadlineExceeded(DeerLumaError, TimeoutError):

@@ -407,3 +407,65 @@ def test_fault_kinds_are_typed_and_carry_their_own_fields() -> None:
     assert isinstance(redirect, RedirectFault) and redirect.location.endswith("/x")
     limited = Fault.rate_limit(2)
     assert isinstance(limited, StatusFault) and (limited.status, limited.retry_after) == (429, "2")
+
+
+async def test_a_key_read_with_its_newline_is_stripped(fake: FakeDeerAPI, clock: FakeClock) -> None:
+    task_id = fake.add_generation(duration=0)
+    async with deerluma.Session(
+        api_key=f"  {fake.api_key}\n", base_url=fake.url, clock=clock, sleep=clock.sleep
+    ) as s:
+        assert (await s.get_generation(task_id)).id == task_id
+
+
+@pytest.mark.parametrize("key", ["sk-abc\ndef", "sk-abc\tdef", "sk-\x00"])
+def test_a_key_with_a_control_character_is_refused_without_showing_it(key: str) -> None:
+    with pytest.raises(ConfigurationError, match="control character") as caught:
+        deerluma.Session(api_key=key)
+    assert "sk-" not in str(caught.value)
+
+
+async def test_a_key_of_spaces_is_no_key(fake: FakeDeerAPI) -> None:
+    async with deerluma.Session(api_key="   ", base_url=fake.url) as s:
+        with pytest.raises(ConfigurationError, match="no API key"):
+            await s.get_generation("abc")
+    assert fake.requests == []
+
+
+def test_an_unsafe_base_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unencrypted") as caught:
+        deerluma.Session(api_key="k", base_url="http://api.example.com")
+    assert isinstance(caught.value, deerluma.DeerLumaError) and isinstance(caught.value, ValueError)
+
+
+async def test_a_closed_session_refuses_and_says_what_to_do(fake: FakeDeerAPI) -> None:
+    task_id = fake.add_generation(duration=0)
+    async with deerluma.Session(api_key=fake.api_key, base_url=fake.url) as s:
+        await s.get_generation(task_id)
+    with pytest.raises(ConfigurationError, match="closed: make a new one"):
+        await s.get_generation(task_id)
+    assert len(fake.requests) == 1
+
+
+# The first loop's pool is left open, as the user who makes this mistake leaves it.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_session_reused_in_another_event_loop_says_what_to_do() -> None:
+    import asyncio
+
+    async def serve_and_use(s: deerluma.Session, fake: FakeDeerAPI) -> None:
+        await s.get_generation(fake.add_generation(duration=0))
+
+    async def first() -> tuple[deerluma.Session, str]:
+        async with FakeDeerAPI() as fake:
+            s = deerluma.Session(api_key=fake.api_key, base_url=fake.url)
+            await serve_and_use(s, fake)
+            return s, fake.url
+
+    s, _ = asyncio.run(first())
+
+    async def second() -> None:
+        async with FakeDeerAPI() as fake:
+            with pytest.raises(ConfigurationError, match="another event loop"):
+                await serve_and_use(s, fake)
+
+    asyncio.run(second())
