@@ -137,10 +137,13 @@ class Session:
 
     @property
     def rate(self) -> RateView:
-        """The request rate this Session sends at now, its cap, and how many 429s it got.
+        """The request rate this Session sends at now, its cap, its 429s, and a named limit.
 
         Without ``max_rps`` the rate is learned: it starts at 50/s, grows
-        while more is wanted, is cut on a 429 and grows back gently.
+        while more is wanted, is cut when 429s about this key's rate crowd,
+        and grows back gently; a limit the gateway names is followed. 429s
+        that are not about the rate (``not_ours``) delay only their request.
+        See docs/batch.md.
         """
         return self._transport.gate.view
 
