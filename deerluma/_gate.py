@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 
@@ -70,7 +72,10 @@ class RateGate:
         self._held_back = False  # a request waited for its slot since slow start's last step
         self._tokens = max(1.0, self.control.rate * _BURST) if self.control.slow_start else 1.0
         self._refilled_at = clock()
-        self._queue: collections.deque[tuple[asyncio.Future[float], float]] = collections.deque()
+        self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
+        # The queued waiters' deadlines, soonest first (done ones leave when they come up).
+        self._deadlines: list[tuple[float, int, asyncio.Future[float]]] = []
+        self._order = itertools.count()
         self._dispatcher: asyncio.Future[None] | None = None
         self.rate_limited = 0
 
@@ -126,7 +131,9 @@ class RateGate:
         start = max(now, control.paused_until)
         self._check(start + (len(self._queue) + 1 - self._tokens) / control.rate, now, deadline)
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._queue.append((waiter, math.inf if deadline is None else deadline))
+        self._queue.append(waiter)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._order), waiter))
         if self._dispatcher is None:
             self._dispatcher = asyncio.ensure_future(self._dispatch())
         try:
@@ -134,7 +141,7 @@ class RateGate:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self._tokens += 1.0  # granted as we were cancelled: give the turn back
-            if not any(not w.done() for w, _ in self._queue) and self._dispatcher is not None:
+            if not any(not w.done() for w in self._queue) and self._dispatcher is not None:
                 self._dispatcher.cancel()
                 self._dispatcher = None
             raise
@@ -144,45 +151,41 @@ class RateGate:
         queue = self._queue
         try:
             while queue:
-                if queue[0][0].done():  # its caller was cancelled
+                if queue[0].done():  # its caller was cancelled, or its deadline came
                     queue.popleft()
                     continue
                 now = self._clock()
                 self._listen(now)
                 self._expire(now)
+                while queue and queue[0].done():
+                    queue.popleft()
                 if not queue:
                     break
                 wait = self._wait(now)
                 if wait > 0:
-                    soonest = min((d for w, d in queue if not w.done()), default=math.inf)
+                    soonest = self._deadlines[0][0] if self._deadlines else math.inf
                     await self._sleep(max(0.0, min(wait, soonest - now)))
                     continue
                 self._take(now)
-                queue.popleft()[0].set_result(now)
+                queue.popleft().set_result(now)
         finally:
             if self._dispatcher is asyncio.current_task():
                 self._dispatcher = None
 
     def _expire(self, now: float) -> None:
-        """Let go, with DeadlineExceeded, every waiter that cannot be sent before its deadline."""
-        if not any(deadline <= now for _, deadline in self._queue):
-            return
-        kept: collections.deque[tuple[asyncio.Future[float], float]] = collections.deque()
-        for waiter, deadline in self._queue:
+        """Let go, with DeadlineExceeded, every waiter whose deadline came before its turn."""
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][2].done() or deadlines[0][0] <= now):
+            _, _, waiter = heapq.heappop(deadlines)
             if waiter.done():
-                continue
-            if deadline <= now:
-                waited = max(0.0, self.control.paused_until - now)
-                waiter.set_exception(
-                    DeadlineExceeded(
-                        "the deadline came while waiting for the rate limit"
-                        + (f" ({waited:.1f}s of pause left)" if waited else "")
-                    )
+                continue  # granted, or cancelled
+            left = max(0.0, self.control.paused_until - now)
+            waiter.set_exception(
+                DeadlineExceeded(
+                    "the deadline came while waiting for the rate limit"
+                    + (f" ({left:.1f}s of pause left)" if left else "")
                 )
-            else:
-                kept.append((waiter, deadline))
-        self._queue.clear()
-        self._queue.extend(kept)
+            )
 
     def _wait(self, now: float) -> float:
         """Seconds from `now` until a request may go: pauses, the window's room, a token."""
