@@ -14,13 +14,18 @@ from deerluma.testing import FakeClock, FakeDeerAPI
 SAMPLES = Path(__file__).parent / "samples"
 
 
+#: The fake server's side of a connection: its handlers, and the loop accepting one that a
+#: cancelled request had just opened.
+_SERVER_SIDE = ("RequestHandler", "BaseSelectorEventLoop._accept_connection")
+
+
 def our_tasks() -> list[asyncio.Task[object]]:
-    """Tasks still alive apart from this test's own and the fake server's handlers."""
+    """Tasks still alive apart from this test's own and the fake server's side."""
     return [
         task
         for task in asyncio.all_tasks()
         if task is not asyncio.current_task()
-        and not task.get_coro().__qualname__.startswith("RequestHandler")  # type: ignore[union-attr]
+        and not task.get_coro().__qualname__.startswith(_SERVER_SIDE)  # type: ignore[union-attr]
     ]
 
 
