@@ -351,7 +351,8 @@ class Controller:
 
         Once per congestion, as for our own: a cut of our own just before it covers it.
         """
-        self.paused_until = max(self.paused_until, event.pause_until)
+        # Never longer than a Retry-After would be: the record is a hint, not an order.
+        self.paused_until = max(self.paused_until, min(event.pause_until, now + MAX_PAUSE))
         if event.limit and event.window:
             throttle = Throttle(ThrottleKind.LIMIT, event.limit, event.window)
             self._named(now, throttle, event.at, tell=False)

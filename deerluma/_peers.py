@@ -186,7 +186,8 @@ class FilePeers(Peers):
         if self._fd is None and now >= self._next_look:
             self._next_look = now + _LOOK_EVERY
             with contextlib.suppress(OSError):
-                self._fd = os.open(self._path, os.O_RDWR)
+                if os.stat(os.path.dirname(self._path)).st_uid == os.getuid():  # ours alone
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_NOFOLLOW)
         return self._fd
 
     @contextlib.contextmanager

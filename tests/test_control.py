@@ -213,3 +213,9 @@ async def test_a_closed_session_lets_go_of_the_shared_file(
         peers.publish(PeerEvent(0, 0, 1.0, 2.0))  # opens (and makes) the file
         assert peers._fd is not None
     assert peers._fd is None
+
+
+def test_a_pause_heard_from_another_session_is_capped() -> None:
+    ours = Controller(None, 0.0)
+    ours.heard(10.0, PeerEvent(1, 7, 10.0, pause_until=1e12))
+    assert ours.paused_until == 10.0 + 60.0
