@@ -721,7 +721,7 @@ def main(
         _report(app, f"{where} exists", "the --overwrite flag replaces it")
         return EXIT_USAGE
     except ConfigurationError as exc:
-        if str(exc).startswith("no API key"):
+        if exc.missing_key:
             _report(app, "no API key: pass --api-key or set $DEERAPI_API_KEY")
             return EXIT_ERROR
         _report(app, exc)  # a key that cannot be sent, an unsafe --base-url

@@ -362,10 +362,8 @@ class Controller:
                 # Meet the Session that met the limit halfway: Sessions that cut to their own
                 # levels and grow back from there keep whatever shares they had; halfway,
                 # they come to share the key evenly, and in sum cut as much as before.
-                self._w_max = (self._w_max + event.w_max) / 2
-                rate = (self.rate + event.rate) / 2
-                self._k = (max(0.0, self._w_max - rate) / _CUBIC) ** (1 / 3)
-                self._set_rate(rate, now)
+                w_max, rate = (self._w_max + event.w_max) / 2, (self.rate + event.rate) / 2
+                self._regrow(w_max, rate, now)
 
     # -- judgements -------------------------------------------------------------
     def _named(self, now: float, throttle: Throttle, sent: float, *, tell: bool = True) -> None:
@@ -492,9 +490,14 @@ class Controller:
     def _cut(self, now: float) -> None:
         limit, rate = self._limit(now)
         self.slow_start = False
-        self._w_max = limit
-        self._k = (max(0.0, limit - rate) / _CUBIC) ** (1 / 3)
         self._cut_at, self._served_at_cut = now, self.meter.served
+        self._regrow(limit, rate, now)
+
+    def _regrow(self, w_max: float, rate: float, now: float) -> None:
+        """Go on at `rate`, growing back along CUBIC towards `w_max` (the rate that was too
+        much), reached `_k` seconds after the cut."""
+        self._w_max = w_max
+        self._k = (max(0.0, w_max - rate) / _CUBIC) ** (1 / 3)
         self._set_rate(rate, now)
 
     def _limit(self, now: float) -> tuple[float, float]:

@@ -20,7 +20,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from ._models import Generation, GenerationState, Media, Video
-from ._throttle import classify
+from ._throttle import classify, header
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -256,17 +256,6 @@ def excerpt(body: bytes | str, limit: int = _EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)  # a case-insensitive mapping (aiohttp's) answers here
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta seconds or HTTP date)."""
     if value is None:
@@ -288,7 +277,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def _looks_like_html(headers: Mapping[str, str], body: bytes) -> bool:
-    content_type = (_header(headers, "Content-Type") or "").lower()
+    content_type = (header(headers, "Content-Type") or "").lower()
     return "html" in content_type or _MARKUP.match(body) is not None
 
 
@@ -349,12 +338,12 @@ def decode_error(
         except (ValueError, UnicodeDecodeError):
             message = None
     if 300 <= status < 400:
-        where = _header(headers, "Location") or "an unknown place"
+        where = header(headers, "Location") or "an unknown place"
         message = f"the API redirected to {where}; set base_url to the final address"
     message = message or (excerpt(body, 120) if body.strip() else "no error message")
     preview = excerpt(body)
     if status == 429:
-        retry_after = parse_retry_after(_header(headers, "Retry-After"), now)
+        retry_after = parse_retry_after(header(headers, "Retry-After"), now)
         wall = None if now is None else now.timestamp()
         throttle = classify(message, headers, retry_after, wall=wall)
         return RateLimitError(

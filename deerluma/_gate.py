@@ -107,7 +107,7 @@ class RateGate:
         if (
             self._queue
             or now < control.paused_until
-            or (control.window is not None and self._wait(now) > 0)
+            or (control.window is not None and control.window.room_at(control.meter, now) > now)
             or self._refill(now) < _ONE
         ):
             self._held_back = True
@@ -151,13 +151,11 @@ class RateGate:
         queue = self._queue
         try:
             while queue:
-                if queue[0].done():  # its caller was cancelled, or its deadline came
-                    queue.popleft()
-                    continue
                 now = self._clock()
-                self._listen(now)
+                if self._shared:
+                    self._listen(now)
                 self._expire(now)
-                while queue and queue[0].done():
+                while queue and queue[0].done():  # cancelled, or let go at its deadline
                     queue.popleft()
                 if not queue:
                     break

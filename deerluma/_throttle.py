@@ -23,7 +23,7 @@ import attrs
 
 from .exceptions import RateLimitError
 
-__all__ = ["Throttle", "ThrottleKind", "classify"]
+__all__ = ["Throttle", "ThrottleKind", "classify", "header"]
 
 
 class ThrottleKind(enum.Enum):
@@ -135,12 +135,23 @@ def _named_limit(text: str) -> tuple[int, float] | None:
     return None
 
 
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value, case-insensitively whatever the mapping (aiohttp's, or a plain dict)."""
+    value = headers.get(name)  # a case-insensitive mapping (aiohttp's) answers here
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
 def _header(headers: Mapping[str, str], *names: str) -> str | None:
-    """The first of these headers present (case-insensitive, whatever the mapping)."""
-    lowered = {key.lower(): value for key, value in headers.items()}
+    """The first of these headers present and not blank, stripped."""
     for name in names:
-        value = lowered.get(name.lower())
-        if value:
+        value = header(headers, name)
+        if value and value.strip():
             return value.strip()
     return None
 

@@ -174,7 +174,8 @@ class Transport:
         if self._headers is None:
             if self._key is None:
                 raise ConfigurationError(
-                    "no API key: pass Session(api_key=...) or set $DEERAPI_API_KEY"
+                    "no API key: pass Session(api_key=...) or set $DEERAPI_API_KEY",
+                    missing_key=True,
                 )
             self._headers = _Headers(
                 {"Authorization": f"Bearer {self._key.reveal()}", "Accept": "application/json"}

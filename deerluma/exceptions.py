@@ -174,7 +174,14 @@ class InvalidTaskId(DeerLumaError, ValueError):
 
 class ConfigurationError(DeerLumaError, ValueError):
     """The Session cannot make requests as set up: no API key, a key that cannot go in a
-    header, an unsafe base_url, or a Session closed (or made in another event loop)."""
+    header, an unsafe base_url, or a Session closed (or made in another event loop).
+
+    `missing_key` is True when what is missing is the API key itself.
+    """
+
+    def __init__(self, message: str, *, missing_key: bool = False) -> None:
+        self.missing_key = missing_key
+        super().__init__(message)
 
 
 class DeadlineExceeded(DeerLumaError, TimeoutError):
