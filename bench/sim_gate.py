@@ -69,8 +69,14 @@ def simulate(
     rng = random.Random(seed)
     clock = _Clock()
     board: list[PeerEvent] = []
+    sending: dict[int, float] = {}
     gates = [
-        RateGate(None, clock=clock, sleep=clock.sleep, peers=MemoryPeers(board) if share else None)
+        RateGate(
+            None,
+            clock=clock,
+            sleep=clock.sleep,
+            peers=MemoryPeers(board, sending) if share else None,
+        )
         for _ in range(sessions)
     ]
     quota = [total // sessions] * sessions

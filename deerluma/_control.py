@@ -282,7 +282,9 @@ class Controller:
         #: Whether the last success made slow start take a step.
         self.grew = False
         self._w_max = 0.0  # CUBIC: the rate that was too much
-        self._k = 0.0  # CUBIC: seconds from a cut back to `_w_max`
+        self._peak_at = -math.inf  # CUBIC: the clock time at which it is back at `_w_max`
+        self._c = _CUBIC  # CUBIC's growth constant, shared among the Sessions sending on the key
+        self._fleet = 1  # the Sessions sending on the key when `_c` was set
         self._cut_at = -math.inf
         self._grown_at = now
         self._served_at_cut = 0
@@ -312,9 +314,11 @@ class Controller:
                 self._set_rate(max(self.rate, grown), now)
                 self._grown_at, self.grew = now, True
             return
-        # CUBIC: back to the rate that was too much after `_k` seconds, then beyond, slowly;
+        # CUBIC: back to the rate that was too much at `_peak_at`, then beyond, slowly;
         # never more than twice what the Session sends (idle Sessions do not inflate it).
-        cubic = _CUBIC * (now - self._cut_at - self._k) ** 3 + self._w_max
+        if self.peers.fleet() != self._fleet:  # Sessions came or went: grow on as many do
+            self._regrow(max(self._w_max, self.rate), self.rate, now)
+        cubic = self._c * (now - self._peak_at) ** 3 + self._w_max
         self._set_rate(min(cubic, max(self.rate, 2 * meter.rate_of_sent(now))), now)
 
     def throttled(self, now: float, sent: float, throttle: Throttle) -> Throttle:
@@ -374,7 +378,7 @@ class Controller:
             window.full(meter, sent)
         self.slow_start = False
         self._trial = None
-        self._w_max, self._k, self._cut_at = window.rate(now), 0.0, now
+        self._w_max, self._peak_at, self._cut_at = window.rate(now), now, now
         self._set_rate(self._w_max, now)
         resume = window.room_at(meter, now)
         if throttle.retry_after is not None:
@@ -411,11 +415,7 @@ class Controller:
         crowded = crowd >= (_ONSET if onset else _CROWD)
         if not (crowded or dense):
             return ThrottleKind.RATE  # a lone 429 delays its own request
-        undo = (
-            trial.undo
-            if trial is not None
-            else _Undo(self.rate, self.slow_start, self._w_max, self._k, self._cut_at)
-        )
+        undo = trial.undo if trial is not None else self._undo()
         before = recent.share
         self._cut(now)
         self._trial = None if dense else _Trial(now, before, undo)
@@ -424,6 +424,9 @@ class Controller:
         else:
             self._tell(now)
         return ThrottleKind.RATE
+
+    def _undo(self) -> _Undo:
+        return _Undo(self.rate, self.slow_start, self._w_max, self._peak_at, self._c, self._cut_at)
 
     def _pause(self, now: float, retry_after: float) -> None:
         """Everyone waits as the server asked (capped), and the other Sessions of the key too."""
@@ -479,8 +482,8 @@ class Controller:
             return False
         self.noise = min(_MAX_NOISE, max(self.noise, after))
         undo = trial.undo
-        self.slow_start, self._w_max, self._k = undo.slow_start, undo.w_max, undo.k
-        self._cut_at = undo.cut_at
+        self.slow_start, self._w_max, self._c = undo.slow_start, undo.w_max, undo.c
+        self._peak_at, self._cut_at = undo.peak_at, undo.cut_at
         # Back to the rate before the cuts, but not past twice what the server takes now
         # (a slow start's overshoot was never shown to be fine).
         rate = min(undo.rate, max(self.rate, 2 * self.meter.latest_rate()))
@@ -495,9 +498,15 @@ class Controller:
 
     def _regrow(self, w_max: float, rate: float, now: float) -> None:
         """Go on at `rate`, growing back along CUBIC towards `w_max` (the rate that was too
-        much), reached `_k` seconds after the cut."""
+        much), reached at `_peak_at`.
+
+        N Sessions sending on one key grow back together: each grows N times slower, so
+        the key's rate grows as one Session's would, and meets its limit as seldom.
+        """
         self._w_max = w_max
-        self._k = (max(0.0, w_max - rate) / _CUBIC) ** (1 / 3)
+        self._fleet = self.peers.fleet()
+        self._c = _CUBIC / self._fleet
+        self._peak_at = now + (max(0.0, w_max - rate) / self._c) ** (1 / 3)
         self._set_rate(rate, now)
 
     def _limit(self, now: float) -> tuple[float, float]:
@@ -541,7 +550,8 @@ class _Undo:
     rate: float
     slow_start: bool
     w_max: float
-    k: float
+    peak_at: float
+    c: float
     cut_at: float
 
 

@@ -11,7 +11,10 @@ pauses together.
 The record lives in a file per (base URL, key) in a private folder of the
 temporary directory (``$DEERLUMA_RATE_DIR`` to choose another, ``off`` to turn
 this off); its name is a digest, never the key. Writers lock it (``flock``);
-readers read 64 bytes at most every `_READ_EVERY` seconds. Clock times in it
+readers read its 76-byte record at most every `_READ_EVERY` seconds. After
+the record, each Session that sends marks a slot of its own (a quarter
+second apart at most), so the Sessions know how many of them are sending on
+the key, and grow back after a cut as one Session would. Clock times in it
 are ``time.monotonic()``, which every process on the machine shares, so it is
 used only by Sessions on that clock.
 """
@@ -38,6 +41,16 @@ _LOOK_EVERY = 1.0
 _MAGIC = b"DLR2"
 # magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max
 _RECORD = struct.Struct("<4sQQddQdQdd")
+#: Who is sending: after the record, `_SLOTS` slots of (writer, clock time last seen sending).
+#: A Session marks its slot at most every `_BEAT` seconds while it sends; the fleet is the
+#: Sessions seen sending in the last `_ALIVE` seconds; a slot unmarked for `_STALE` seconds
+#: may be taken by a newcomer.
+_SLOTS_AT = 128
+_SLOT = struct.Struct("<Qd")
+_SLOTS = 64
+_BEAT = 0.25
+_ALIVE = 2.0
+_STALE = 10.0
 
 
 @attrs.frozen
@@ -82,8 +95,12 @@ class Peers:
 
     def news(self, now: float) -> tuple[PeerEvent | None, int]:
         """The latest event by another Session not seen yet, and the others' plain 429s since
-        the last call."""
+        the last call. Called as this Session sends: it marks it as sending, too."""
         return None, 0
+
+    def fleet(self) -> int:
+        """How many Sessions of the key (this one included) were sending lately."""
+        return 1
 
     def close(self) -> None:
         """Let go of what telling others takes (a file, here none)."""
@@ -114,9 +131,11 @@ class MemoryPeers(Peers):
 
     shared = True
 
-    def __init__(self, board: list[PeerEvent]) -> None:
+    def __init__(self, board: list[PeerEvent], sending: dict[int, float] | None = None) -> None:
         super().__init__()
         self._board = board
+        self._sending = {} if sending is None else sending  # writer: last seen sending
+        self._now = -math.inf
         self._join(board[-1] if board else None)
 
     def publish(self, event: PeerEvent) -> None:
@@ -131,7 +150,11 @@ class MemoryPeers(Peers):
         self._ticks += 1
 
     def news(self, now: float) -> tuple[PeerEvent | None, int]:
+        self._sending[self.me], self._now = now, now
         return self._fresh(self._board[-1] if self._board else None, now)
+
+    def fleet(self) -> int:
+        return max(1, sum(1 for at in self._sending.values() if at >= self._now - _ALIVE))
 
 
 class FilePeers(Peers):
@@ -145,6 +168,9 @@ class FilePeers(Peers):
         self._fd: int | None = None
         self._next_read = -math.inf
         self._next_look = -math.inf
+        self._next_beat = -math.inf
+        self._slot: int | None = None  # which slot is ours, once taken
+        self._fleet = 1
         fd = self._open(-math.inf)
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -174,13 +200,34 @@ class FilePeers(Peers):
         if now < self._next_read:
             return None, 0
         self._next_read = now + _READ_EVERY
-        fd = self._open(now)
-        if fd is None:
-            return None, 0
         try:
-            return self._fresh(_read(fd), now)
+            if now >= self._next_beat:
+                self._next_beat = now + _BEAT
+                self._beat(now)
+            fd = self._open(now)
+            return (None, 0) if fd is None else self._fresh(_read(fd), now)
         except OSError:
             return None, 0
+
+    def fleet(self) -> int:
+        return self._fleet
+
+    def _beat(self, now: float) -> None:
+        """Mark our slot as sending now (taking one if we have none), and count the fleet."""
+        fd = self._fd
+        slots = [] if fd is None else _read_slots(fd)
+        if fd is None or self._slot is None or slots[self._slot][0] != self.me:
+            with self._locked() as fd:
+                slots = _read_slots(fd)
+                free = [i for i, (_, at) in enumerate(slots) if abs(now - at) > _STALE]
+                if not free:
+                    return  # a crowd of Sessions: count them without us
+                self._slot = free[0]
+                os.pwrite(fd, _SLOT.pack(self.me, now), _SLOTS_AT + self._slot * _SLOT.size)
+        else:
+            os.pwrite(fd, _SLOT.pack(self.me, now), _SLOTS_AT + self._slot * _SLOT.size)
+        slots[self._slot] = (self.me, now)
+        self._fleet = max(1, sum(1 for _, at in slots if now - _ALIVE <= at <= now + _ALIVE))
 
     def _open(self, now: float) -> int | None:
         if self._fd is None and now >= self._next_look:
@@ -207,9 +254,12 @@ class FilePeers(Peers):
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        """Let go of the file (it stays, for the others)."""
+        """Let go of the file (it stays, for the others), and of our slot."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            if self._slot is not None:
+                with contextlib.suppress(OSError):
+                    os.pwrite(fd, _SLOT.pack(0, 0.0), _SLOTS_AT + self._slot * _SLOT.size)
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -237,6 +287,11 @@ def _read(fd: int) -> PeerEvent | None:
     if magic != _MAGIC:
         return None
     return PeerEvent(seq, writer, at, pause_until, limit, window, ticks, rate, w_max)
+
+
+def _read_slots(fd: int) -> list[tuple[int, float]]:
+    raw = os.pread(fd, _SLOTS * _SLOT.size, _SLOTS_AT).ljust(_SLOTS * _SLOT.size, b"\0")
+    return [_SLOT.unpack_from(raw, i * _SLOT.size) for i in range(_SLOTS)]
 
 
 def peers_for(base_url: str, key: str | None) -> Peers:

@@ -219,3 +219,49 @@ def test_a_pause_heard_from_another_session_is_capped() -> None:
     ours = Controller(None, 0.0)
     ours.heard(10.0, PeerEvent(1, 7, 10.0, pause_until=1e12))
     assert ours.paused_until == 10.0 + 60.0
+
+
+def test_sessions_sending_on_a_key_count_each_other_through_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.rate")
+    one, two, idle = FilePeers(path), FilePeers(path), FilePeers(path)
+    assert one.fleet() == 1
+    one.news(100.0)
+    two.news(100.0)
+    one.news(100.5)  # marks again (at most every quarter second), and counts
+    assert (one.fleet(), two.fleet()) == (2, 2)  # `idle` never sent: not counted
+    two.close()  # a Session that ends gives up its slot at once
+    one.news(101.0)
+    assert one.fleet() == 1
+    two = FilePeers(path)
+    two.news(101.0)
+    one.news(110.0)  # `two` sent nothing for 9 s: no longer counted
+    assert one.fleet() == 1
+    for peers in (one, two, idle):
+        peers.close()
+
+
+def _cut_to_w_max(control: Controller) -> float:
+    """Leave slow start at about 100 req/s, then cut; returns when CUBIC is back at the peak."""
+    for i in range(200):
+        control.sending(i * 0.01)
+        control.answered(i * 0.01 + 0.001, i * 0.01, held_back=True)
+    _cut_in(control, 2.0)
+    return control._peak_at - 2.0
+
+
+def test_sessions_sending_on_one_key_grow_back_as_one_would() -> None:
+    # Each of 8 Sessions grows 8 times slower after a cut: the key's rate grows as a lone
+    # Session's would, and meets the limit as seldom.
+    alone = _cut_to_w_max(Controller(None, 0.0))
+    sending = {n: 2.0 for n in range(7)}  # seven others sent lately
+    fleet = Controller(None, 0.0, MemoryPeers([], sending))
+    fleet.peers.news(2.0)
+    in_fleet = _cut_to_w_max(fleet)
+    assert in_fleet == pytest.approx(2 * alone)  # cube root of 8
+    # When the others stop, it grows on as a lone Session, from where it is: no jump.
+    sending.clear()
+    fleet.peers.news(3.0)
+    before = fleet.rate
+    fleet.answered(3.0, 2.99, held_back=True)
+    assert fleet.rate == pytest.approx(before, rel=0.05)
+    assert fleet._peak_at - 3.0 < in_fleet - 1.0
