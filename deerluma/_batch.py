@@ -1,7 +1,8 @@
 """Waiting on many generations at once: one scheduler, bounded requests in flight.
 
 Each waiting id costs a small record in a heap, not a task or an open
-response; `concurrency` bounds only the polls in flight.
+response; `concurrency` bounds only the polls in flight. Each id's wait goes
+step by step through the same `Watch` as a single wait.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from collections.abc import AsyncGenerator, Callable
 import attrs
 
 from ._callbacks import Listening, sleep_or_wake
-from ._engine import TOLERANCE, PollTracker, Verdict, changed
+from ._engine import Step, Verdict
 from ._models import Generation
 from ._policy import PollPolicy
 from ._validate import check_task_id
-from ._wait import OnUpdate, Poller, notify
+from ._wait import Created, OnUpdate, Poller, Watch, notify
 from .exceptions import AuthenticationError, DeerLumaError
 
 __all__ = ["BatchResult", "batch_as_completed"]
@@ -51,16 +52,17 @@ class BatchResult:
 _REPOLLS_PER_FIRST = 3
 
 
-class _Waiter:
-    __slots__ = ("busy", "listening", "stop_listening", "task_id", "tracker", "version")
+class _Waiter(Watch):
+    """An id's wait in a batch: its watch, and its place in the scheduler's heap."""
 
-    def __init__(self, task_id: str, tracker: PollTracker | None) -> None:
-        self.task_id = task_id
-        self.tracker = tracker
+    __slots__ = ("busy", "version")
+
+    def __init__(
+        self, task_id: str, listening: Listening | None = None, created: Created | None = None
+    ) -> None:
+        super().__init__(task_id, listening, created)
         self.version = 0  # heap entries of older versions are stale
         self.busy = False  # its poll is in flight
-        self.listening: Listening | None = None
-        self.stop_listening: Callable[[], None] | None = None
 
 
 class _Scheduler:
@@ -77,9 +79,9 @@ class _Scheduler:
         on_update: OnUpdate | None,
         listen: Callable[[str], bool] | None = None,
     ) -> None:
+        self.poller = poller
         self.fetch = poller.fetch
-        self.hub = poller.hub if listen is not None else None
-        self.listen = listen
+        self.listen = listen if poller.hub is not None else None
         self.clock = poller.clock
         self.sleep = poller.sleep
         self.engine = poller.engine(policy)
@@ -89,7 +91,7 @@ class _Scheduler:
         self.wake = asyncio.Event()
         self.timer_running = False
         self.unseen: deque[str] = deque()  # ids not yet looked at
-        self.unseen_listening: dict[str, _Waiter] = {}  # their waiters, if they listen
+        self.unseen_waiters: dict[str, _Waiter] = {}  # their waiters, if they have one
         self.first_poll = self.engine.started + self.engine.first_delay()
         self.repolls_in_a_row = 0
         self.fatal: AuthenticationError | None = None
@@ -106,56 +108,69 @@ class _Scheduler:
         now = self.clock()
         for _, _, waiter, version in self.heap:
             if version == waiter.version:
-                self.engine.release(waiter.tracker, now)
-                self._unlisten(waiter)
-        for waiter in self.unseen_listening.values():
-            self._unlisten(waiter)
+                waiter.release(self.engine, now)
+        for waiter in self.unseen_waiters.values():
+            waiter.release(self.engine, now)
         self.heap.clear()
 
-    def _listening(self, task_id: str) -> _Waiter | None:
-        """A waiter that callbacks for `task_id` wake, if the id listens for them."""
-        if self.hub is None or self.listen is None or not self.listen(task_id):
-            return None
-        waiter = _Waiter(task_id, None)
-        waiter.listening = Listening(self.hub, task_id, self.engine.started)
+    def _waiter(self, task_id: str) -> _Waiter:
+        """An id's waiter; one that listens for callbacks is woken by them."""
+        engine, poller = self.engine, self.poller
+        listen = self.listen is not None and self.listen(task_id)
+        hub = poller.hub if listen else None
+        listening = None if hub is None else Listening(hub, task_id, engine.started)
+        waiter = _Waiter(task_id, listening, poller.created)
 
         def woken() -> None:
             if not waiter.busy:  # one in flight is re-planned when it comes back
                 self.schedule(waiter, 0.0)
 
-        waiter.stop_listening = self.hub.listen(task_id, woken)
+        waiter.listen(woken)
         return waiter
 
-    @staticmethod
-    def _unlisten(waiter: _Waiter) -> None:
-        if waiter.stop_listening is not None:
-            waiter.stop_listening()
-            waiter.stop_listening = None
-
-    def first_looks(self) -> None:
-        """Give ids that listen for callbacks their waiter; the create answer is a first look."""
-        assert self.hub is not None
+    async def first_looks(self) -> AsyncGenerator[BatchResult, None]:
+        """Ids this Session created start from their create answer (no GET at 0 s); those
+        that listen for callbacks get their waiter now. Yields those already terminal."""
+        created = self.poller.created
         for _ in range(len(self.unseen)):
             task_id = self.unseen.popleft()
-            waiter = self._listening(task_id)
-            listening = None if waiter is None else waiter.listening
-            started = None if listening is None else listening.start(self.engine)
-            if waiter is None or listening is None or started is None:
+            known = created is not None and created.get(task_id) is not None
+            if not known and (self.listen is None or not self.listen(task_id)):
                 self.unseen.append(task_id)
-                if waiter is not None:
-                    self.unseen_listening[task_id] = waiter
                 continue
-            _, waiter.tracker = started
-            self._recheck(waiter, listening, listening.planned_from)
+            waiter = self._waiter(task_id)
+            started = waiter.start(self.engine)
+            if started is None:
+                self.unseen.append(task_id)
+                self.unseen_waiters[task_id] = waiter
+                continue
+            step, at = started
+            result = self._then(waiter, step, at)
+            await self._tell(waiter, step)
+            if result is not None:
+                yield result
 
-    def _plan(self, waiter: _Waiter, now: float, delay: float, *, spread: bool) -> None:
-        """Put the waiter back in the heap: after `delay`, or as callbacks have it."""
-        listening = waiter.listening
-        if listening is None:
-            self.schedule(waiter, now + delay)
+    def _then(self, waiter: _Waiter, step: Step, now: float) -> BatchResult | None:
+        """After a step: back in the heap (after its delay, or as callbacks have it), or over."""
+        if step.verdict is not Verdict.SLEEP:
+            waiter.release(self.engine, now)
+            waiter.version += 1  # a late callback's schedule() must not poll it again
+            return BatchResult(waiter.task_id, generation=step.result, error=step.error)
+        if waiter.listening is None:
+            self.schedule(waiter, now + step.delay)
+        else:
+            self._recheck(waiter, waiter.listening, now)
+        return None
+
+    async def _tell(self, waiter: _Waiter, step: Step) -> None:
+        """Pass a change on to `on_update`; if it raises, the batch ends, and this wait too."""
+        if step.emit is None or self.on_update is None:
             return
-        listening.plan(now, delay, spread=spread)
-        self._recheck(waiter, listening, now)
+        try:
+            await notify(self.on_update, step.emit)
+        except BaseException:
+            waiter.release(self.engine, self.clock())
+            raise
 
     def _recheck(self, waiter: _Waiter, listening: Listening, now: float) -> None:
         # Looked at again within one planned interval: the reliability may change meanwhile.
@@ -178,7 +193,7 @@ class _Scheduler:
         if first_due and (not repoll_due or self.repolls_in_a_row >= _REPOLLS_PER_FIRST):
             self.repolls_in_a_row = 0
             task_id = unseen.popleft()
-            waiter = self.unseen_listening.pop(task_id, None)
+            waiter = self.unseen_waiters.pop(task_id, None)
             if waiter is None:
                 return task_id
             if waiter.version:  # a callback already put it in the heap
@@ -208,17 +223,17 @@ class _Scheduler:
             while True:
                 # After a wrong key, every id is due at once: each reports it, none is sent.
                 now = self.clock() if self.fatal is None else math.inf
-                waiter = self._next_due(now)
-                if waiter is not None:
+                item = self._next_due(now)
+                if item is not None:
                     if self._next_is_due(now):
                         self.wake.set()  # more is due: rouse an idle peer
-                    if isinstance(waiter, _Waiter):
-                        waiter.busy = True
+                    # An id's first look needs a waiter of its own only if it goes on.
+                    waiter = item if isinstance(item, _Waiter) else _Waiter(item)
+                    waiter.busy = True
                     try:
                         result = await self._poll_once(waiter)
                     finally:
-                        if isinstance(waiter, _Waiter):
-                            waiter.busy = False
+                        waiter.busy = False
                     if result is not None:
                         self.results.put_nowait(result)
                     continue
@@ -236,67 +251,27 @@ class _Scheduler:
         except Exception as exc:  # a bug must surface to the caller, not hang the batch
             self.results.put_nowait(exc)
 
-    async def _poll_once(self, item: _Waiter | str) -> BatchResult | None:
-        # An id's first look needs no bookkeeping: most batches are mostly done.
+    async def _poll_once(self, waiter: _Waiter) -> BatchResult | None:
         engine = self.engine
-        waiter = item if isinstance(item, _Waiter) else None
-        task_id = item.task_id if isinstance(item, _Waiter) else item
-        tracker = waiter.tracker if waiter is not None else None
-        listening = waiter.listening if waiter is not None else None
-        sent = self.clock()
+        now = self.clock()
         if self.fatal is not None:  # a wrong key fails every id alike: send nothing more
-            engine.release(tracker, sent)
-            return self._over(waiter, BatchResult(task_id, error=self.fatal))
-        before = (False, 0)
-        if listening is not None and waiter is not None and tracker is not None:
-            progress = listening.take_progress()
-            if progress is not None:  # progress by callback: passed on, no request
-                if self.on_update is not None and changed(tracker.last, progress):
-                    tracker.last = progress
-                    await notify(self.on_update, progress)
-                self._recheck(waiter, listening, sent)
-                return None
-            before = listening.sending()
-            if not before[0] and sent < listening.due(engine.final) - TOLERANCE:
-                self._recheck(waiter, listening, sent)  # not due yet, as callbacks have it
-                return None
-        spread = False
-        if engine.deadline is not None and sent >= engine.deadline:
-            step = engine.timed_out(tracker, task_id, sent)
-        else:
-            try:
-                generation = await self.fetch(task_id, engine.deadline)
-            except DeerLumaError as exc:
-                step, tracker = engine.failed(tracker, task_id, self.clock(), exc, sent)
-            except BaseException:  # cancelled mid-poll: the id no longer counts as running
-                engine.release(tracker, self.clock())
-                if waiter is not None:
-                    self._unlisten(waiter)
-                raise
-            else:
-                if listening is not None:
-                    listening.observed(generation, before)
-                step, tracker = engine.seen(tracker, task_id, self.clock(), generation, sent)
-                spread = True
-        if step.emit is not None and self.on_update is not None:
-            await notify(self.on_update, step.emit)
+            step = Step(Verdict.GIVE_UP, error=self.fatal)
+            return self._then(waiter, step, now)
+        if not waiter.ready(engine, now):
+            assert waiter.listening is not None
+            self._recheck(waiter, waiter.listening, now)  # not due yet, as callbacks have it
+            return None
+        try:
+            step = await waiter.step(engine, self.fetch, self.clock)
+        except BaseException:  # cancelled mid-poll: the id no longer counts as running
+            waiter.release(engine, self.clock())
+            raise
         if isinstance(step.error, AuthenticationError):
             self.fatal = step.error
             self.wake.set()  # the others need not wait for their turn to hear it
         self.vouched.set()
-        if step.verdict is Verdict.SLEEP:
-            if waiter is None:
-                waiter = _Waiter(task_id, tracker)
-            else:
-                waiter.tracker = tracker
-            self._plan(waiter, self.clock(), step.delay, spread=spread)
-            return None
-        return self._over(waiter, BatchResult(task_id, generation=step.result, error=step.error))
-
-    def _over(self, waiter: _Waiter | None, result: BatchResult) -> BatchResult:
-        if waiter is not None:
-            self._unlisten(waiter)
-            waiter.version += 1  # a late callback's schedule() must not poll it again
+        result = self._then(waiter, step, self.clock())
+        await self._tell(waiter, step)
         return result
 
 
@@ -324,11 +299,16 @@ async def batch_as_completed(
             invalid.append(BatchResult(task_id, error=exc))
             continue
         scheduler.unseen.append(task_id)
-    if scheduler.hub is not None:
-        scheduler.first_looks()
     for result in invalid:
         yield result
     waiting = expected - len(invalid)
+    try:
+        async for result in scheduler.first_looks():
+            waiting -= 1
+            yield result
+    except BaseException:
+        scheduler.release_all()
+        raise
     workers = [
         asyncio.create_task(scheduler.work(first=not i)) for i in range(min(concurrency, waiting))
     ]

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._decode import decode_generation
-from ._engine import Engine, PollTracker, Step
 from ._models import Generation, GenerationState
 from .exceptions import DeerLumaError
 
@@ -97,7 +96,7 @@ class _Record:
         self.terminal = False  # a terminal callback awaits its confirming poll
         self.terminal_seq = 0  # terminal callbacks so far
         self.progress: Generation | None = None  # the latest non-terminal callback
-        self.created: tuple[Generation, float] | None = None  # the create answer, and when
+        self.created: float | None = None  # the clock time this Session created it
         self.listeners: list[Listener] = []
 
 
@@ -148,12 +147,13 @@ class CallbackHub:
             return _MAX_STRETCH
         return min(_MAX_STRETCH, 1.0 / (1.0 - _LATE_SHARE / loss))
 
-    def expect(self, task_id: str, created: Generation | None = None, at: float = 0.0) -> None:
-        """Callbacks will come for `task_id` (it was created with a callback_url, say)."""
+    def expect(self, task_id: str, created: float | None = None) -> None:
+        """Callbacks will come for `task_id` (created at clock time `created` with a
+        callback_url, say)."""
         record = self._record(task_id)
         record.expected = True
         if created is not None:
-            record.created = (created, at)
+            record.created = created
 
     @property
     def active(self) -> bool:
@@ -164,11 +164,6 @@ class CallbackHub:
         """Whether waits on `task_id` listen for callbacks."""
         record = self._records.get(task_id)
         return record is not None and record.expected
-
-    def created(self, task_id: str) -> tuple[Generation, float] | None:
-        """The create answer for `task_id` and its clock time, if this Session created it."""
-        record = self._records.get(task_id)
-        return None if record is None else record.created
 
     def listen(self, task_id: str, listener: Listener) -> Callable[[], None]:
         """Call `listener` on every callback for `task_id`; returns the function that stops it."""
@@ -190,7 +185,7 @@ class CallbackHub:
         record = self._records.get(task_id)
         if record is None or record.heard or record.created is None or not self._onsets:
             return math.inf
-        return record.created[1] + max(self._onsets) * _ONSET_MARGIN
+        return record.created + max(self._onsets) * _ONSET_MARGIN
 
     def hint(self, task_id: str) -> tuple[bool, Generation | None]:
         """Whether a terminal callback awaits confirmation, and the latest progress callback."""
@@ -199,14 +194,21 @@ class CallbackHub:
             return False, None
         return record.terminal, record.progress
 
-    def deliver(self, generation: Generation) -> None:
-        """A callback said this (untrusted): remember it and wake the waits on its id."""
+    def deliver(self, generation: Generation) -> bool:
+        """A callback said this (untrusted): remember it and wake the waits on its id.
+
+        Only ids this Session listens for are remembered (returns whether it
+        was one): made-up ids cannot crowd out the real ones.
+        """
+        record = self._records.get(generation.id)
+        if record is None or not record.expected:
+            return False
+        self._records.move_to_end(generation.id)
         self.received += 1
-        record = self._record(generation.id)
         if not record.heard:
             record.heard = True
             if record.created is not None:
-                self._onsets.append(self._clock() - record.created[1])
+                self._onsets.append(self._clock() - record.created)
         record.announced.add(generation.state)
         if generation.is_terminal:
             record.terminal = True
@@ -215,6 +217,7 @@ class CallbackHub:
             record.progress = generation
         for listener in tuple(record.listeners):
             listener()
+        return True
 
     def terminal_seq(self, task_id: str) -> int:
         """How many terminal callbacks `task_id` had (read before a poll is sent)."""
@@ -258,10 +261,10 @@ class Listening:
     its probe time, and keeps track of the progress callbacks passed on.
     """
 
-    __slots__ = ("_hub", "_progress_seen", "planned_delay", "planned_from", "spread", "task_id")
+    __slots__ = ("_progress_seen", "hub", "planned_delay", "planned_from", "spread", "task_id")
 
     def __init__(self, hub: CallbackHub, task_id: str, started: float) -> None:
-        self._hub = hub
+        self.hub = hub
         self.task_id = task_id
         self.planned_from = started  # when the engine's plan was made
         self.planned_delay = 0.0  # and the delay it asked for
@@ -274,7 +277,7 @@ class Listening:
 
     def due(self, final: float) -> float:
         """The clock time of the next poll (never past `final`, the last one's)."""
-        hub = self._hub
+        hub = self.hub
         probe = hub.probe_at(self.task_id)
         if probe <= self.planned_from:
             # Polled since it fell silent: no more probes, and no spreading out either.
@@ -286,32 +289,18 @@ class Listening:
         """At most this long between looks at `due()` (the reliability may change meanwhile)."""
         return max(self.planned_delay, min_interval)
 
-    def start(self, engine: Engine) -> tuple[Step, PollTracker | None] | None:
-        """Take this Session's create answer as the first look: no GET at 0 s.
-
-        Returns the engine's step for it (and plans the next poll), or None
-        when there is no create answer (or an `initial_delay`): poll first.
-        """
-        created = self._hub.created(self.task_id)
-        if created is None or engine.policy.initial_delay:
-            return None
-        generation, at = created
-        step, tracker = engine.seen(None, self.task_id, at, generation, at)
-        self.plan(at, step.delay, spread=True)
-        return step, tracker
-
     def sending(self) -> tuple[bool, int]:
         """Before a poll: whether it confirms a terminal callback, and the hint's sequence."""
-        return self._hub.hint(self.task_id)[0], self._hub.terminal_seq(self.task_id)
+        return self.hub.hint(self.task_id)[0], self.hub.terminal_seq(self.task_id)
 
     def news(self) -> bool:
         """A terminal callback, or a progress callback not yet passed on."""
-        terminal, progress = self._hub.hint(self.task_id)
+        terminal, progress = self.hub.hint(self.task_id)
         return terminal or (progress is not None and progress is not self._progress_seen)
 
     def take_progress(self) -> Generation | None:
         """A progress callback to pass on without a request (None: poll instead)."""
-        terminal, progress = self._hub.hint(self.task_id)
+        terminal, progress = self.hub.hint(self.task_id)
         if terminal or progress is None or progress is self._progress_seen:
             return None
         self._progress_seen = progress
@@ -320,7 +309,7 @@ class Listening:
     def observed(self, generation: Generation, sent: tuple[bool, int]) -> None:
         """A poll saw `generation`; `sent` is what `sending()` said before it went."""
         confirming, seq = sent
-        self._hub.observed(self.task_id, generation, confirming=confirming, seq=seq)
+        self.hub.observed(self.task_id, generation, confirming=confirming, seq=seq)
 
 
 async def sleep_or_wake(
@@ -363,7 +352,8 @@ def make_handler(hub: CallbackHub, secret: str | None) -> Handler:
             generation = decode_generation(200, {"Content-Type": "application/json"}, bytes(body))
         except DeerLumaError as exc:
             return refuse(400, f"not a generation: {exc}")
-        hub.deliver(generation)
+        if not hub.deliver(generation):  # not an id this Session waits for: nothing kept
+            return web.json_response({"ok": True, "ignored": "not an id this Session waits for"})
         return web.json_response({"ok": True})
 
     return handle

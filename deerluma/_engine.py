@@ -24,6 +24,7 @@ from .exceptions import (
     DeadlineExceeded,
     DeerLumaError,
     GenerationFailed,
+    NotFoundError,
     RateLimitError,
     WaitTimeout,
     is_transient,
@@ -48,7 +49,8 @@ _FRONTIER = 0.25
 TOLERANCE = 1e-6
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
+    """The wall clock, aware (a Session's default; tests inject their own)."""
     return datetime.now(UTC)
 
 
@@ -106,7 +108,7 @@ class PollTracker:
         started: float,
         rng: random.Random,
         history: TimingHistory | None = None,
-        wall: Callable[[], datetime] = _utcnow,
+        wall: Callable[[], datetime] = utcnow,
     ) -> None:
         self.policy = policy
         #: Clock time at which the generation began (its created_at, else when waiting began).
@@ -218,16 +220,19 @@ class PollTracker:
         # Past what the history knows, with most waits out there too: the plain cadence.
         return survived + policy.unhinted_interval
 
-    def record_error(self, exc: BaseException) -> bool:
+    def record_error(self, exc: BaseException, *, young: bool = False) -> bool:
         """Count a failed poll; True when the waiter should give up and report `exc`.
 
         429s do not count: the rate gate paces the Session, and the deadline bounds the wait.
+        A 404 for a task created moments ago (`young`) is not final: it is looked for again.
         """
         if isinstance(exc, DeerLumaError):
             self.failure = exc
         if isinstance(exc, RateLimitError):
             return False
         self.errors += 1
+        if young and isinstance(exc, NotFoundError):
+            return False
         return not is_transient(exc) or self.errors > self.policy.max_consecutive_errors
 
     def error_delay(self, exc: BaseException | None = None) -> float:
@@ -256,10 +261,12 @@ class Engine:
         started: float,
         rng: random.Random,
         history: TimingHistory | None,
+        wall: Callable[[], datetime] = utcnow,
     ) -> None:
         self.policy = policy
         self.started = started
         self._rng = rng
+        self._wall = wall
         self._history = history if policy.learn else None
         timeout = policy.timeout
         #: Clock time after which no request is sent (None: no deadline).
@@ -295,7 +302,7 @@ class Engine:
 
     def tracker(self) -> PollTracker:
         """A new task's own state."""
-        return PollTracker(self.policy, self.started, self._rng, self._history)
+        return PollTracker(self.policy, self.started, self._rng, self._history, self._wall)
 
     def seen(
         self,
@@ -350,16 +357,28 @@ class Engine:
         now: float,
         exc: DeerLumaError,
         sent: float | None = None,
+        *,
+        young_until: float | None = None,
     ) -> tuple[Step, PollTracker | None]:
-        """A poll sent at `sent` failed at `now` (after its request's own retries)."""
+        """A poll sent at `sent` failed at `now` (after its request's own retries).
+
+        Until `young_until` (a while after this Session created the task), a
+        404 is looked for again: some gateways know a task only moments after
+        answering its create.
+        """
         if isinstance(exc, DeadlineExceeded):
             return self._timed_out(tracker, task_id, now, exc), tracker
         if tracker is None:
             tracker = self.tracker()
-        if tracker.record_error(exc):
+        young = young_until is not None and now < young_until
+        if tracker.record_error(exc, young=young):
             tracker.finish(now, None)
             return Step(Verdict.GIVE_UP, error=exc), tracker
-        step = self._then(tracker, task_id, now, sent, tracker.error_delay(exc), None, exc)
+        delay = tracker.error_delay(exc)
+        if young and isinstance(exc, NotFoundError):
+            assert young_until is not None
+            delay = min(delay, young_until - now)  # one last look as the grace ends
+        step = self._then(tracker, task_id, now, sent, delay, None, exc)
         return step, tracker
 
     def _then(

@@ -38,6 +38,12 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stops = 0
+
+    @property
+    def epoch(self) -> int:
+        """Counts the loops ended so far: what ran on an earlier loop is gone with it."""
+        return self._stops
 
     @property
     def running(self) -> bool:
@@ -117,6 +123,8 @@ class LoopThread:
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+            if loop is not None:
+                self._stops += 1
         if loop is None or thread is None:
             return
         loop.call_soon_threadsafe(loop.stop)

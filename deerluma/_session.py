@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import secrets
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import EllipsisType, TracebackType
@@ -29,7 +31,7 @@ from ._policy import PollPolicy, Seconds, to_seconds
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
 from ._validate import check_api_key, check_base_url, check_batch, check_task_id
-from ._wait import OnUpdate, Poller, notify, wait_for, watch_generation
+from ._wait import Created, OnUpdate, Poller, wait_for, watch_generation
 from .exceptions import (
     CreateOutcomeUnknown,
     DecodeError,
@@ -115,6 +117,8 @@ class Session:
         self._clock = self._transport.clock
         self._history = TimingHistory()
         self._callbacks = CallbackHub(self._clock)
+        self._created = Created()
+        self._callback_token = secrets.token_urlsafe(24)
         self.policy = policy or PollPolicy()
         """The default polling policy of this Session's waits."""
 
@@ -159,13 +163,24 @@ class Session:
         s.callback_handler())``) and pass its public URL as ``callback_url``
         when creating. A callback is only a hint: a terminal one wakes the
         waits on its id, which confirm with one GET, so a forged body never
-        completes a wait. With `secret`, requests must carry it as the URL's
-        ``token`` query parameter (``.../luma-callback?token=SECRET``);
-        others get 403. Bodies over 4 MiB get 413, malformed ones 400.
+        completes a wait.
+
+        Requests must carry a token as the URL's ``token`` query parameter;
+        others get 403. By default it is this Session's own (`callback_token`),
+        which create_generation adds to every ``callback_url`` it sends that
+        carries none; pass `secret` to use yours (then put ``?token=SECRET``
+        in your callback URLs). Only callbacks for ids this Session listens
+        for are kept (others are answered and dropped), so made-up ids cannot
+        crowd out real ones. Bodies over 4 MiB get 413, malformed ones 400.
         """
         if secret is not None and not secret:
-            raise ValueError("secret must be a non-empty string (or None for no check)")
-        return make_handler(self._callbacks, secret)
+            raise ValueError("secret must be a non-empty string (or None: this Session's token)")
+        return make_handler(self._callbacks, secret or self._callback_token)
+
+    @property
+    def callback_token(self) -> str:
+        """The token this Session's callback handler asks for by default (random, per Session)."""
+        return self._callback_token
 
     def expect_callbacks(self, task_id: str) -> None:
         """Listen for callbacks on an id this Session did not create with a callback_url."""
@@ -173,7 +188,12 @@ class Session:
 
     @property
     def rate_limited_count(self) -> int:
-        """How many 429 answers this Session has received (also ``rate.rate_limited``)."""
+        """Deprecated: ``rate.rate_limited``, the 429 answers this Session has received."""
+        warnings.warn(
+            "Session.rate_limited_count is deprecated; use Session.rate.rate_limited",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self._transport.gate.rate_limited
 
     async def __aenter__(self) -> Self:
@@ -238,7 +258,14 @@ class Session:
     def _poller(self) -> Poller:
         transport = self._transport
         return Poller(
-            self._fetch, self._clock, transport.sleep, transport.rng, self._history, self._callbacks
+            self._fetch,
+            self._clock,
+            transport.sleep,
+            transport.rng,
+            self._history,
+            self._callbacks,
+            self._created,
+            transport.wall,
         )
 
     def _listens(self, task_id: str, *, callbacks: bool | None) -> bool:
@@ -340,13 +367,22 @@ class Session:
         concurrency: int = 16,
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
+        on_update: OnUpdate | None = None,
         callbacks: bool | None = None,
     ) -> dict[str, Generation | DeerLumaError]:
-        """Wait for all of `task_ids`; map each distinct id to its Generation or its error."""
+        """Wait for all of `task_ids`; map each distinct id to its Generation or its error.
+
+        The arguments are as_completed's; the dict keeps the order of `task_ids`.
+        """
         ids = check_batch(task_ids, concurrency)
         outcomes: dict[str, Generation | DeerLumaError] = {}
         batch = self.as_completed(
-            ids, concurrency=concurrency, timeout=timeout, policy=policy, callbacks=callbacks
+            ids,
+            concurrency=concurrency,
+            timeout=timeout,
+            policy=policy,
+            on_update=on_update,
+            callbacks=callbacks,
         )
         async with batch as results:
             async for result in results:
@@ -412,16 +448,25 @@ class Session:
         prompt: str,
         *,
         timeout: PolicyTimeout = ...,
+        policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
+        callbacks: bool | None = None,
         **options: Unpack[CreateOptions],
     ) -> Generation:
-        """Create a generation, then wait until it is completed (see wait_until_completed)."""
+        """Create a generation, then wait until it is completed (see wait_until_completed).
+
+        `on_update` hears the create answer first, then every change.
+        """
         created = await self.create_generation(prompt, **options)
-        await notify(on_update, created)
-        return await self.wait_until_completed(created.id, timeout=timeout, on_update=on_update)
+        return await self.wait_until_completed(
+            created.id, timeout=timeout, policy=policy, on_update=on_update, callbacks=callbacks
+        )
 
     async def _create(self, body: Mapping[str, object]) -> Generation:
         url = self._collection
+        callback_url = body.get("callback_url")
+        if isinstance(callback_url, str) and callback_url:
+            body = {**body, "callback_url": self._with_token(callback_url)}
 
         async def attempt() -> Generation:
             resp = await self._transport.exchange("POST", url, json_body=body)
@@ -437,6 +482,15 @@ class Session:
             raise CreateOutcomeUnknown(f"the answer to a create request was lost: {exc}") from exc
         except (ServerError, DecodeError) as exc:
             raise CreateOutcomeUnknown(f"a create request failed after sending: {exc}") from exc
-        if body.get("callback_url"):
-            self._callbacks.expect(created.id, created, self._clock())
+        now = self._clock()
+        self._created.add(created, now)
+        if callback_url:
+            self._callbacks.expect(created.id, now)
         return created
+
+    def _with_token(self, callback_url: str) -> str:
+        """The callback URL with this Session's token, unless it carries a token already."""
+        url = yarl.URL(callback_url)
+        if "token" in url.query:
+            return callback_url
+        return str(url.update_query(token=self._callback_token))

@@ -9,6 +9,7 @@ generated from Session's, with its signature and docstring.
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -35,6 +36,7 @@ T = TypeVar("T")
 NOT_MIRRORED = {
     "aclose": "close() is the blocking twin",
     "callback_handler": "an aiohttp handler runs in an async app: use the async Session there",
+    "callback_token": "it guards callback_handler, which only the async Session has",
 }
 
 
@@ -46,12 +48,13 @@ class SyncUpdates(Generic[T]):
     iterator being garbage-collected).
     """
 
-    __slots__ = ("_closed", "_portal", "_updates")
+    __slots__ = ("_closed", "_loop", "_portal", "_updates")
 
     def __init__(self, portal: LoopThread, updates: Updates[T]) -> None:
         self._portal = portal
         self._updates = updates
         self._closed = False
+        self._loop = portal.epoch  # the private loop it runs on: a closed SyncSession ends it
 
     def __iter__(self) -> Self:
         return self
@@ -59,6 +62,9 @@ class SyncUpdates(Generic[T]):
     def __next__(self) -> T:
         if self._closed:
             raise StopIteration
+        if self._loop != self._portal.epoch:
+            self._closed = True
+            raise RuntimeError("its SyncSession was closed: this iterator is over")
         try:
             return self._portal.call(self._updates.__anext__())
         except StopAsyncIteration:
@@ -69,7 +75,8 @@ class SyncUpdates(Generic[T]):
         """Stop polling now; no request stays in flight."""
         if not self._closed:
             self._closed = True
-            self._portal.call(self._updates.aclose())
+            if self._loop == self._portal.epoch:  # its loop ended with the SyncSession: done
+                self._portal.call(self._updates.aclose())
 
     def __enter__(self) -> Self:
         return self
@@ -220,8 +227,13 @@ class SyncSession:
 
     @property
     def rate_limited_count(self) -> int:
-        """How many 429 answers this Session has received."""
-        return self.session.rate_limited_count
+        """Deprecated: ``rate.rate_limited``, the 429 answers this Session has received."""
+        warnings.warn(
+            "SyncSession.rate_limited_count is deprecated; use SyncSession.rate.rate_limited",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.session.rate.rate_limited
 
     @property
     def policy(self) -> PollPolicy:

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
 import aiohttp
@@ -26,6 +27,7 @@ from tenacity.stop import stop_base
 
 from ._control import MAX_PAUSE
 from ._decode import MAX_BODY_BYTES, decode_generation
+from ._engine import utcnow
 from ._gate import RateGate
 from ._peers import Peers
 from ._throttle import Throttle, ThrottleKind
@@ -128,6 +130,8 @@ class Transport:
         self._closed = False
         self.sleep: Sleep = sleep or asyncio.sleep
         self.clock: Clock = clock or time.monotonic
+        self.wall = utcnow if clock is None else _wall_of(clock)
+        """The wall clock: the real one, or one that moves with an injected `clock`."""
         self.gate = RateGate(max_rps, clock=self.clock, sleep=self.sleep, peers=peers)
         self.rng = random.Random()
 
@@ -341,3 +345,13 @@ async def _read_capped(resp: aiohttp.ClientResponse, task_id: str | None) -> byt
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _wall_of(clock: Clock) -> Callable[[], datetime]:
+    """A wall clock that starts at the real time now and moves as `clock` does."""
+    wall0, clock0 = utcnow(), clock()
+
+    def wall() -> datetime:
+        return wall0 + timedelta(seconds=clock() - clock0)
+
+    return wall

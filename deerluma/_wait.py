@@ -9,23 +9,59 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from datetime import datetime
 
 import attrs
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 
 from ._callbacks import CallbackHub, Listening, sleep_or_wake
-from ._engine import TOLERANCE, Engine, PollTracker, Step, Verdict, changed
+from ._engine import TOLERANCE, Engine, PollTracker, Step, Verdict, changed, utcnow
 from ._history import TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
 from .exceptions import DeerLumaError, GenerationFailed
 
-__all__ = ["Fetch", "OnUpdate", "Poller", "notify", "wait_for", "watch_generation"]
+__all__ = [
+    "NOT_FOUND_GRACE",
+    "Created",
+    "Fetch",
+    "OnUpdate",
+    "Poller",
+    "Watch",
+    "notify",
+    "wait_for",
+    "watch_generation",
+]
 
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
 OnUpdate = Callable[[Generation], object]
+
+
+#: A 404 for a task this Session created less than this many seconds ago is not final: some
+#: gateways do not know a task for a moment after answering its create.
+NOT_FOUND_GRACE = 30.0
+
+
+class Created:
+    """The generations this Session created lately (their create answers), and when."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self._size = size
+        self._answers: OrderedDict[str, tuple[Generation, float]] = OrderedDict()
+
+    def add(self, generation: Generation, at: float) -> None:
+        """This Session created `generation` at clock time `at`."""
+        self._answers[generation.id] = (generation, at)
+        self._answers.move_to_end(generation.id)
+        while len(self._answers) > self._size:
+            self._answers.popitem(last=False)
+
+    def get(self, task_id: str) -> tuple[Generation, float] | None:
+        """The create answer for `task_id` and its clock time, if this Session created it."""
+        return self._answers.get(task_id)
 
 
 @attrs.frozen
@@ -38,10 +74,18 @@ class Poller:
     rng: random.Random
     history: TimingHistory | None = None
     hub: CallbackHub | None = None
+    created: Created | None = None
+    wall: Callable[[], datetime] = utcnow
 
     def engine(self, policy: PollPolicy) -> Engine:
         """A poll engine for one wait or batch starting now."""
-        return Engine(policy, self.clock(), self.rng, self.history)
+        return Engine(policy, self.clock(), self.rng, self.history, self.wall)
+
+    def watch(self, engine: Engine, task_id: str, *, listen: bool) -> Watch:
+        """One id's wait in `engine`'s wait or batch (listening for callbacks if `listen`)."""
+        hub = self.hub if listen else None
+        listening = None if hub is None else Listening(hub, task_id, engine.started)
+        return Watch(task_id, listening, self.created)
 
 
 async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
@@ -52,6 +96,107 @@ async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
             await result
 
 
+class Watch:
+    """One id's wait, step by step: the one poll step single waits and batches share.
+
+    Each step is a GET judged by the engine, or a callback's progress passed
+    on without one. A callback is a hint, never a result: what a poll saw
+    (``tracker.last``, and so ``WaitTimeout.last``) comes from polls and the
+    create answer only. `shown` is what the caller last heard, from either.
+    """
+
+    __slots__ = ("_created", "listening", "shown", "stop_listening", "task_id", "tracker")
+
+    def __init__(
+        self, task_id: str, listening: Listening | None = None, created: Created | None = None
+    ) -> None:
+        self.task_id = task_id
+        self.listening = listening
+        self._created = created
+        self.tracker: PollTracker | None = None
+        self.shown: Generation | None = None
+        self.stop_listening: Callable[[], None] | None = None
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` on each callback for this id (when it listens)."""
+        if self.listening is not None:
+            self.stop_listening = self.listening.hub.listen(self.task_id, wake)
+
+    def start(self, engine: Engine) -> tuple[Step, float] | None:
+        """The create answer as the first look, when this Session created the id: no GET at
+        0 s. Returns the engine's step for it and its clock time (None: poll first)."""
+        created = None if self._created is None else self._created.get(self.task_id)
+        if created is None or engine.policy.initial_delay:
+            return None
+        generation, at = created
+        step, self.tracker = engine.seen(None, self.task_id, at, generation, at)
+        if self.listening is not None:
+            self.listening.plan(at, step.delay, spread=True)
+        return self._show(step), at
+
+    def ready(self, engine: Engine, now: float) -> bool:
+        """Whether a step is due now (callbacks may have put the next poll off)."""
+        listening = self.listening
+        return (
+            listening is None
+            or self.tracker is None
+            or listening.news()
+            or now >= listening.due(engine.final) - TOLERANCE
+        )
+
+    async def step(self, engine: Engine, fetch: Fetch, clock: Callable[[], float]) -> Step:
+        """Pass on a callback's progress, or poll once; the engine judges what a poll saw."""
+        listening, task_id, tracker = self.listening, self.task_id, self.tracker
+        before = (False, 0)
+        if listening is not None:
+            progress = listening.take_progress()
+            if progress is not None:  # passed on, no request; the poll keeps its time
+                return self._show(Step(Verdict.SLEEP, emit=progress))
+            before = listening.sending()
+        sent = clock()
+        spread = False
+        if engine.deadline is not None and sent >= engine.deadline:
+            step = engine.timed_out(tracker, task_id, sent)
+        else:
+            try:
+                generation = await fetch(task_id, engine.deadline)
+            except DeerLumaError as exc:
+                step, tracker = engine.failed(
+                    tracker, task_id, clock(), exc, sent, young_until=self._young_until()
+                )
+            else:
+                if listening is not None:
+                    listening.observed(generation, before)
+                step, tracker = engine.seen(tracker, task_id, clock(), generation, sent)
+                spread = True
+        self.tracker = tracker
+        if listening is not None:
+            listening.plan(clock(), step.delay, spread=spread)
+        return self._show(step)
+
+    def _young_until(self) -> float | None:
+        """Until when a 404 is not final: a while after this Session created the id."""
+        created = None if self._created is None else self._created.get(self.task_id)
+        return None if created is None else created[1] + NOT_FOUND_GRACE
+
+    def _show(self, step: Step) -> Step:
+        """Pass on only what changed since the caller last heard."""
+        emit = step.emit
+        if emit is None:
+            return step
+        if not changed(self.shown, emit):
+            return attrs.evolve(step, emit=None)
+        self.shown = emit
+        return step
+
+    def release(self, engine: Engine, now: float) -> None:
+        """The wait is over (or abandoned): stop listening; it no longer counts as running."""
+        engine.release(self.tracker, now)
+        if self.stop_listening is not None:
+            self.stop_listening()
+            self.stop_listening = None
+
+
 async def watch_generation(
     poller: Poller, task_id: str, policy: PollPolicy, *, listen: bool = False
 ) -> AsyncGenerator[Generation, None]:
@@ -60,73 +205,23 @@ async def watch_generation(
     Tenacity drives the loop; the poll engine decides each sleep. Transient
     faults are retried within their own budget; no sleep ends past the
     deadline, the last poll comes just before it, and then WaitTimeout.
-    With `listen`, callbacks for the id (see `_callbacks`) wake the wait.
-    """
-    if listen and poller.hub is not None:
-        async for generation in _watch_listening(poller, poller.hub, task_id, policy):
-            yield generation
-        return
-    clock = poller.clock
-    engine = poller.engine(policy)
-    tracker: PollTracker | None = None
-    step = Step(Verdict.SLEEP)
-
-    def wait(_: RetryCallState) -> float:
-        return step.delay
-
-    try:
-        first = engine.first_delay(may_skip=True)
-        if first:
-            await poller.sleep(first)
-        async for attempt in _retrying(poller.sleep, wait):
-            polled: Step | None = None
-            with attempt:  # anything not ours (a bug, cancellation) is raised by tenacity
-                sent = clock()
-                try:
-                    generation = await poller.fetch(task_id, engine.deadline)
-                except DeerLumaError as exc:
-                    polled, tracker = engine.failed(tracker, task_id, clock(), exc, sent)
-                else:
-                    polled, tracker = engine.seen(tracker, task_id, clock(), generation, sent)
-            if polled is None:
-                continue
-            step = polled
-            attempt.retry_state.set_result(step)
-            if step.emit is not None:
-                yield step.emit
-            if _over(step):
-                return
-    finally:
-        engine.release(tracker, clock())
-
-
-def _retrying(
-    sleep: Callable[[float], Awaitable[None]], wait: Callable[[RetryCallState], float]
-) -> AsyncRetrying:
-    return AsyncRetrying(
-        sleep=sleep, wait=wait, stop=stop_never, retry=retry_if_result(_asleep), reraise=True
-    )
-
-
-async def _watch_listening(
-    poller: Poller, hub: CallbackHub, task_id: str, policy: PollPolicy
-) -> AsyncGenerator[Generation, None]:
-    """watch_generation for an id that expects callbacks: they wake it; polls confirm.
-
-    A terminal callback wakes the wait for one confirming poll; a progress
-    callback is yielded without a request; the engine's schedule, spread out
-    while callbacks prove reliable (`Listening`), is the fallback.
+    With `listen`, callbacks for the id (see `_callbacks`) wake the wait: a
+    terminal one for one confirming poll, a progress one passed on without a
+    request; the engine's schedule, spread out while callbacks prove reliable
+    (`Listening`), is the fallback.
     """
     clock = poller.clock
     engine = poller.engine(policy)
-    tracker: PollTracker | None = None
-    step = Step(Verdict.SLEEP)
+    watch = poller.watch(engine, task_id, listen=listen)
+    listening = watch.listening
     woken = asyncio.Event()
-    stop_listening = hub.listen(task_id, woken.set)
-    listening = Listening(hub, task_id, engine.started)
-    last: Generation | None = None  # what was last yielded
+    watch.listen(woken.set)
+    step = Step(Verdict.SLEEP)
 
-    async def sleep(_: float) -> None:
+    async def sleep(delay: float) -> None:
+        if listening is None:
+            await poller.sleep(delay)
+            return
         while not listening.news():
             now = clock()
             due = listening.due(engine.final)
@@ -140,44 +235,38 @@ async def _watch_listening(
         return step.delay
 
     try:
-        started = listening.start(engine)
+        started = watch.start(engine)
         if started is not None:  # the create answer was the first look: the poll waits its turn
-            step, tracker = started
-            last = step.emit
-            await sleep(0.0)
+            step, at = started
+            if step.emit is not None:
+                yield step.emit
+            if _over(step):
+                return
+            await sleep(max(0.0, at + step.delay - clock()))
         elif first := engine.first_delay(may_skip=True):
             await poller.sleep(first)
         async for attempt in _retrying(sleep, wait):
             polled: Step | None = None
-            with attempt:
-                progress = listening.take_progress()
-                if progress is not None:
-                    # Progress by callback: passed on, no request; the poll keeps its time.
-                    polled = Step(Verdict.SLEEP, emit=progress)
-                else:
-                    before = listening.sending()
-                    sent = clock()
-                    try:
-                        generation = await poller.fetch(task_id, engine.deadline)
-                    except DeerLumaError as exc:
-                        polled, tracker = engine.failed(tracker, task_id, clock(), exc, sent)
-                        listening.plan(clock(), polled.delay, spread=False)
-                    else:
-                        listening.observed(generation, before)
-                        polled, tracker = engine.seen(tracker, task_id, clock(), generation, sent)
-                        listening.plan(clock(), polled.delay, spread=True)
+            with attempt:  # anything not ours (a bug, cancellation) is raised by tenacity
+                polled = await watch.step(engine, poller.fetch, clock)
             if polled is None:
                 continue
             step = polled
             attempt.retry_state.set_result(step)
-            if step.emit is not None and changed(last, step.emit):
-                last = step.emit
+            if step.emit is not None:
                 yield step.emit
             if _over(step):
                 return
     finally:
-        stop_listening()
-        engine.release(tracker, clock())
+        watch.release(engine, clock())
+
+
+def _retrying(
+    sleep: Callable[[float], Awaitable[None]], wait: Callable[[RetryCallState], float]
+) -> AsyncRetrying:
+    return AsyncRetrying(
+        sleep=sleep, wait=wait, stop=stop_never, retry=retry_if_result(_asleep), reraise=True
+    )
 
 
 def _over(step: Step) -> bool:

@@ -31,7 +31,8 @@ async def test_create_sends_the_documented_body_and_decodes_the_answer(
             "model": "ray-2",
             "resolution": "720p",
             "duration": "5s",
-            "callback_url": "https://example.com/hook",
+            # The Session's token, which its callback handler asks for by default.
+            "callback_url": f"https://example.com/hook?token={session.callback_token}",
             "keyframes": {
                 "frame0": {"type": "image", "url": "https://example.com/start.jpg"},
                 "frame1": {"type": "image", "url": "https://example.com/end.jpg"},

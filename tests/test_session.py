@@ -105,7 +105,9 @@ async def test_rate_limit_retry_honours_retry_after(
     fake.inject(Fault.rate_limit(7))
     await session.get_generation(task_id)
     assert sum(clock.sleeps) >= 7.0
-    assert session.rate_limited_count == 1
+    assert session.rate.rate_limited == 1
+    with pytest.deprecated_call():
+        assert session.rate_limited_count == 1
 
 
 @pytest.mark.parametrize(
