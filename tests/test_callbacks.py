@@ -173,3 +173,91 @@ async def test_callbacks_true_listens_on_an_id_created_elsewhere(
 def test_a_secret_must_not_be_empty() -> None:
     with pytest.raises(ValueError, match="secret"):
         deerluma.Session(api_key="k").callback_handler(secret="")
+
+
+@pytest.mark.parametrize("callbacks", [None, False])
+@pytest.mark.parametrize("failure", [None, "moderation: the prompt was blocked"])
+async def test_a_create_answer_already_terminal_ends_every_wait_at_once(
+    api: FakeDeerAPI,
+    cb_session: deerluma.Session,
+    receiver: str,
+    callbacks: bool | None,
+    failure: str | None,
+) -> None:
+    # Moderated at once, or a cached result: the create answer is already terminal.
+    api.create_script = lambda _: {"duration": 0.0, "failure_reason": failure}
+    created = await cb_session.create_generation("a deer", callback_url=f"{receiver}?token=s3cret")
+    assert created.is_terminal
+    terminal = created.state
+    if failure:
+        with pytest.raises(deerluma.GenerationFailed, match="moderation"):
+            await cb_session.wait_until_completed(created.id, callbacks=callbacks)
+    else:
+        g = await cb_session.wait_until_completed(created.id, callbacks=callbacks)
+        assert g.state is terminal
+    async with cb_session.watch(created.id, callbacks=callbacks) as updates:
+        assert [g.state async for g in updates] == [terminal]
+    heard: list[deerluma.Generation] = []
+    results = await cb_session.wait_many([created.id], callbacks=callbacks, on_update=heard.append)
+    outcome = results[created.id]
+    if failure:
+        assert isinstance(outcome, deerluma.GenerationFailed)
+    else:
+        assert isinstance(outcome, deerluma.Generation) and outcome.state is terminal
+    assert [g.state for g in heard] == [terminal]
+    assert _gets(api, created.id) == 0  # the create answer said it all
+    assert cb_session.history.running == 0
+    while not api.callbacks:  # let its callback land before the receiver goes
+        await asyncio.sleep(0.01)
+
+
+async def test_a_progress_callback_is_passed_on_but_never_taken_as_a_poll_result(
+    api: FakeDeerAPI, cb_session: deerluma.Session, receiver: str
+) -> None:
+    api.create_script = lambda _: {"duration": 600.0, "pending_for": 600.0}
+    created = await cb_session.create_generation("a deer", callback_url=f"{receiver}?token=s3cret")
+    hint = {**api.body_of(created.id), "state": "dreaming"}  # says it runs: only a hint
+    assert (await _post(receiver, json.dumps(hint).encode()))[0] == 200
+    heard: list[deerluma.Generation] = []
+    single = asyncio.create_task(
+        cb_session.wait_until_completed(created.id, timeout=2, on_update=heard.append)
+    )
+    batch = await cb_session.wait_many([created.id], timeout=2, on_update=heard.append)
+    with pytest.raises(deerluma.WaitTimeout) as caught:
+        await single
+    for error in (caught.value, batch[created.id]):
+        assert isinstance(error, deerluma.WaitTimeout)
+        # What polls (and the create answer) saw: never what a callback claimed.
+        assert error.last is not None and error.last.state is deerluma.GenerationState.PENDING
+    assert deerluma.GenerationState.DREAMING in {g.state for g in heard}  # passed on
+
+
+async def test_by_default_the_receiver_asks_for_the_sessions_token_and_keeps_only_ids_it_waits_for(
+    api: FakeDeerAPI, cb_session: deerluma.Session, scaled: ScaledClock
+) -> None:
+    app = web.Application()
+    app.router.add_post("/hook", cb_session.callback_handler())  # no secret given
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}/hook"
+    try:
+        stranger = api.add_generation(duration=0)
+        body = json.dumps(api.body_of(stranger)).encode()
+        assert (await _post(url, body, token=None))[0] == 403  # open no more
+        token = cb_session.callback_token
+        for i in range(200):  # a flood of made-up ids remembers nothing
+            fake = {**api.body_of(stranger), "id": f"made-up-{i}"}
+            status, text = await _post(url, json.dumps(fake).encode(), token=token)
+            assert status == 200 and "ignored" in text
+        assert cb_session.callbacks.received == 0 and not cb_session._callbacks._records
+        # The Session puts its token in the callback_url it sends: its callbacks get through.
+        created = await cb_session.create_generation("a deer", callback_url=url)
+        assert f"token={token}" in str(api.created[-1]["callback_url"])
+        g = await cb_session.wait_until_completed(created.id)
+        assert g.is_completed and cb_session.callbacks.received >= 1
+        assert scaled() - api.finishes_at(created.id) < 0.5
+    finally:
+        await runner.cleanup()

@@ -46,6 +46,8 @@ What it does:
   (every request with ``window_counts_failures=True``), then 429 with the
   message naming the limit and no ``Retry-After``.
   ``Fault.upstream_saturated()`` is new-api's 429 for a saturated upstream.
+  ``unknown_after_create`` seconds: a created task answers 404
+  (``task_not_exist``) for that long, as some gateways do.
 - Callbacks: a create with ``callback_url`` gets a JSON POST of the
   generation on each state change (``processing``, then ``completed`` or
   ``failed``), as Luma sends them (5 s timeout, up to 3 retries), following

@@ -104,6 +104,7 @@ class FakeDeerAPI:
         window_limit: int | None = None,
         window_minutes: int = 1,
         window_counts_failures: bool = False,
+        unknown_after_create: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -134,6 +135,7 @@ class FakeDeerAPI:
         self.window_limit = window_limit
         self.window_minutes = window_minutes
         self.window_counts_failures = window_counts_failures
+        self.unknown_after_create = unknown_after_create
         self._window_log: deque[float] = deque()  # the latest `window_limit` counted requests
         self._bucket = float(self.burst)
         self._bucket_time = self.clock()
@@ -402,6 +404,9 @@ class FakeDeerAPI:
             )
         self.polls[task_id] += 1
         now = self.clock()
+        if gen.request is not None and now < gen.started + self.unknown_after_create:
+            # As some gateways do for a task created moments ago.
+            return _json_error(404, "task_not_exist", "task_not_exist")
         if request.get(FAULT_KEY) == "wrong_id":
             other = next((g for g in self._gens.values() if g.id != task_id), gen)
             return web.json_response(self._body(other, now))
