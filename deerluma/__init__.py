@@ -5,14 +5,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._batch import BatchResult
 from ._callbacks import CallbackView
+from ._callbacks import Handler as CallbackHandler
+from ._create import CreateOptions
 from ._decode import decode_generation
+from ._download import Asset, OnProgress
 from ._gate import RateView
 from ._history import TimingHistory
 from ._models import Generation, GenerationState, Media, Video
-from ._policy import PollPolicy
-from ._session import Session
+from ._policy import PollPolicy, Seconds
+from ._session import PolicyTimeout, Session
 from ._stream import Updates
 from ._sync import SyncSession, SyncUpdates
+from ._wait import OnUpdate
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -43,10 +47,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "APIError",
+    "Asset",
     "AuthenticationError",
     "BatchResult",
+    "CallbackHandler",
     "CallbackView",
     "ConfigurationError",
+    "CreateOptions",
     "CreateOutcomeUnknown",
     "DeadlineExceeded",
     "DecodeError",
@@ -60,9 +67,13 @@ __all__ = [
     "InvalidTaskId",
     "Media",
     "NotFoundError",
+    "OnProgress",
+    "OnUpdate",
+    "PolicyTimeout",
     "PollPolicy",
     "RateLimitError",
     "RateView",
+    "Seconds",
     "ServerError",
     "Session",
     "SyncSession",

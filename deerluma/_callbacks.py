@@ -57,6 +57,7 @@ _ONSETS = 32
 
 Listener = Callable[[], None]
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+"""An aiohttp request handler (what `Session.callback_handler` returns)."""
 
 
 @attrs.frozen

@@ -397,16 +397,6 @@ def _normalize(body: Mapping[str, object]) -> Mapping[str, object]:
     return fields
 
 
-def generation_from_json(payload: object, *, task_id: str | None = None) -> Generation:
-    """A Generation from an already-parsed JSON value, or DecodeError."""
-    generation = _structure(payload, task_id)
-    assert isinstance(payload, Mapping)
-    # A dict fresh from json.loads is ours alone: wrap it rather than copy it.
-    raw = MappingProxyType(payload if isinstance(payload, dict) else dict(payload))
-    object.__setattr__(generation, "raw", raw)  # set once, before anyone else sees it
-    return generation
-
-
 def _structure(payload: object, task_id: str | None) -> Generation:
     if not isinstance(payload, Mapping):
         raise DecodeError(f"expected a JSON object, got {type(payload).__name__}", task_id=task_id)

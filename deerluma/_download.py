@@ -13,13 +13,14 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import aiohttp
 import attrs
 import yarl
 
 from ._models import Generation, GenerationState, Media
+from ._transport import client_failure
 from ._validate import check_task_id
 from .exceptions import (
     DeerLumaError,
@@ -29,6 +30,7 @@ from .exceptions import (
     GenerationFailed,
     ServerError,
     TransportError,
+    is_transient,
 )
 
 if TYPE_CHECKING:
@@ -46,8 +48,10 @@ __all__ = [
 ]
 
 Asset = Literal["video", "video_raw", "thumbnail", "last_frame"]
+"""Which file of a generation `Session.download` saves."""
 ASSETS: tuple[Asset, ...] = ("video", "video_raw", "thumbnail", "last_frame")
 OnProgress = Callable[[int, int | None], object]
+"""A download's progress callback: ``(done_bytes, total_bytes or None)``, sync or async."""
 
 log = logging.getLogger("deerluma")
 
@@ -125,11 +129,6 @@ class Transfer:
     resumable: bool = False
 
 
-def _download_transient(exc: BaseException) -> bool:
-    # Any 5xx from storage, or a broken transfer (resumed with Range next time).
-    return isinstance(exc, ServerError | TransportError)
-
-
 async def stream_to(
     http: aiohttp.ClientSession,
     url: str,
@@ -148,6 +147,30 @@ async def stream_to(
         request_headers["Range"] = f"bytes={transfer.done}-"
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     host = yarl.URL(url).host
+    # Disk work goes to a thread (a slow disk must not stall the event loop); the file is
+    # open before the request, so the first bytes are read as soon as they come.
+    out = await asyncio.to_thread(transfer.part.open, "ab")
+    try:
+        await _stream(http, url, host, request_headers, client_timeout, transfer, out, on_progress)
+    finally:
+        await asyncio.to_thread(out.close)
+    if transfer.total is not None and transfer.done != transfer.total:
+        raise TransportError(
+            f"download from {host} ended at {transfer.done} of {transfer.total} bytes"
+        )
+
+
+async def _stream(
+    http: aiohttp.ClientSession,
+    url: str,
+    host: str | None,
+    request_headers: dict[str, str],
+    client_timeout: aiohttp.ClientTimeout,
+    transfer: Transfer,
+    out: BinaryIO,
+    on_progress: OnProgress | None,
+) -> None:
+    timeout = client_timeout.sock_read or 0.0
     try:
         async with http.get(
             yarl.URL(url, encoded=True),
@@ -161,32 +184,50 @@ async def stream_to(
                 raise ServerError(resp.status, message=f"storage at {host} failed")
             if resp.status not in (200, 206):
                 raise DownloadError(f"storage at {host} answered HTTP {resp.status}")
-            append = resp.status == 206 and _range_start(resp) == transfer.done
+            append = False
+            if resp.status == 206:
+                start, whole = _content_range(resp)
+                if start != transfer.done and start != 0:
+                    # Not the bytes asked for (or no telling which): never stitch them in.
+                    transfer.done, transfer.resumable = 0, False
+                    raise TransportError(
+                        f"storage at {host} sent bytes from {start}, not {transfer.done}: "
+                        "starting over"
+                    )
+                append = start == transfer.done != 0
+            else:
+                whole = None
             if not append:
                 transfer.done = 0
             transfer.resumable = resp.headers.get("Accept-Ranges", "").lower() == "bytes"
             length = resp.content_length
-            transfer.total = (transfer.done + length) if length is not None else None
-            with transfer.part.open("ab" if append else "wb") as out:
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    out.write(chunk)
-                    transfer.done += len(chunk)
-                    await _report(on_progress, transfer)
-    except TimeoutError as exc:
-        raise TransportError(f"storage at {host} stopped sending data") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise TransportError(f"could not connect to storage at {host}: {exc}") from exc
-    except aiohttp.ClientError as exc:
-        raise TransportError(f"download from {host} broke off: {type(exc).__name__}") from exc
-    if transfer.total is not None and transfer.done != transfer.total:
-        raise TransportError(
-            f"download from {host} ended at {transfer.done} of {transfer.total} bytes"
-        )
+            transfer.total = whole or ((transfer.done + length) if length is not None else None)
+            start_over = not append  # done with the first write: no hop before the first read
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                await asyncio.to_thread(_write, out, chunk, start_over)
+                start_over = False
+                transfer.done += len(chunk)
+                await _report(on_progress, transfer)
+            if start_over:
+                await asyncio.to_thread(_write, out, b"", start_over)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise client_failure(exc, f"storage at {host}", timeout) from exc
 
 
-def _range_start(resp: aiohttp.ClientResponse) -> int | None:
-    match = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
+def _write(out: BinaryIO, chunk: bytes, start_over: bool) -> None:
+    if start_over:
+        out.seek(0)
+        out.truncate()
+    out.write(chunk)
+
+
+def _content_range(resp: aiohttp.ClientResponse) -> tuple[int | None, int | None]:
+    """A 206's first byte and the whole file's length, from ``Content-Range`` (None: unsaid)."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
+    if match is None:
+        return None, None
+    whole = match.group(2)
+    return int(match.group(1)), None if whole == "*" else int(whole)
 
 
 async def _report(on_progress: OnProgress | None, transfer: Transfer) -> None:
@@ -285,7 +326,7 @@ async def download_generation(
                     on_progress=on_progress,
                 )
                 await downloads.transport.with_retries(
-                    attempt, deadline=None, retry_on=_download_transient
+                    attempt, deadline=None, retry_on=is_transient
                 )
                 break
             except LinkRejected as exc:
@@ -314,7 +355,9 @@ async def download_generation(
             f"cannot write {final}: {exc.strerror or exc}", task_id=generation.id, dest=final
         ) from exc
     finally:
-        transfer.part.unlink(missing_ok=True)
+        # A read-only folder refuses this too: it must not hide the error that got here.
+        with contextlib.suppress(OSError):
+            transfer.part.unlink(missing_ok=True)
         if not final.exists():  # it failed: remove the folders made for it
             for folder in made:  # deepest first; a folder someone filled meanwhile stays
                 with contextlib.suppress(OSError):

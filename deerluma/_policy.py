@@ -11,6 +11,7 @@ import attrs
 __all__ = ["PollPolicy", "Seconds", "to_seconds"]
 
 Seconds = float | timedelta
+"""A length of time: seconds, or a ``timedelta``."""
 
 
 def to_seconds(value: Seconds) -> float:

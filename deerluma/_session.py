@@ -48,8 +48,8 @@ DEFAULT_BASE_URL = "https://api.deerapi.com"
 GENERATIONS_PATH = ("dream-machine", "v1", "generations")
 
 
-#: A wait's `timeout` left as ``...`` is the policy's; None means no deadline at all.
 PolicyTimeout = Seconds | EllipsisType | None
+"""A wait's `timeout`: seconds (or a timedelta); ``...``, the policy's; None, no deadline."""
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -339,7 +339,7 @@ class Session:
         """Yield one BatchResult per distinct task id as soon as it is terminal.
 
         `concurrency` bounds requests in flight, not ids waiting: ten thousand
-        ids cost a few KiB each. One id's error never stops the others; a bad
+        ids cost about 1.3 KiB each. One id's error never stops the others; a bad
         id is reported as InvalidTaskId without a request. Polls share this
         Session's rate-limit gate. `on_update` (sync or async) hears every
         change of every id, as in wait_until_completed. Use ``async with

@@ -227,22 +227,8 @@ class Transport:
                     body = await _read_capped(resp, task_id)
                 headers = resp.headers
                 status = resp.status
-        except TimeoutError as exc:
-            raise TransportError(
-                f"no answer from {url.host} within {timeout:.3g}s{_about(task_id)}",
-                task_id=task_id,
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(
-                f"could not connect to {url.host}{_about(task_id)}: {exc.os_error or exc}",
-                task_id=task_id,
-                request_sent=False,
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(
-                f"connection to {url.host} failed{_about(task_id)}: {type(exc).__name__}: {exc}",
-                task_id=task_id,
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise client_failure(exc, url.host, timeout, task_id=task_id) from exc
         if log.isEnabledFor(logging.DEBUG):  # the hot path of big batches: no call when off
             log.debug("%s %s -> %d (%d bytes)", method, url, status, len(body))
         if status != 429:
@@ -345,6 +331,31 @@ async def _read_capped(resp: aiohttp.ClientResponse, task_id: str | None) -> byt
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def client_failure(
+    exc: TimeoutError | aiohttp.ClientError,
+    host: str | None,
+    timeout: float,
+    *,
+    task_id: str | None = None,
+) -> TransportError:
+    """What an aiohttp failure (or a timeout) talking to `host` means, as a TransportError:
+    one mapping for the API and for storage alike."""
+    about = _about(task_id)
+    if isinstance(exc, TimeoutError):
+        return TransportError(
+            f"no answer from {host} within {timeout:.3g}s{about}", task_id=task_id
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransportError(
+            f"could not connect to {host}{about}: {exc.os_error or exc}",
+            task_id=task_id,
+            request_sent=False,
+        )
+    return TransportError(
+        f"connection to {host} failed{about}: {type(exc).__name__}: {exc}", task_id=task_id
+    )
 
 
 def _wall_of(clock: Clock) -> Callable[[], datetime]:

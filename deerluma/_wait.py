@@ -38,6 +38,7 @@ __all__ = [
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
 OnUpdate = Callable[[Generation], object]
+"""A wait's progress callback: hears each change of a generation, sync or async."""
 
 
 #: A 404 for a task this Session created less than this many seconds ago is not final: some

@@ -6,6 +6,7 @@ import asyncio
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,60 @@ async def test_a_failed_download_removes_the_folders_it_created(
         await session.download(task_id, tmp_path / "mine" / "sub" / "out.mp4")
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # the user's own folder stays
     assert list((tmp_path / "mine").iterdir()) == []
+
+
+@pytest.mark.parametrize("start", [None, 1024, 0])
+async def test_a_resumed_download_that_does_not_start_where_asked_is_never_stitched_in(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path, start: int | None
+) -> None:
+    # Cut halfway; the resumed answer is a 206 from elsewhere, or one that does not say.
+    task_id = fake.add_generation(duration=0)
+    fake.inject_storage(Fault.cut(), Fault.misranged(start))
+    dest = tmp_path / "v.mp4"
+    await session.download(task_id, dest)
+    assert dest.read_bytes() == fake.video_content(task_id)  # whole, never misaligned
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+async def test_the_file_is_written_off_the_event_loop(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    loop_thread = threading.current_thread()
+    writers: set[threading.Thread] = set()
+    import deerluma._download as download
+
+    real = download._write
+
+    def spy(out: object, chunk: bytes, start_over: bool) -> None:
+        writers.add(threading.current_thread())
+        real(out, chunk, start_over)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(download, "_write", spy)
+    await session.download(fake.add_generation(duration=0), tmp_path / "v.mp4")
+    assert writers and loop_thread not in writers
+
+
+async def test_a_read_only_destination_is_a_destination_error_not_a_bare_oserror(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    real_open, real_unlink = Path.open, Path.unlink
+
+    def read_only(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name.endswith(".part"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    def cannot_unlink(path: Path, missing_ok: bool = False) -> None:
+        if path.name.endswith(".part"):  # the clean-up meets the same read-only disk
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "open", read_only)
+    monkeypatch.setattr(Path, "unlink", cannot_unlink)
+    with pytest.raises(deerluma.DestinationError, match="Read-only") as caught:
+        await session.download(fake.add_generation(duration=0), tmp_path / "v.mp4")
+    assert caught.value.dest == tmp_path / "v.mp4"

@@ -129,3 +129,20 @@ async def test_every_change_reaches_on_update_once_in_waits_and_batches_alike(
     assert [s for i, s in enumerate(single) if not i or s != single[i - 1]] == [
         s for i, s in enumerate(batch) if not i or s != batch[i - 1]
     ]
+
+
+def test_every_type_in_a_public_signature_can_be_imported_from_deerluma() -> None:
+    import inspect
+    import re
+
+    elsewhere = {"Iterable", "None", "Path", "PathLike", "URL", "Unpack"}  # stdlib and yarl
+    named: set[str] = set()
+    for cls in (deerluma.Session, deerluma.SyncSession):
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_"):
+                continue
+            function = getattr(member, "fget", None) or getattr(member, "_method", member)
+            for annotation in getattr(function, "__annotations__", {}).values():
+                named |= set(re.findall(r"\b[A-Z][A-Za-z]+\b", str(annotation)))
+    assert {"CreateOptions", "Asset", "OnUpdate", "OnProgress"} <= named
+    assert named - elsewhere - set(deerluma.__all__) == set()

@@ -33,7 +33,8 @@ What it does:
   returns as ``add_generation`` arguments) and records each body in ``created``.
 - Finished generations link to a storage route that serves fake video bytes
   behind presigned-style links expiring after ``link_ttl`` seconds; it refuses
-  any request carrying an Authorization header and supports ``Range``.
+  any request carrying an Authorization header and supports ``Range``
+  (``Fault.misranged()`` answers one from elsewhere, or without saying where).
 - Faults on demand (``Fault.error(502)``, ``Fault.reset()``, ...: each kind a
   small typed class, ``StatusFault``, ``ResetFault``, ...): ``inject(...)``
   queues faults for the next requests;
@@ -66,6 +67,7 @@ from ._faults import (
     CutFault,
     Fault,
     LatencyFault,
+    MisrangedFault,
     OversizedFault,
     RedirectFault,
     ResetFault,
@@ -82,6 +84,7 @@ __all__ = [
     "FakeDeerAPI",
     "Fault",
     "LatencyFault",
+    "MisrangedFault",
     "OversizedFault",
     "RedirectFault",
     "ResetFault",

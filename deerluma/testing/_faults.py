@@ -15,6 +15,7 @@ __all__ = [
     "CutFault",
     "Fault",
     "LatencyFault",
+    "MisrangedFault",
     "OversizedFault",
     "RedirectFault",
     "ResetFault",
@@ -25,6 +26,8 @@ __all__ = [
 
 # A typed request key where aiohttp has them (3.14+), a namespaced string before that.
 FAULT_KEY: Any = getattr(web, "RequestKey", lambda name, _: f"deerluma.{name}")("fault", str)
+#: Where a misranged answer starts (None: it says nothing of where).
+RANGE_KEY: Any = getattr(web, "RequestKey", lambda name, _: f"deerluma.{name}")("range", object)
 #: new-api's answer on task routes when its upstream said 429: the message is rewritten,
 #: whatever the upstream said (controller/relay.go, respondTaskError).
 UPSTREAM_SATURATED_BODY = json.dumps(
@@ -110,6 +113,12 @@ class Fault:
         return OversizedFault(size)
 
     @classmethod
+    def misranged(cls, start: int | None = None) -> Fault:
+        """Storage answers a Range request 206 with bytes from `start` instead of those asked
+        for, saying so in Content-Range (None: the bytes asked for, with no Content-Range)."""
+        return MisrangedFault(start)
+
+    @classmethod
     def wrong_id(cls) -> Fault:
         """Answer with another generation's body, as a confused proxy might."""
         return WrongIdFault()
@@ -191,6 +200,18 @@ class CutFault(Fault):
     """The full length announced, half sent, then the connection dropped."""
 
     kind: ClassVar[str] = "cut"
+
+
+@attrs.frozen
+class MisrangedFault(Fault):
+    """A 206 that does not start where the Range asked (or does not say where it starts)."""
+
+    kind: ClassVar[str] = "misranged"
+    start: int | None = None
+
+    async def respond(self, request: web.Request) -> web.StreamResponse | None:
+        request[RANGE_KEY] = self.start
+        return await super().respond(request)
 
 
 @attrs.frozen

@@ -23,7 +23,7 @@ import attrs
 from aiohttp import web
 
 from .._portal import LoopThread
-from ._faults import DEFAULT_FAULT_MIX, FAULT_KEY, Fault, cut
+from ._faults import DEFAULT_FAULT_MIX, FAULT_KEY, RANGE_KEY, Fault, cut
 
 __all__ = ["FakeDeerAPI", "SeenRequest", "SentCallback"]
 
@@ -519,7 +519,11 @@ class FakeDeerAPI:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{len(content)}"})
         status = 206 if start else 200
         headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
-        if start:
+        said = True
+        if start and request.get(FAULT_KEY) == "misranged":
+            moved = request.get(RANGE_KEY)
+            start, said = (start, False) if moved is None else (moved, True)
+        if start and said:
             headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
         part = content[start:]
         if request.get(FAULT_KEY) == "cut":
