@@ -1,7 +1,8 @@
 """The `deerluma` command: get, wait, wait-many, download, create, and a keyless demo.
 
 Exit codes: 0 success, 1 a generation failed, 2 usage error, 3 timeout,
-4 API, authentication or network error, 130 interrupted.
+4 API, authentication or network error, 5 a local file error, 130
+interrupted, 141 output closed early (a pipe into `head`, say).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from ._models import Generation
 from ._session import Session
 from .exceptions import (
     ConfigurationError,
+    DeadlineExceeded,
     DeerLumaError,
+    DestinationError,
     DestinationExists,
     GenerationFailed,
     WaitTimeout,
@@ -40,22 +43,30 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR, EXIT_LOCAL = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED, EXIT_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as shells report them
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 a generation failed, 2 usage, 3 timeout, 4 API/auth/network error, "
+    "5 local file error, 130 interrupted (Ctrl-C), 141 output closed early."
+)
 ASSET_CHOICES = ("video", "video_raw", "thumbnail", "last_frame")
 
 log = logging.getLogger("deerluma")
 
 
 def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
-    """The worst outcome decides: an error beats a timeout, which beats a failed generation."""
+    """The worst outcome decides: a local file error beats an API error, which beats a
+    timeout, which beats a failed generation."""
     code = EXIT_OK
     for error in errors:
         if error is None:
             continue
         if isinstance(error, GenerationFailed):
             code = max(code, EXIT_FAILED)
-        elif isinstance(error, WaitTimeout):
+        elif isinstance(error, WaitTimeout | DeadlineExceeded):
             code = max(code, EXIT_TIMEOUT)
+        elif isinstance(error, DestinationError):
+            code = max(code, EXIT_LOCAL)
         else:
             code = max(code, EXIT_ERROR)
     return code
@@ -97,6 +108,17 @@ def _command(
     return parser
 
 
+def _count(text: str) -> int:
+    """--tasks: a whole number from 1 to the demo's prompts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= len(_DEMO_PROMPTS):
+        raise argparse.ArgumentTypeError(f"must be 1 to {len(_DEMO_PROMPTS)}, got {value}")
+    return value
+
+
 _RATIOS_HELP = "width:height, one of " + ", ".join(sorted(ASPECT_RATIOS))
 
 
@@ -119,8 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deerluma",
         description="Dream Machine (Luma) video generation through DeerAPI.",
-        epilog="Exit codes: 0 ok, 1 a generation failed, 2 usage, 3 timeout, "
-        "4 API/auth/network error.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"deerluma {__version__}")
     _global_options(parser, defaults=True)
@@ -132,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
         "try everything against a built-in fake server (no key, no network)",
         "deerluma demo --tasks 5 --speed 4",
     )
-    demo.add_argument("--tasks", type=int, default=20, help="simulated generations (default 20)")
+    demo.add_argument(
+        "--tasks", type=_count, default=20, help="simulated generations, 1-24 (default 20)"
+    )
     demo.add_argument("--out", type=Path, help="folder for the downloaded video (default: temp)")
     demo.add_argument("--speed", type=float, default=1.0, help="run simulated time N times faster")
 
@@ -140,6 +163,12 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("task_id", metavar="ID", help="the task id")
     get.add_argument(
         "--json", action="store_true", help="print the generation's body as the API sent it"
+    )
+    get.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds for the whole call, retries included (default 60)",
     )
 
     wait = _command(
@@ -410,7 +439,7 @@ async def cmd_get(app: App) -> int:
     from ._render import print_generation, result_line
 
     async with app.session() as s:
-        g = await s.get_generation(app.args.task_id)
+        g = await s.get_generation(app.args.task_id, timeout=app.args.timeout)
     if app.args.json:  # the generation itself, as sent: like gh api or kubectl -o json
         print(result_line(dict(g.raw)), file=app.out, flush=True)
     else:
@@ -455,10 +484,13 @@ def _plain(row: Row) -> str:
 
 
 def _read_ids(source: str) -> list[str]:
+    name = "stdin" if source == "-" else source
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:  # a usage mistake, not a network error
-        raise ValueError(f"cannot read ids from {source}: {exc.strerror or exc}") from exc
+        raise ValueError(f"cannot read ids from {name}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read ids from {name}: not UTF-8 text (byte {exc.start})") from exc
     ids = [line.strip() for line in text.splitlines()]
     return list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
 
@@ -467,26 +499,49 @@ def _read_ids(source: str) -> list[str]:
 _PERMANENT_ERRORS = frozenset({"NotFoundError", "InvalidTaskId"})
 
 
-def _finished_in(out: Path | None) -> set[str]:
-    """Ids a previous run's --out file already settled: completed, failed, or a permanent error.
+def _finished_in(out: Path | None) -> tuple[set[str], list[int]]:
+    """Ids a previous run's --out file already settled (completed, failed, or a permanent
+    error), and the numbers of the lines that could not be read (cut short by a killed run).
 
     Timeouts and transient errors are tried again.
     """
     if out is None or not out.exists():
-        return set()
+        return set(), []
     done = set()
-    for line in out.read_text(encoding="utf-8").splitlines():
+    unread = []
+    try:
+        text = out.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DestinationError(f"cannot read {out}: {exc.strerror or exc}", dest=out) from exc
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # a line cut short by an interrupted run
+            unread.append(number)
+            continue
         if not isinstance(record, dict):
+            unread.append(number)
             continue
         error = record.get("error")
         permanent = isinstance(error, dict) and error.get("type") in _PERMANENT_ERRORS
         if permanent or record.get("state") in ("completed", "failed"):
             done.add(str(record.get("task_id")))
-    return done
+    return done, unread
+
+
+def _append_to(out: Path) -> TextIO:
+    """Open --out to append records, each on a line of its own even after a cut-off one."""
+    try:
+        handle = out.open("a+", encoding="utf-8")
+        if handle.tell():
+            handle.seek(handle.tell() - 1)
+            if handle.read(1) != "\n":
+                handle.write("\n")  # a line cut midway: the next record starts afresh
+        return handle
+    except OSError as exc:
+        raise DestinationError(f"cannot write {out}: {exc.strerror or exc}", dest=out) from exc
 
 
 async def cmd_wait_many(app: App) -> int:
@@ -495,11 +550,18 @@ async def cmd_wait_many(app: App) -> int:
     from ._render import generation_json, result_line
 
     ids = _read_ids(app.args.source)
-    skipped = _finished_in(app.args.out)
+    skipped, unread = _finished_in(app.args.out)
     todo = [i for i in ids if i not in skipped]
+    if unread:
+        lines = ", ".join(map(str, unread[:10])) + (", ..." if len(unread) > 10 else "")
+        app.console.print(
+            f"{app.args.out}: could not read line{'s' if len(unread) > 1 else ''} {lines} "
+            "(cut short by an interrupted run?); their ids are tried again",
+            highlight=False,
+        )
     if skipped:
         app.console.print(f"skipping {len(ids) - len(todo)} ids already finished in {app.args.out}")
-    out = app.args.out.open("a", encoding="utf-8") if app.args.out else app.out
+    out = _append_to(app.args.out) if app.args.out else app.out
     errors: list[DeerLumaError | None] = []
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -518,7 +580,28 @@ async def cmd_wait_many(app: App) -> int:
     finally:
         if out is not app.out:
             out.close()
+    app.console.print(_summary(errors, len(ids) - len(todo)), highlight=False)
     return exit_code_for(errors)
+
+
+def _summary(errors: Sequence[DeerLumaError | None], skipped: int) -> str:
+    """One line for the end of a batch, on a terminal or not: what became of each id."""
+    counts: dict[str, int] = {}
+    for error in errors:
+        kind = (
+            "completed"
+            if error is None
+            else "failed"
+            if isinstance(error, GenerationFailed)
+            else "timed out"
+            if isinstance(error, WaitTimeout)
+            else type(error).__name__
+        )
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = [f"{count} {kind}" for kind, count in counts.items()]
+    if skipped:
+        parts.append(f"{skipped} finished before")
+    return f"{len(errors) + skipped} ids: " + (", ".join(parts) or "nothing to do")
 
 
 def _last_seen(error: DeerLumaError | None) -> Generation | None:
@@ -614,7 +697,7 @@ async def cmd_demo(app: App) -> int:
     from ._render import summary_table
     from .testing import FakeDeerAPI, ScaledClock
 
-    prompts = _DEMO_PROMPTS[: max(1, app.args.tasks)]
+    prompts = _DEMO_PROMPTS[: app.args.tasks]
 
     def script(body: Any) -> dict[str, object]:
         index = prompts.index(body["prompt"]) if body["prompt"] in prompts else 0
@@ -716,6 +799,9 @@ def main(
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly, as Unix tools do
+        _quiet(stdout)
+        return EXIT_PIPE
     except FileExistsError as exc:  # said for a terminal: the flag, not the Python argument
         where = getattr(exc, "dest", None) or exc.filename or str(exc).split(" exists")[0]
         _report(app, f"{where} exists", "the --overwrite flag replaces it")
@@ -732,9 +818,17 @@ def main(
     except DeerLumaError as exc:
         _report(app, exc)
         return exit_code_for([exc])
-    except OSError as exc:
-        _report(app, exc)
-        return EXIT_ERROR
+    except OSError as exc:  # a file of ours (--out, a full disk): not the API's doing
+        where = f"{exc.filename}: " if exc.filename else ""
+        _report(app, f"{where}{exc.strerror or exc}")
+        return EXIT_LOCAL
+
+
+def _quiet(stdout: TextIO) -> None:
+    """Send what is left for a closed stdout nowhere (Python would complain at exit)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
 
 
 def _report(app: App, exc: BaseException | str, hint: str = "") -> None:

@@ -7,10 +7,10 @@ import math
 import os
 import secrets
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import EllipsisType, TracebackType
-from typing import Self, Unpack
+from typing import Self, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -34,6 +34,7 @@ from ._validate import check_api_key, check_base_url, check_batch, check_task_id
 from ._wait import Created, OnUpdate, Poller, wait_for, watch_generation
 from .exceptions import (
     CreateOutcomeUnknown,
+    DeadlineExceeded,
     DecodeError,
     DeerLumaError,
     ServerError,
@@ -43,6 +44,8 @@ from .exceptions import (
 
 __all__ = ["DEFAULT_BASE_URL", "Session"]
 
+T = TypeVar("T")
+
 
 DEFAULT_BASE_URL = "https://api.deerapi.com"
 GENERATIONS_PATH = ("dream-machine", "v1", "generations")
@@ -50,6 +53,15 @@ GENERATIONS_PATH = ("dream-machine", "v1", "generations")
 
 PolicyTimeout = Seconds | EllipsisType | None
 """A wait's `timeout`: seconds (or a timedelta); ``...``, the policy's; None, no deadline."""
+
+
+def _call_timeout(timeout: Seconds) -> float:
+    if isinstance(timeout, bool):
+        raise ValueError(f"timeout must be a number of seconds, got {timeout!r}")
+    seconds = to_seconds(timeout)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return seconds
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -225,9 +237,55 @@ class Session:
         quoted = quote(check_task_id(task_id), safe="")
         return yarl.URL(f"{self._collection_text}/{quoted}", encoded=True)
 
-    async def get_generation(self, task_id: str) -> Generation:
-        """Fetch one generation by task id, retrying transient faults (up to `max_retries`)."""
-        return await self._fetch(task_id, None)
+    async def get_generation(self, task_id: str, *, timeout: Seconds | None = None) -> Generation:
+        """Fetch one generation by task id, retrying transient faults (up to `max_retries`).
+
+        `timeout` (seconds, or a timedelta) bounds the whole call, retries
+        included: past it, DeadlineExceeded says how long it tried, how many
+        times, and what the last try met. None: each request is bounded by the
+        Session's `timeout`, and the retries by `max_retries`.
+        """
+        check_task_id(task_id)
+        return await self._bounded(
+            "get_generation", timeout, lambda deadline: self._fetch(task_id, deadline), task_id
+        )
+
+    async def _bounded(
+        self,
+        what: str,
+        timeout: Seconds | None,
+        call: Callable[[float | None], Awaitable[T]],
+        task_id: str | None = None,
+    ) -> T:
+        """Run `call(deadline)` within `timeout`; a failure says how long and how often."""
+        seconds = None if timeout is None else _call_timeout(timeout)
+        start = self._clock()
+        deadline = None if seconds is None else start + seconds
+        try:
+            return await call(deadline)
+        except DeerLumaError as exc:
+            elapsed = self._clock() - start
+            tries = f"{exc.attempts} attempt{'s' if exc.attempts != 1 else ''}"
+            if seconds is not None and (
+                isinstance(exc, DeadlineExceeded)
+                or (is_transient(exc) and exc.attempts <= self._transport.max_retries)
+            ):
+                # Stopped by the timeout, not by the retry budget.
+                error = DeadlineExceeded(
+                    f"{what} gave up after {elapsed:.1f}s (timeout={seconds:g}s, {tries}): {exc}",
+                    task_id=task_id,
+                )
+                error.attempts = exc.attempts
+                raise error from exc
+            if isinstance(exc, TransportError) and exc.attempts > 1:
+                lost = TransportError(
+                    f"{exc} ({tries} over {elapsed:.1f}s)",
+                    task_id=exc.task_id,
+                    request_sent=exc.request_sent,
+                )
+                lost.attempts = exc.attempts
+                raise lost from exc
+            raise
 
     async def _fetch(self, task_id: str, deadline: float | None) -> Generation:
         """Like get_generation, but no retry sleeps past `deadline` (a `clock` time)."""
@@ -425,7 +483,9 @@ class Session:
             skip_complete=skip_complete,
         )
 
-    async def create_generation(self, prompt: str, **options: Unpack[CreateOptions]) -> Generation:
+    async def create_generation(
+        self, prompt: str, *, timeout: Seconds | None = None, **options: Unpack[CreateOptions]
+    ) -> Generation:
         """Start a generation; returns it (usually pending). Never resent blindly.
 
         Options are those of `CreateOptions` (aspect_ratio, loop, model,
@@ -433,15 +493,27 @@ class Session:
         before sending. Only a request that certainly never left (the
         connection could not be opened) is retried; when the answer is lost
         after sending, CreateOutcomeUnknown says the generation may or may
-        not exist.
+        not exist. `timeout` bounds the whole call, as in get_generation
+        (past it with nothing sent: DeadlineExceeded; once sent: unknown).
         """
-        return await self._create(build_create_body(prompt, **options))
+        body = build_create_body(prompt, **options)
+        return await self._bounded(
+            "create_generation", timeout, functools.partial(self._create, body)
+        )
 
     async def extend_generation(
-        self, task_id: str, prompt: str, **options: Unpack[CreateOptions]
+        self,
+        task_id: str,
+        prompt: str,
+        *,
+        timeout: Seconds | None = None,
+        **options: Unpack[CreateOptions],
     ) -> Generation:
         """Start a new generation that continues `task_id`'s video (no start_image)."""
-        return await self._create(build_create_body(prompt, extend=task_id, **options))
+        body = build_create_body(prompt, extend=task_id, **options)
+        return await self._bounded(
+            "extend_generation", timeout, functools.partial(self._create, body)
+        )
 
     async def generate(
         self,
@@ -462,19 +534,19 @@ class Session:
             created.id, timeout=timeout, policy=policy, on_update=on_update, callbacks=callbacks
         )
 
-    async def _create(self, body: Mapping[str, object]) -> Generation:
+    async def _create(self, body: Mapping[str, object], deadline: float | None) -> Generation:
         url = self._collection
         callback_url = body.get("callback_url")
         if isinstance(callback_url, str) and callback_url:
             body = {**body, "callback_url": self._with_token(callback_url)}
 
         async def attempt() -> Generation:
-            resp = await self._transport.exchange("POST", url, json_body=body)
+            resp = await self._transport.exchange("POST", url, json_body=body, deadline=deadline)
             return decode_generation(resp.status, resp.headers, resp.body)
 
         try:
             created = await self._transport.with_retries(
-                attempt, deadline=None, retry_on=_never_sent
+                attempt, deadline=deadline, retry_on=_never_sent
             )
         except TransportError as exc:
             if not exc.request_sent:

@@ -35,6 +35,7 @@ from .exceptions import (
     ConfigurationError,
     DeadlineExceeded,
     DecodeError,
+    DeerLumaError,
     RateLimitError,
     TransportError,
 )
@@ -123,7 +124,7 @@ class Transport:
         self.timeout = timeout
         """Seconds one request may take."""
         self._client_timeout = aiohttp.ClientTimeout(total=timeout)
-        self._max_retries = max_retries
+        self.max_retries = max_retries
         self._borrowed = session
         self._owned: aiohttp.ClientSession | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
@@ -280,7 +281,7 @@ class Transport:
 
         return AsyncRetrying(
             stop=stop_any(
-                stop_after_attempt(self._max_retries + 1), StopBefore(deadline, self.clock)
+                stop_after_attempt(self.max_retries + 1), StopBefore(deadline, self.clock)
             ),
             wait=wait,
             retry=retry_if_exception(retry_on),
@@ -302,11 +303,17 @@ class Transport:
         `first_failure` is an attempt the caller already made and lost: it
         counts against the budget and is waited out like any other.
         """
-        async for attempt in self.retrying(deadline=deadline, retry_on=retry_on):
-            with attempt:
-                if first_failure is not None and attempt.retry_state.attempt_number == 1:
-                    raise first_failure
-                return await call()
+        tried = 0
+        try:
+            async for attempt in self.retrying(deadline=deadline, retry_on=retry_on):
+                with attempt:
+                    tried = attempt.retry_state.attempt_number
+                    if first_failure is not None and tried == 1:
+                        raise first_failure
+                    return await call()
+        except DeerLumaError as exc:
+            exc.attempts = max(exc.attempts, tried)
+            raise
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 

@@ -33,9 +33,14 @@ __all__ = [
 
 
 class DeerLumaError(Exception):
-    """Base class of every error deerluma raises."""
+    """Base class of every error deerluma raises.
+
+    `attempts` is how many times the request was tried (retries included)
+    before this error was final.
+    """
 
     task_id: str | None = None
+    attempts: int = 1
 
 
 class APIError(DeerLumaError):
@@ -185,11 +190,16 @@ class ConfigurationError(DeerLumaError, ValueError):
 
 
 class DeadlineExceeded(DeerLumaError, TimeoutError):
-    """A wait's deadline passed before a request could be made or finished.
+    """A deadline passed before a request could be made or finished.
 
-    Waits report it as WaitTimeout (with this as its ``__cause__``); no
-    public call raises it directly.
+    `get_generation(timeout=)` and `create_generation(timeout=)` raise it
+    (saying how long they tried, how many times, and what the last try met);
+    waits report it as WaitTimeout, with this as its ``__cause__``.
     """
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message)
 
 
 class DecodeError(DeerLumaError):

@@ -389,7 +389,7 @@ async def test_rerunning_wait_with_download_keeps_every_line_and_overwrite_repla
     ids = [live_fake.add_generation(duration=0) for _ in range(2)]
     (tmp_path / f"{ids[0]}.mp4").write_bytes(b"an earlier run's file")
     code, out, err = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
-    assert code == 4  # one row could not be saved; the other was, and both lines are there
+    assert code == 5  # one row could not be saved (a local file in the way); both lines are there
     assert len(out.splitlines()) == 2 and "--overwrite" in err
     assert (tmp_path / f"{ids[1]}.mp4").read_bytes() == live_fake.video_content(ids[1])
     argv = ["wait", *ids, "--download", str(tmp_path), "--overwrite"]
@@ -469,3 +469,131 @@ async def test_callback_listen_refuses_a_bad_address(
     code, _, _ = await run(live_fake, "create", "a deer", "--callback-listen", "nowhere")
     assert code == 2 and "expected HOST:PORT" in capsys.readouterr().err  # argparse's own
     assert live_fake.created == []
+
+
+async def test_get_is_bounded_by_its_timeout_and_says_how_long_and_how_often(
+    live_fake: FakeDeerAPI,
+) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    live_fake.inject(Fault.latency(30))  # accepts, then does not answer
+    started = time.monotonic()
+    code, _, err = await run(live_fake, "get", task_id, "--timeout", "1")
+    assert code == 3 and time.monotonic() - started < 10
+    assert "gave up after 1.0s (timeout=1s, 1 attempt)" in err
+
+
+async def test_a_closed_pipe_ends_the_command_quietly(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    ids = [live_fake.add_generation(duration=0) for _ in range(400)]
+    (tmp_path / "ids.txt").write_text("\n".join(ids), encoding="utf-8")
+    proc = await spawn(live_fake, "wait-many", "--from", str(tmp_path / "ids.txt"))
+    assert proc.stdout is not None and proc.stderr is not None
+    await proc.stdout.readline()  # `| head -1`
+    proc.stdout.feed_eof()
+    transport = proc._transport  # type: ignore[attr-defined]
+    transport.get_pipe_transport(1).close()
+    err = await proc.stderr.read()
+    assert await proc.wait() == 141
+    assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+async def test_local_file_problems_exit_5_naming_the_file(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    (tmp_path / "ids.txt").write_text(task_id, encoding="utf-8")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    argv = ["wait-many", "--from", str(tmp_path / "ids.txt")]
+    code, _, err = await run(live_fake, *argv, "--out", str(folder))
+    assert code == 5 and str(folder) in err
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "deerluma",
+                "--api-key",
+                live_fake.api_key,
+                "--base-url",
+                live_fake.url,
+                *argv,
+                stdout=full,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert proc.stderr is not None
+            err_bytes = await proc.stderr.read()
+            assert await proc.wait() == 5, err_bytes
+            assert b"No space left" in err_bytes
+
+
+async def test_an_ids_file_that_is_not_utf8_is_named(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"abc\n\xff\xfe-latin1-\xe9\n")
+    code, _, err = await run(live_fake, "wait-many", "--from", str(ids))
+    assert code == 2 and str(ids) in err and "UTF-8" in err
+
+
+async def test_wait_many_ends_with_a_summary_on_stderr_even_off_a_terminal(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    done = live_fake.add_generation(duration=0)
+    failed = live_fake.add_generation(duration=0, failure_reason="moderation")
+    (tmp_path / "ids.txt").write_text(f"{done}\n{failed}\nnever-made-1234\n", encoding="utf-8")
+    code, _, err = await run(live_fake, "wait-many", "--from", str(tmp_path / "ids.txt"))
+    assert code == 4
+    assert "3 ids: " in err
+    assert "1 completed" in err and "1 failed" in err and "1 NotFoundError" in err
+
+
+async def test_a_cut_line_in_out_is_reported_and_the_next_record_starts_a_line(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    ids = [live_fake.add_generation(duration=0) for _ in range(2)]
+    (tmp_path / "ids.txt").write_text("\n".join(ids), encoding="utf-8")
+    out = tmp_path / "results.jsonl"
+    out.write_text(f'{{"task_id": "{ids[0]}", "state": "compl', encoding="utf-8")  # killed
+    code, _, err = await run(
+        live_fake, "wait-many", "--from", str(tmp_path / "ids.txt"), "--out", str(out)
+    )
+    assert code == 0 and "could not read line 1" in err
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3
+    assert sorted(json.loads(line)["task_id"] for line in lines[1:]) == sorted(ids)
+
+
+def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for code in ("0 ok", "1 a generation failed", "2 usage", "3 timeout", "4 API", "5 local"):
+        assert code in text
+    assert "130 interrupted" in text and "141" in text
+
+
+def test_demo_refuses_zero_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--tasks", "0"]) == 2
+    assert "--tasks: must be 1 to 24, got 0" in capsys.readouterr().err
+
+
+async def test_wait_with_download_to_a_read_only_folder_prints_each_row_and_exits_5(
+    live_fake: FakeDeerAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    ids = [live_fake.add_generation(duration=0) for _ in range(2)]
+    real_open = Path.open
+
+    def read_only(path: Path, *args: object, **kwargs: object) -> object:
+        if path.name.endswith(".part"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", read_only)
+    code, out, err = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
+    assert code == 5
+    records = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["task_id"] for r in records) == sorted(ids)
+    assert all("Read-only" in r["error"]["message"] for r in records)
