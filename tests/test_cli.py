@@ -388,7 +388,7 @@ async def test_rerunning_wait_with_download_keeps_every_line_and_overwrite_repla
 ) -> None:
     ids = [live_fake.add_generation(duration=0) for _ in range(2)]
     (tmp_path / f"{ids[0]}.mp4").write_bytes(b"an earlier run's file")
-    code, out, err = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
+    code, out, _ = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
     assert code == 5  # one row could not be saved (a local file in the way); both lines are there
     assert len(out.splitlines()) == 2 and "--overwrite" in err
     assert (tmp_path / f"{ids[1]}.mp4").read_bytes() == live_fake.video_content(ids[1])
@@ -509,7 +509,7 @@ async def test_local_file_problems_exit_5_naming_the_file(
     code, _, err = await run(live_fake, *argv, "--out", str(folder))
     assert code == 5 and str(folder) in err
     if os.path.exists("/dev/full"):
-        with open("/dev/full", "w") as full:
+        with Path("/dev/full").open("w") as full:  # noqa: ASYNC230 - a device, never blocks
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -592,7 +592,7 @@ async def test_wait_with_download_to_a_read_only_folder_prints_each_row_and_exit
         return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(Path, "open", read_only)
-    code, out, err = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
+    code, out, _ = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
     assert code == 5
     records = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["task_id"] for r in records) == sorted(ids)
