@@ -388,7 +388,7 @@ async def test_rerunning_wait_with_download_keeps_every_line_and_overwrite_repla
 ) -> None:
     ids = [live_fake.add_generation(duration=0) for _ in range(2)]
     (tmp_path / f"{ids[0]}.mp4").write_bytes(b"an earlier run's file")
-    code, out, _ = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
+    code, out, err = await run(live_fake, "wait", *ids, "--download", str(tmp_path), "--json")
     assert code == 5  # one row could not be saved (a local file in the way); both lines are there
     assert len(out.splitlines()) == 2 and "--overwrite" in err
     assert (tmp_path / f"{ids[1]}.mp4").read_bytes() == live_fake.video_content(ids[1])
