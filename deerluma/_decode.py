@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import MappingProxyType, NoneType, UnionType
+from types import NoneType, UnionType
 from typing import Any, Union, get_args, get_origin
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from ._models import Generation, GenerationState, Media, Video
+from ._models import Generation, GenerationState, Media, Unread, Video
 from ._throttle import classify, header
 from .exceptions import (
     APIError,
@@ -137,7 +137,7 @@ def make_converter() -> cattrs.Converter:
     for cls in (Media, Video):
         converter.register_structure_hook(cls, _media_hook(cls, converter))
     # `raw` is the body itself, set after structuring; a body key named "raw" is not it.
-    generation = make_dict_structure_fn(Generation, converter, raw=override(omit=True))
+    generation = make_dict_structure_fn(Generation, converter, _raw=override(omit=True))
     converter.register_structure_hook(Generation, generation)
     return converter
 
@@ -422,34 +422,6 @@ def _structure(payload: object, task_id: str | None) -> Generation:
     return generation
 
 
-class _RawBody(Mapping[str, object]):
-    """A generation's body as received: read-only, parsed from its bytes when first read."""
-
-    __slots__ = ("_body", "_parsed")
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self._parsed: Mapping[str, object] | None = None
-
-    def _mapping(self) -> Mapping[str, object]:
-        if self._parsed is None:
-            value = _json(self._body)
-            self._parsed = MappingProxyType(value if isinstance(value, dict) else {})
-        return self._parsed
-
-    def __getitem__(self, key: str) -> object:
-        return self._mapping()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return len(self._mapping())
-
-    def __repr__(self) -> str:
-        return repr(dict(self._mapping()))
-
-
 def decode_generation(
     status: int,
     headers: Mapping[str, str],
@@ -486,7 +458,6 @@ def decode_generation(
     except DecodeError as exc:
         exc.body_excerpt = excerpt(body)
         raise
-    # Keep the body as bytes, read again only if someone looks: a parsed copy held by every
-    # result of a large batch costs memory, and garbage-collection time on every later poll.
-    object.__setattr__(generation, "raw", _RawBody(body))
+    # Keep the body as bytes, read again only if someone looks (see Unread).
+    object.__setattr__(generation, "_raw", Unread(body))
     return generation

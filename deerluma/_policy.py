@@ -8,33 +8,60 @@ from typing import Any
 
 import attrs
 
-__all__ = ["PollPolicy", "Seconds", "to_seconds"]
+__all__ = ["PollPolicy", "Seconds", "seconds_of", "to_seconds"]
 
 Seconds = float | timedelta
 """A length of time: seconds, or a ``timedelta``."""
 
 
 def to_seconds(value: Seconds) -> float:
-    """Accept a float of seconds or a timedelta."""
+    """Accept a number of seconds or a timedelta (not a bool: True is no length of time)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise TypeError(f"a duration must be a number of seconds or a timedelta, got {value!r}")
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     if seconds != seconds or seconds < 0:
-        raise ValueError(f"a duration must be a non-negative number, got {value!r}")
+        raise ValueError(f"a duration must be 0 or more seconds, got {value!r}")
     return seconds
 
 
-def _optional_seconds(value: Seconds | None) -> float | None:
-    return None if value is None else to_seconds(value)
+def _as_seconds(value: Seconds) -> float:
+    """A timedelta as seconds; anything else as given, for the field's validator to judge."""
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
-def _finite(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not math.isfinite(value):
-        hint = "; use None for no deadline" if attribute.name == "timeout" else ""
-        raise ValueError(f"{attribute.name} must be a finite number of seconds{hint}")
+def _as_optional_seconds(value: Seconds | None) -> float | None:
+    return None if value is None else _as_seconds(value)
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+def seconds_of(name: str, value: object, *, zero: bool = False) -> float:
+    """`value` (seconds, or a timedelta) as seconds, or an error naming `name`: more than 0
+    seconds (or 0 too, with `zero`), finite, and not a bool."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or a timedelta, got {value!r}")
+    if not math.isfinite(value):
+        hint = " (None: no deadline)" if name == "timeout" else ""
+        raise ValueError(f"{name} must be a finite number of seconds{hint}, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise ValueError(f"{name} must be {least} seconds, got {value!r}")
+    return float(value)
+
+
+def _check(attribute: attrs.Attribute[Any], value: object, *, zero: bool) -> None:
+    seconds_of(attribute.name, value, zero=zero)
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A length of time more than 0 (None where the field allows it: no limit)."""
+    if value is not None:
+        _check(attribute, value, zero=False)
+
+
+def _delay(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A length of time, 0 or more."""
+    _check(attribute, value, zero=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -55,29 +82,29 @@ class PollPolicy:
 
     #: Overall deadline in seconds (None: wait forever).
     timeout: float | None = attrs.field(
-        default=900.0, converter=_optional_seconds, validator=[_finite, _positive]
+        default=900.0, converter=_as_optional_seconds, validator=_seconds
     )
     #: Pause before the first poll (cut short by the deadline).
-    initial_delay: float = attrs.field(default=0.0, converter=to_seconds, validator=_finite)
+    initial_delay: float = attrs.field(default=0.0, converter=_as_seconds, validator=_delay)
     #: Spacing of polls once an estimate says completion is due: bounds how late it is noticed.
     min_interval: float = attrs.field(
-        default=0.9, converter=to_seconds, validator=[_finite, _positive]
+        default=0.9, converter=_as_seconds, validator=_seconds
     )
     #: The longest single sleep, whatever the estimate says.
     max_interval: float = attrs.field(
-        default=60.0, converter=to_seconds, validator=[_finite, _positive]
+        default=60.0, converter=_as_seconds, validator=_seconds
     )
     #: Spacing of polls when neither the server nor the history says anything.
     unhinted_interval: float = attrs.field(
-        default=3.0, converter=to_seconds, validator=[_finite, _positive]
+        default=3.0, converter=_as_seconds, validator=_seconds
     )
     #: Spacing of polls at ages where the history has seen generations finish.
     learned_interval: float = attrs.field(
-        default=2.5, converter=to_seconds, validator=[_finite, _positive]
+        default=2.5, converter=_as_seconds, validator=_seconds
     )
     #: A prior for a Session with no history: generations take about this long.
     expected_duration: float | None = attrs.field(
-        default=None, converter=_optional_seconds, validator=[_finite, _positive]
+        default=None, converter=_as_optional_seconds, validator=_seconds
     )
     #: Read and feed the Session's timing history (False: every wait starts from nothing).
     learn: bool = True

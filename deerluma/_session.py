@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import secrets
 import warnings
@@ -27,7 +26,7 @@ from ._gate import RateView
 from ._history import TimingHistory
 from ._models import Generation
 from ._peers import peers_for
-from ._policy import PollPolicy, Seconds, to_seconds
+from ._policy import PollPolicy, Seconds, seconds_of
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
 from ._validate import check_api_key, check_base_url, check_batch, check_task_id
@@ -53,15 +52,6 @@ GENERATIONS_PATH = ("dream-machine", "v1", "generations")
 
 PolicyTimeout = Seconds | EllipsisType | None
 """A wait's `timeout`: seconds (or a timedelta); ``...``, the policy's; None, no deadline."""
-
-
-def _call_timeout(timeout: Seconds) -> float:
-    if isinstance(timeout, bool):
-        raise ValueError(f"timeout must be a number of seconds, got {timeout!r}")
-    seconds = to_seconds(timeout)
-    if not 0 < seconds < math.inf:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return seconds
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -109,11 +99,7 @@ class Session:
             raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
         self._collection = self._base.joinpath(*GENERATIONS_PATH)
         self._collection_text = str(self._collection).rstrip("/")
-        seconds = to_seconds(timeout)
-        if not 0 < seconds < math.inf:
-            raise ValueError(
-                f"timeout must be a positive, finite number of seconds per request, got {timeout!r}"
-            )
+        seconds = seconds_of("timeout", timeout)
         self._transport = Transport(
             key,
             session=session,
@@ -258,7 +244,7 @@ class Session:
         task_id: str | None = None,
     ) -> T:
         """Run `call(deadline)` within `timeout`; a failure says how long and how often."""
-        seconds = None if timeout is None else _call_timeout(timeout)
+        seconds = None if timeout is None else seconds_of("timeout", timeout)
         start = self._clock()
         deadline = None if seconds is None else start + seconds
         try:

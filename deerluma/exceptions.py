@@ -42,6 +42,20 @@ class DeerLumaError(Exception):
     task_id: str | None = None
     attempts: int = 1
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exceptions pickle as cls(*args), which our constructors do not take (the message is
+        # built from their fields): come back as the same error, fields and message alike.
+        return _restore, (type(self), self.args, dict(self.__dict__))
+
+
+def _restore(
+    cls: type[DeerLumaError], args: tuple[object, ...], state: dict[str, object]
+) -> DeerLumaError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class APIError(DeerLumaError):
     """The API answered with an error status.

@@ -132,22 +132,28 @@ def test_policy_accepts_timedelta_and_rejects_nonsense() -> None:
         PollPolicy(hint_error=1.5)
     with pytest.raises(ValueError, match="min_interval"):
         PollPolicy(min_interval=0)
-    with pytest.raises(ValueError, match="non-negative"):
-        PollPolicy(timeout=-1)
+    # Zero and below say the same thing; a bool is no length of time.
+    for nonsense in (-1, 0):
+        with pytest.raises(ValueError, match="timeout must be more than 0 seconds"):
+            PollPolicy(timeout=nonsense)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds"):
+        PollPolicy(timeout=True)
+    with pytest.raises(ValueError, match="initial_delay must be 0 or more seconds"):
+        PollPolicy(initial_delay=-1)
 
 
 @pytest.mark.parametrize(
     ("fields", "complaint"),
     [
-        ({"max_interval": 0}, "max_interval must be positive"),
-        ({"unhinted_interval": 0}, "unhinted_interval must be positive"),
-        ({"learned_interval": 0}, "learned_interval must be positive"),
+        ({"max_interval": 0}, "max_interval must be more than 0 seconds"),
+        ({"unhinted_interval": 0}, "unhinted_interval must be more than 0 seconds"),
+        ({"learned_interval": 0}, "learned_interval must be more than 0 seconds"),
         ({"min_interval": 5, "max_interval": 2}, "must not exceed max_interval"),
-        ({"timeout": 0}, "timeout must be positive"),
-        ({"timeout": float("inf")}, "use None for no deadline"),
+        ({"timeout": 0}, "timeout must be more than 0 seconds"),
+        ({"timeout": float("inf")}, "None: no deadline"),
         ({"unhinted_interval": float("inf")}, "finite"),
-        ({"initial_delay": float("nan")}, "non-negative"),
-        ({"expected_duration": 0}, "expected_duration must be positive"),
+        ({"initial_delay": float("nan")}, "initial_delay must be a finite number"),
+        ({"expected_duration": 0}, "expected_duration must be more than 0 seconds"),
         ({"max_consecutive_errors": -1}, "whole number"),
         ({"max_consecutive_errors": 1.5}, "whole number"),
     ],

@@ -230,7 +230,7 @@ def test_unsafe_base_urls_are_refused(url: str) -> None:
     ("kwargs", "message"),
     [
         ({"timeout": 0}, "timeout"),
-        ({"timeout": -1}, "non-negative"),
+        ({"timeout": -1}, "timeout must be more than 0 seconds"),
         ({"max_retries": -1}, "retries"),
     ],
 )
@@ -387,7 +387,7 @@ def test_batch_arguments_are_checked_when_as_completed_is_called(
     ("settings", "complaint"),
     [
         ({"timeout": float("inf")}, "timeout"),
-        ({"timeout": float("nan")}, "non-negative"),
+        ({"timeout": float("nan")}, "timeout must be a finite number"),
         ({"max_rps": float("nan")}, "max_rps"),
         ({"max_rps": 0}, "max_rps"),
         ({"max_retries": -1}, "max_retries"),
