@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ._batch import BatchResult
 from ._callbacks import CallbackView
 from ._callbacks import Handler as CallbackHandler
-from ._create import CreateOptions
+from ._create import AspectRatio, CreateOptions
 from ._decode import decode_generation
 from ._download import Asset, OnProgress
 from ._gate import RateView
@@ -47,6 +47,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "APIError",
+    "AspectRatio",
     "Asset",
     "AuthenticationError",
     "BatchResult",

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -834,7 +835,42 @@ def _quiet(stdout: TextIO) -> None:
 def _report(app: App, exc: BaseException | str, hint: str = "") -> None:
     if app.args.verbose:
         app.console.print_exception()
-    print(f"deerluma: error: {exc}" + (f" ({hint})" if hint else ""), file=app.console.file)
+    text = f"deerluma: error: {for_terminal(str(exc))}" + (f" ({hint})" if hint else "")
+    print(text, file=app.console.file)
+
+
+#: The library's messages name Python arguments; on a terminal they are the flags.
+_FLAGS = {
+    "Session(max_rps=...)": "--max-rps",
+    "loop=True": "--loop",
+    "overwrite=True": "--overwrite",
+    " (None: no deadline)": "",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "max_rps",
+            "base_url",
+            "api_key",
+            "aspect_ratio",
+            "start_image",
+            "end_image",
+            "callback_url",
+            "concurrency",
+            "timeout",
+        )
+    },
+}
+_FLAG_PATTERN = re.compile(
+    "|".join(
+        re.escape(name) if not name.isidentifier() else rf"(?<![\w-]){name}(?!\w)"
+        for name in sorted(_FLAGS, key=len, reverse=True)
+    )
+)
+
+
+def for_terminal(message: str) -> str:
+    """A message of the library's, with each Python argument it names given as its flag."""
+    return _FLAG_PATTERN.sub(lambda match: _FLAGS[match.group(0)], message)
 
 
 def run() -> None:

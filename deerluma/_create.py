@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TypedDict, Unpack
+from typing import Literal, TypedDict, Unpack, get_args
 
 import yarl
 
 from ._validate import check_task_id
 
-__all__ = ["ASPECT_RATIOS", "MAX_PROMPT_CHARS", "CreateOptions", "build_create_body"]
+__all__ = ["ASPECT_RATIOS", "MAX_PROMPT_CHARS", "AspectRatio", "CreateOptions", "build_create_body"]
 
-#: The aspect ratios the gateway documents.
-ASPECT_RATIOS = frozenset({"1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21"})
+AspectRatio = Literal["1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21"]
+"""The aspect ratios the gateway documents (a type checker catches a bad one)."""
+#: The same, as a set for checking at run time.
+ASPECT_RATIOS = frozenset(get_args(AspectRatio))
 MAX_PROMPT_CHARS = 5000
 
 
@@ -25,7 +27,7 @@ def _check_url(name: str, url: str) -> str:
 class CreateOptions(TypedDict, total=False):
     """What a create request may carry besides the prompt; None means "not sent"."""
 
-    aspect_ratio: str | None  # one of ASPECT_RATIOS
+    aspect_ratio: AspectRatio | None
     loop: bool | None
     model: str | None  # e.g. "ray-2"
     resolution: str | None  # e.g. "720p"

@@ -107,9 +107,12 @@ def destination(dest: str | os.PathLike[str], task_id: str, asset: Asset) -> Pat
     """The file to write: `dest` itself, or one named after the task and asset in a folder.
 
     URLs' own names repeat (many end in ``video.mp4``): in a folder, two
-    generations must never write the same file.
+    generations must never write the same file. ``~`` stands for the home
+    folder; an empty `dest` is refused (it would mean "here" without saying so).
     """
-    path = Path(dest)
+    if not str(dest).strip():
+        raise ValueError("dest must name a file or a folder (\".\" for this folder), got ''")
+    path = Path(dest).expanduser()
     if not (path.is_dir() or str(dest).endswith(("/", os.sep))):
         return path
     stem = _SAFE_NAME.sub("_", task_id).strip("._") or "generation"
@@ -296,6 +299,13 @@ async def download_generation(
         generation = await downloads.fetch(generation.id)
         url = asset_url(generation, asset)
     final = destination(dest, generation.id, asset)
+    if final.is_dir():  # not a file overwrite=True could replace
+        raise DestinationError(
+            f"{final} is a folder; give a file name, or a folder to save into "
+            f"(the file is then named {destination(_folder(final), generation.id, asset).name})",
+            task_id=generation.id,
+            dest=final,
+        )
     if final.exists() and not overwrite:
         transport = downloads.transport
         if skip_complete and await _holds_all_of(transport.http(), url, final, transport.timeout):
@@ -384,6 +394,10 @@ async def _holds_all_of(http: aiohttp.ClientSession, url: str, path: Path, timeo
             return resp.status == 416 and total is not None and int(total.group(1)) == size
     except (OSError, aiohttp.ClientError, TimeoutError):
         return False
+
+
+def _folder(path: Path) -> str:
+    return f"{path}{os.sep}"
 
 
 def _exists(final: Path, task_id: str) -> DestinationExists:

@@ -87,21 +87,13 @@ class PollPolicy:
     #: Pause before the first poll (cut short by the deadline).
     initial_delay: float = attrs.field(default=0.0, converter=_as_seconds, validator=_delay)
     #: Spacing of polls once an estimate says completion is due: bounds how late it is noticed.
-    min_interval: float = attrs.field(
-        default=0.9, converter=_as_seconds, validator=_seconds
-    )
+    min_interval: float = attrs.field(default=0.9, converter=_as_seconds, validator=_seconds)
     #: The longest single sleep, whatever the estimate says.
-    max_interval: float = attrs.field(
-        default=60.0, converter=_as_seconds, validator=_seconds
-    )
+    max_interval: float = attrs.field(default=60.0, converter=_as_seconds, validator=_seconds)
     #: Spacing of polls when neither the server nor the history says anything.
-    unhinted_interval: float = attrs.field(
-        default=3.0, converter=_as_seconds, validator=_seconds
-    )
+    unhinted_interval: float = attrs.field(default=3.0, converter=_as_seconds, validator=_seconds)
     #: Spacing of polls at ages where the history has seen generations finish.
-    learned_interval: float = attrs.field(
-        default=2.5, converter=_as_seconds, validator=_seconds
-    )
+    learned_interval: float = attrs.field(default=2.5, converter=_as_seconds, validator=_seconds)
     #: A prior for a Session with no history: generations take about this long.
     expected_duration: float | None = attrs.field(
         default=None, converter=_as_optional_seconds, validator=_seconds

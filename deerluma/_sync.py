@@ -9,11 +9,12 @@ generated from Session's, with its signature and docstring.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 import yarl
 
@@ -31,6 +32,7 @@ __all__ = ["NOT_MIRRORED", "SyncSession", "SyncUpdates"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Session's public names SyncSession deliberately has no same-named twin of, and why.
 NOT_MIRRORED = {
@@ -96,55 +98,42 @@ class SyncUpdates(Generic[T]):
             self._portal.submit(self._updates.aclose())
 
 
-class _Blocking(Generic[P, R]):
+def _blocking(
+    method: Callable[Concatenate[Session, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[SyncSession, P], R]:
     """A SyncSession method that runs Session's coroutine method of the same name."""
 
-    def __init__(self, method: Callable[Concatenate[Session, P], Coroutine[Any, Any, R]]) -> None:
-        self._method = method
-        self.__doc__ = method.__doc__
+    @functools.wraps(method)
+    def call(self: SyncSession, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._portal.call(method(self.session, *args, **kwargs))
 
-    @overload
-    def __get__(self, obj: None, owner: type[SyncSession]) -> Self: ...
-    @overload
-    def __get__(self, obj: SyncSession, owner: type[SyncSession]) -> Callable[P, R]: ...
-    def __get__(self, obj: SyncSession | None, owner: type[SyncSession]) -> Self | Callable[P, R]:
-        if obj is None:
-            return self
-        method, session, portal = self._method, obj.session, obj._portal
-
-        @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            return portal.call(method(session, *args, **kwargs))
-
-        return call
+    return _mirroring(call, method, returns=None)
 
 
-class _Iterating(Generic[P, T]):
+def _iterating(
+    method: Callable[Concatenate[Session, P], Updates[T]],
+) -> Callable[Concatenate[SyncSession, P], SyncUpdates[T]]:
     """A SyncSession method that wraps Session's `Updates`-returning method in a SyncUpdates."""
 
-    def __init__(self, method: Callable[Concatenate[Session, P], Updates[T]]) -> None:
-        self._method = method
-        self.__doc__ = method.__doc__
+    @functools.wraps(method)
+    def call(self: SyncSession, /, *args: P.args, **kwargs: P.kwargs) -> SyncUpdates[T]:
+        # Arguments are checked here, in the caller's thread, as Session does.
+        return SyncUpdates(self._portal, method(self.session, *args, **kwargs))
 
-    @overload
-    def __get__(self, obj: None, owner: type[SyncSession]) -> Self: ...
-    @overload
-    def __get__(
-        self, obj: SyncSession, owner: type[SyncSession]
-    ) -> Callable[P, SyncUpdates[T]]: ...
-    def __get__(
-        self, obj: SyncSession | None, owner: type[SyncSession]
-    ) -> Self | Callable[P, SyncUpdates[T]]:
-        if obj is None:
-            return self
-        method, session, portal = self._method, obj.session, obj._portal
+    return _mirroring(call, method, returns="Sync")
 
-        @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> SyncUpdates[T]:
-            # Arguments are checked here, in the caller's thread, as Session does.
-            return SyncUpdates(portal, method(session, *args, **kwargs))
 
-        return call
+def _mirroring(call: F, method: Callable[..., object], *, returns: str | None) -> F:
+    """Give `call` the signature of `method` as help() and notebooks show it: its own
+    parameters (self a SyncSession's), returning what the blocking call returns."""
+    signature = inspect.signature(method)
+    annotation = signature.return_annotation
+    if returns and isinstance(annotation, str):
+        annotation = returns + annotation  # Updates[...] -> SyncUpdates[...]
+    call.__signature__ = signature.replace(return_annotation=annotation)  # type: ignore[attr-defined]
+    del call.__wrapped__  # type: ignore[attr-defined]  # not the coroutine's signature
+    call.__mirrors__ = method  # type: ignore[attr-defined]
+    return call
 
 
 class SyncSession:
@@ -259,23 +248,23 @@ class SyncSession:
 
     # The one list of mirrored methods: each is Session's own, run to its end on the
     # private loop. A test fails when Session gains a public name missing here.
-    get_generation = _Blocking(Session.get_generation)
+    get_generation = _blocking(Session.get_generation)
     """[Session.get_generation][deerluma.Session.get_generation], blocking."""
-    wait_until_completed = _Blocking(Session.wait_until_completed)
+    wait_until_completed = _blocking(Session.wait_until_completed)
     """[Session.wait_until_completed][deerluma.Session.wait_until_completed], blocking."""
-    wait_many = _Blocking(Session.wait_many)
+    wait_many = _blocking(Session.wait_many)
     """[Session.wait_many][deerluma.Session.wait_many], blocking."""
-    download = _Blocking(Session.download)
+    download = _blocking(Session.download)
     """[Session.download][deerluma.Session.download], blocking."""
-    create_generation = _Blocking(Session.create_generation)
+    create_generation = _blocking(Session.create_generation)
     """[Session.create_generation][deerluma.Session.create_generation], blocking."""
-    extend_generation = _Blocking(Session.extend_generation)
+    extend_generation = _blocking(Session.extend_generation)
     """[Session.extend_generation][deerluma.Session.extend_generation], blocking."""
-    generate = _Blocking(Session.generate)
+    generate = _blocking(Session.generate)
     """[Session.generate][deerluma.Session.generate], blocking."""
-    watch = _Iterating(Session.watch)
+    watch = _iterating(Session.watch)
     """[Session.watch][deerluma.Session.watch], as a plain iterator (SyncUpdates)."""
-    as_completed = _Iterating(Session.as_completed)
+    as_completed = _iterating(Session.as_completed)
     """[Session.as_completed][deerluma.Session.as_completed], as a plain iterator (SyncUpdates)."""
 
 

@@ -479,7 +479,7 @@ async def test_get_is_bounded_by_its_timeout_and_says_how_long_and_how_often(
     started = time.monotonic()
     code, _, err = await run(live_fake, "get", task_id, "--timeout", "1")
     assert code == 3 and time.monotonic() - started < 10
-    assert "gave up after 1.0s (timeout=1s, 1 attempt)" in err
+    assert "gave up after 1.0s (--timeout=1s, 1 attempt)" in err
 
 
 async def test_a_closed_pipe_ends_the_command_quietly(
@@ -597,3 +597,19 @@ async def test_wait_with_download_to_a_read_only_folder_prints_each_row_and_exit
     records = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["task_id"] for r in records) == sorted(ids)
     assert all("Read-only" in r["error"]["message"] for r in records)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["wait", "x", "--max-rps", "-1"], "--max-rps must be a positive number"),
+        (["--base-url", "ftp://example.com", "get", "x"], "--base-url must be"),
+        (["wait", "x", "--timeout", "inf"], "--timeout must be a finite number of seconds, got"),
+        (["create", "a deer", "--loop", "--end-image", "https://e.x/a.jpg"], "--loop cannot"),
+    ],
+)
+async def test_messages_name_flags_not_python_arguments(argv: list[str], said: str) -> None:
+    code, _, err = await run(None, "--api-key", "k", *argv)
+    assert code == 2 and said in err
+    for python in ("max_rps", "base_url", "loop=True", "end_image", "None"):
+        assert python not in err

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import deerluma
-from deerluma._sync import NOT_MIRRORED, _Blocking, _Iterating
+from deerluma._sync import NOT_MIRRORED
 from deerluma.testing import FakeClock, FakeDeerAPI
 
 
@@ -200,7 +200,8 @@ def test_every_public_session_method_has_a_blocking_twin() -> None:
         ours = inspect.getattr_static(deerluma.SyncSession, name)
         theirs = inspect.getattr_static(deerluma.Session, name)
         assert ours.__doc__, f"SyncSession.{name} is undocumented"
-        if isinstance(ours, _Blocking | _Iterating):  # Session's own method: its own words
+        if hasattr(ours, "__mirrors__"):  # Session's own method: its own words
+            assert ours.__mirrors__ is theirs, name
             assert ours.__doc__ == theirs.__doc__, name
 
 
@@ -215,3 +216,21 @@ def test_the_constructor_takes_sessions_arguments_except_a_borrowed_pool() -> No
 def test_the_key_stays_out_of_the_repr() -> None:
     s = deerluma.SyncSession(api_key="sk-secret-123", base_url="http://127.0.0.1:1")
     assert "sk-secret-123" not in repr(s) and repr(s).startswith("SyncSession(")
+
+
+def test_blocking_methods_show_their_own_signature_in_help_and_notebooks() -> None:
+    import pydoc
+
+    s = deerluma.SyncSession(api_key="k")
+    try:
+        bound = inspect.signature(s.wait_until_completed)
+        assert next(iter(bound.parameters)) == "task_id"  # no spurious self
+        assert bound.return_annotation == "Generation"
+        unbound = inspect.signature(deerluma.SyncSession.wait_until_completed)
+        assert next(iter(unbound.parameters)) == "self"
+        assert inspect.signature(s.watch).return_annotation == "SyncUpdates[Generation]"
+        assert inspect.signature(s.as_completed).return_annotation == "SyncUpdates[BatchResult]"
+        text = pydoc.plain(pydoc.render_doc(deerluma.SyncSession))
+        assert "object at 0x" not in text and "wait_until_completed(self, task_id" in text
+    finally:
+        s.close()
