@@ -11,6 +11,8 @@ from ._decode import decode_generation
 from ._download import Asset, OnProgress
 from ._gate import RateView
 from ._history import TimingHistory
+from ._jobs import Job, JobResult
+from ._ledger import JobState, Ledger
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy, Seconds
 from ._session import PolicyTimeout, Session
@@ -66,6 +68,10 @@ __all__ = [
     "GenerationFailed",
     "GenerationState",
     "InvalidTaskId",
+    "Job",
+    "JobResult",
+    "JobState",
+    "Ledger",
     "Media",
     "NotFoundError",
     "OnProgress",

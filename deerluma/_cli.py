@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__
 from ._create import ASPECT_RATIOS, CreateOptions
 from ._download import Asset, destination
+from ._jobs import JobResult
+from ._ledger import LEDGER_FILE, JobState
 from ._models import Generation
 from ._session import Session
 from .exceptions import (
@@ -242,7 +244,62 @@ def _parser() -> argparse.ArgumentParser:
     extend.add_argument("task_id", metavar="ID", help="the generation to continue")
     extend.add_argument("prompt", help="what happens next")
     _generation_options(extend)
+
+    run = _command(
+        commands,
+        "run",
+        "make a video for each job of a JSON-lines file, durably: re-run to continue",
+        "deerluma run jobs.jsonl --out videos/ --max-active 10",
+    )
+    run.add_argument(
+        "jobs",
+        metavar="JOBS.jsonl",
+        help='one job per line: {"key": "clip-001", "prompt": "...", ...create options}',
+    )
+    run.add_argument("--out", type=Path, required=True, metavar="DIR", help="videos: DIR/KEY.mp4")
+    run.add_argument(
+        "--ledger",
+        metavar="URL",
+        help="postgresql://... to share the jobs among workers (default: a SQLite file in DIR)",
+    )
+    run.add_argument(
+        "--max-active",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="generations running at once, across all workers (default 10)",
+    )
+    run.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="create again the jobs whose earlier create may have gone through (may be charged "
+        "twice)",
+    )
+    run.add_argument(
+        "--retry-failed", action="store_true", help="create again the jobs whose generation failed"
+    )
+    run.add_argument("--json", action="store_true", help="one JSON line per job as it settles")
+
+    status = _command(
+        commands,
+        "status",
+        "show a durable run's jobs: counts by state, and those that need a person",
+        "deerluma status videos/",
+    )
+    status.add_argument("out", nargs="?", type=Path, metavar="DIR", help="a run's --out folder")
+    status.add_argument("--ledger", metavar="URL", help="a postgresql://... ledger instead")
+    status.add_argument("--json", action="store_true", help="one JSON line per job")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -739,6 +796,120 @@ async def cmd_demo(app: App) -> int:
     return EXIT_OK if failed == EXIT_FAILED else failed
 
 
+def _job_line(result: JobResult) -> dict[str, object]:
+    return {
+        "key": result.key,
+        "state": result.state.value,
+        "task_id": result.task_id,
+        "path": result.path,
+        "error": result.error,
+    }
+
+
+async def cmd_run(app: App) -> int:
+    from ._jobs import load_jobs
+
+    a = app.args
+    source = Path(a.jobs)
+    try:
+        text = await asyncio.to_thread(source.read_text, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read jobs from {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"cannot read jobs from {source}: not UTF-8 text") from exc
+    jobs = load_jobs(text.splitlines(), str(source))
+    counts: dict[JobState, int] = {}
+    settled: list[JobResult] = []
+    started = time.monotonic()
+
+    def line() -> str:
+        rate = len(settled) / max(1e-9, time.monotonic() - started)
+        left = len(jobs) - len(settled)
+        eta = f", about {_duration(left / rate)} left" if rate > 0 and left else ""
+        parts = [f"{n} {state.value}" for state, n in sorted(counts.items())]
+        return (
+            f"{len(settled)}/{len(jobs)} settled ({', '.join(parts) or 'starting'}); "
+            f"{rate * 60:.1f} jobs/min{eta}"
+        )
+
+    async with app.session() as s:
+        runs = s.run(
+            jobs,
+            out=a.out,
+            ledger=a.ledger,
+            max_active=a.max_active,
+            resubmit_unknown=a.resubmit_unknown,
+            retry_failed=a.retry_failed,
+        )
+        with contextlib.ExitStack() as stack:
+            status = stack.enter_context(app.console.status(line())) if app.live else None
+            async with runs as results:
+                async for result in results:
+                    settled.append(result)
+                    counts[result.state] = counts.get(result.state, 0) + 1
+                    if a.json:
+                        app.emit(_job_line(result))
+                    elif not app.live:
+                        where = result.path or result.error or ""
+                        print(f"{result.key}\t{result.state.value}\t{where}", file=app.out)
+                    if status is not None:
+                        status.update(line())
+    return _run_summary(app, settled)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def _run_summary(app: App, results: Sequence[JobResult]) -> int:
+    """Counts by state, then each job that needs a person; the exit code."""
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.state.value] = counts.get(result.state.value, 0) + 1
+    print(
+        f"{len(results)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())),
+        file=app.console.file,
+    )
+    failed = [r for r in results if r.state is JobState.FAILED]
+    unknown = [r for r in results if r.state is JobState.UNKNOWN]
+    for r in failed:
+        print(f"  failed: {r.key}: {r.error}", file=app.console.file)
+    for r in unknown:
+        print(f"  outcome unknown (may be charged): {r.key}: {r.error}", file=app.console.file)
+    if unknown:
+        print(
+            "  a person should check these in the provider's dashboard; --resubmit-unknown "
+            "creates them again",
+            file=app.console.file,
+        )
+    if failed:
+        print("  --retry-failed creates the failed ones again", file=app.console.file)
+    return EXIT_FAILED if failed or unknown else EXIT_OK
+
+
+async def cmd_status(app: App) -> int:
+    from ._ledger import Ledger
+
+    a = app.args
+    if (a.out is None) == (a.ledger is None):
+        raise ValueError("give a run's --out folder, or --ledger URL (one of them)")
+    where = a.ledger or a.out
+    if a.ledger is None and not (Path(a.out) / LEDGER_FILE).exists():
+        raise ValueError(f"no ledger in {a.out}: was `deerluma run ... --out {a.out}` run?")
+    ledger = await asyncio.to_thread(Ledger.open, where)
+    try:
+        rows = await asyncio.to_thread(ledger.rows)
+    finally:
+        ledger.close()
+    results = [JobResult.of(row) for row in rows]
+    if a.json:
+        for result in results:
+            app.emit(_job_line(result))
+    _run_summary(app, results)
+    return EXIT_OK
+
+
 _DEMO_PROMPTS = [
     "a deer walking through a misty forest at dawn",
     "waves rolling over black sand, slow motion",
@@ -774,6 +945,8 @@ _COMMANDS: dict[str, Callable[[App], Coroutine[Any, Any, int]]] = {
     "download": cmd_download,
     "create": cmd_create,
     "extend": cmd_create,
+    "run": cmd_run,
+    "status": cmd_status,
 }
 
 

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import EllipsisType, TracebackType
-from typing import Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -24,6 +24,8 @@ from ._decode import decode_generation
 from ._download import Asset, Downloads, OnProgress, download_generation
 from ._gate import RateView
 from ._history import TimingHistory
+from ._jobs import Job, JobResult, run_jobs
+from ._ledger import Ledger
 from ._models import Generation
 from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, seconds_of
@@ -467,6 +469,43 @@ class Session:
             overwrite=overwrite,
             on_progress=on_progress,
             skip_complete=skip_complete,
+        )
+
+    def run(
+        self,
+        jobs: Iterable[Job | Mapping[str, Any]],
+        *,
+        out: str | os.PathLike[str],
+        ledger: Ledger | str | os.PathLike[str] | None = None,
+        max_active: int = 10,
+        resubmit_unknown: bool = False,
+        retry_failed: bool = False,
+    ) -> Updates[JobResult]:
+        """Make each job's video, durably: yield each job's JobResult as it settles.
+
+        `jobs` are `Job`s or mappings (``{"key": ..., "prompt": ..., **create
+        options}``; without a key, a digest of the request). Videos land as
+        ``OUT/<key>.mp4``. The `ledger` (a `Ledger`, a ``postgresql://`` URL, a
+        folder or file; None: a SQLite file in `out`) records each state change
+        before the next step, so a run that stops, however it stops, continues
+        where it was when run again, and never creates a job twice: a create
+        whose answer never got recorded is UNKNOWN (it may have been charged)
+        and is sent again only with `resubmit_unknown`; failed generations are
+        created again only with `retry_failed`. At most `max_active`
+        generations run at once (across every worker on the ledger). Several
+        workers (processes, machines) on one ledger share the jobs. See
+        docs/jobs.md.
+        """
+        return Updates(
+            run_jobs(
+                self,
+                jobs,
+                ledger=ledger,
+                out=out,
+                max_active=max_active,
+                resubmit_unknown=resubmit_unknown,
+                retry_failed=retry_failed,
+            )
         )
 
     async def create_generation(

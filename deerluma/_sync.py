@@ -266,6 +266,8 @@ class SyncSession:
     """[Session.watch][deerluma.Session.watch], as a plain iterator (SyncUpdates)."""
     as_completed = _iterating(Session.as_completed)
     """[Session.as_completed][deerluma.Session.as_completed], as a plain iterator (SyncUpdates)."""
+    run = _iterating(Session.run)
+    """[Session.run][deerluma.Session.run], as a plain iterator (SyncUpdates)."""
 
 
 def _shut_down(portal: LoopThread, session: Session) -> None:
