@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import aiohttp
 import attrs
@@ -152,11 +152,16 @@ async def stream_to(
     host = yarl.URL(url).host
     # Disk work goes to a thread (a slow disk must not stall the event loop); the file is
     # open before the request, so the first bytes are read as soon as they come.
-    out = await asyncio.to_thread(transfer.part.open, "ab")
+    opening = asyncio.ensure_future(asyncio.to_thread(transfer.part.open, "ab"))
+    try:
+        out = await asyncio.shield(opening)
+    except asyncio.CancelledError:  # the thread still opens it: close it when it has
+        opening.add_done_callback(_close_opened)
+        raise
     try:
         await _stream(http, url, host, request_headers, client_timeout, transfer, out, on_progress)
     finally:
-        await asyncio.to_thread(out.close)
+        out.close()  # at once, even when cancelled (a write's thread has finished by now)
     if transfer.total is not None and transfer.done != transfer.total:
         raise TransportError(
             f"download from {host} ended at {transfer.done} of {transfer.total} bytes"
@@ -215,6 +220,11 @@ async def _stream(
                 await asyncio.to_thread(_write, out, b"", start_over)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise client_failure(exc, f"storage at {host}", timeout) from exc
+
+
+def _close_opened(opening: asyncio.Future[Any]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _write(out: BinaryIO, chunk: bytes, start_over: bool) -> None:

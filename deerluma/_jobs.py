@@ -51,7 +51,7 @@ __all__ = ["Job", "JobResult", "JobState", "run_jobs"]
 #: A worker holds its jobs this long without renewing (seconds); it renews every third of it.
 LEASE = 30.0
 #: While other workers hold the jobs left, look again this often (seconds).
-_LOOK_AGAIN = 1.0
+_LOOK_AGAIN = 0.5
 #: A job's transient faults back off from this to at most `_LONGEST_BACKOFF` seconds.
 _FIRST_BACKOFF = 1.0
 _LONGEST_BACKOFF = 60.0
@@ -365,10 +365,11 @@ async def run_jobs(
             if row.state.settled:
                 reported.add(row.key)
                 yield JobResult.of(row)
-        async for result in runner.run():
-            if result.key not in reported:
-                reported.add(result.key)
-                yield result
+        async with contextlib.aclosing(runner.run()) as running:  # its claims go at once
+            async for result in running:
+                if result.key not in reported:
+                    reported.add(result.key)
+                    yield result
     finally:
         if owned:
             store.close()

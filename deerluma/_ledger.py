@@ -390,6 +390,7 @@ class PostgresLedger(Ledger):
         except psycopg.Error as exc:
             raise ConfigurationError(f"cannot open the ledger at {self.url}: {exc}") from exc
         with self._lock, self._transaction() as cursor:
+            self._serialize(cursor)  # two workers making the table at once would collide
             cursor.execute(_SCHEMA)
 
     @contextlib.contextmanager

@@ -1,0 +1,291 @@
+"""Durable jobs: the ledger's state machine, resumes, unknown outcomes, shared ledgers.
+
+Against FakeDeerAPI over real sockets; the SQLite ledger is a real file, and
+the PostgreSQL one a real server (127.0.0.1:5432, a database made per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import deerluma
+from deerluma._jobs import Job, load_jobs
+from deerluma._ledger import JobState, Ledger
+from deerluma.testing import FakeClock, FakeDeerAPI, Fault
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _jobs(count: int, prefix: str = "clip") -> list[dict[str, Any]]:
+    return [{"key": f"{prefix}-{i:03}", "prompt": f"{prefix} {i}"} for i in range(count)]
+
+
+async def _run(session: deerluma.Session, jobs: Any, out: Path, **kwargs: Any) -> list[Any]:
+    async with session.run(jobs, out=out, **kwargs) as results:
+        return [r async for r in results]
+
+
+def _creates(fake: FakeDeerAPI) -> collections.Counter[str]:
+    return collections.Counter(str(body["prompt"]) for body in fake.created)
+
+
+def _videos(fake: FakeDeerAPI, out: Path, keys: list[str]) -> None:
+    """Every job's video is on disk, whole, and no temporary file is left in the folder."""
+    for key in keys:
+        assert (out / f"{key}.mp4").stat().st_size == fake.video_bytes
+    assert not list(out.glob(".*.part"))
+
+
+def test_a_job_needs_a_prompt_and_a_safe_key_and_its_default_key_is_its_request() -> None:
+    one = Job.of({"prompt": "a deer", "aspect_ratio": "16:9"})
+    assert one.key == Job.of({"aspect_ratio": "16:9", "prompt": "a deer"}).key
+    assert one.key != Job.of({"prompt": "a deer"}).key
+    with pytest.raises(ValueError, match="prompt"):
+        Job.of({"key": "x"})
+    with pytest.raises(ValueError, match="key"):
+        Job.of({"key": "../etc/passwd", "prompt": "p"})
+    with pytest.raises(ValueError, match="aspect_ratio"):
+        Job.of({"prompt": "p", "aspect_ratio": "17:9"})  # refused before anything is sent
+    with pytest.raises(ValueError, match="line 2"):
+        load_jobs(['{"prompt": "ok"}', "{not json"], "jobs.jsonl")
+    assert [
+        j.key for j in load_jobs(['{"key": "a", "prompt": "1"}', '{"key": "a", "prompt": "2"}'])
+    ] == ["a"]
+
+
+async def test_a_run_puts_every_video_on_disk_and_a_rerun_sends_nothing(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    jobs = _jobs(12)
+    results = await _run(session, jobs, tmp_path)
+    assert sorted(r.key for r in results) == [j["key"] for j in jobs]
+    assert all(r.state is JobState.DONE and r.path for r in results)
+    _videos(fake, tmp_path, [j["key"] for j in jobs])
+    requests = len(fake.requests)
+    again = await _run(session, jobs, tmp_path)
+    assert {r.state for r in again} == {JobState.DONE}
+    assert len(fake.requests) == requests  # not one create, not one poll
+    assert max(_creates(fake).values()) == 1
+
+
+async def test_an_interrupted_run_continues_where_it_was(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    jobs = _jobs(10)
+    async with session.run(jobs, out=tmp_path, max_active=3) as results:
+        async for _ in results:
+            break  # stopped after the first: the others are mid-way
+    rows = Ledger.open(tmp_path).rows()
+    assert any(row.state is not JobState.DONE for row in rows)
+    assert all(row.state is not JobState.SUBMITTING for row in rows)
+    results = await _run(session, jobs, tmp_path)
+    assert {r.state for r in results} == {JobState.DONE}
+    assert max(_creates(fake).values()) == 1  # nothing created twice
+    _videos(fake, tmp_path, [j["key"] for j in jobs])
+
+
+async def test_a_create_whose_answer_is_lost_is_unknown_and_never_sent_again_unasked(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    fake.inject(Fault.reset())  # the first create is sent, and its answer lost
+    jobs = _jobs(3)
+    results = {r.key: r for r in await _run(session, jobs, tmp_path)}
+    unknown = [r for r in results.values() if r.state is JobState.UNKNOWN]
+    assert len(unknown) == 1 and "lost" in (unknown[0].error or "")
+    creates = sum(_creates(fake).values())
+    again = {r.key: r for r in await _run(session, jobs, tmp_path)}
+    assert again[unknown[0].key].state is JobState.UNKNOWN
+    assert sum(_creates(fake).values()) == creates  # not sent again
+    resent = {r.key: r for r in await _run(session, jobs, tmp_path, resubmit_unknown=True)}
+    assert resent[unknown[0].key].state is JobState.DONE
+    assert sum(_creates(fake).values()) == creates + 1
+
+
+async def test_a_failed_generation_is_reported_and_created_again_only_when_asked(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    fail = {"once": True}
+
+    def script(body: Any) -> dict[str, object]:
+        if body["prompt"] == "clip 1" and fail["once"]:
+            fail["once"] = False
+            return {"duration": 3.0, "failure_reason": "moderation: blocked"}
+        return {"duration": 3.0}
+
+    fake.create_script = script
+    jobs = _jobs(3)
+    results = {r.key: r for r in await _run(session, jobs, tmp_path)}
+    assert results["clip-001"].state is JobState.FAILED
+    assert "moderation: blocked" in (results["clip-001"].error or "")
+    assert (await _run(session, jobs, tmp_path))[0].state is not None
+    assert _creates(fake)["clip 1"] == 1
+    retried = {r.key: r for r in await _run(session, jobs, tmp_path, retry_failed=True)}
+    assert retried["clip-001"].state is JobState.DONE and _creates(fake)["clip 1"] == 2
+
+
+async def test_a_refused_create_fails_the_job_without_retrying_it(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    fake.inject(Fault.error(400, {"error": {"message": "prompt rejected", "code": "bad"}}))
+    results = await _run(session, _jobs(1), tmp_path)
+    assert results[0].state is JobState.FAILED and "refused" in (results[0].error or "")
+
+
+async def test_no_more_than_max_active_generations_run_at_once(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path, clock: FakeClock
+) -> None:
+    fake.create_duration = 20.0
+    await _run(session, _jobs(12), tmp_path, max_active=3)
+    spans = sorted(
+        (fake.finishes_at(task) - 20.0, fake.completed_at[task]) for task in fake.completed_at
+    )
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most <= 3
+
+
+async def test_two_workers_on_one_sqlite_ledger_share_the_jobs(
+    fake: FakeDeerAPI, tmp_path: Path, clock: FakeClock
+) -> None:
+    fake.create_duration = 5.0
+    jobs = _jobs(16)
+
+    async def worker() -> list[Any]:
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            return await _run(s, jobs, tmp_path, max_active=6)
+
+    first, second = await asyncio.gather(worker(), worker())
+    assert {r.state for r in first + second} == {JobState.DONE}
+    assert max(_creates(fake).values()) == 1 and len(_creates(fake)) == 16
+    _videos(fake, tmp_path, [j["key"] for j in jobs])
+
+
+async def test_the_claims_of_a_worker_that_is_gone_go_to_the_others(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    jobs = _jobs(4)
+    ledger = Ledger.open(tmp_path)
+    ledger.add([(Job.of(j).key, Job.of(j).request) for j in jobs])
+    # A process of this machine that no longer runs held two, one of them mid-create;
+    # a worker elsewhere held one with a lease that runs out in a moment.
+    dead = f"{socket.gethostname()}:{_dead_pid()}:x"
+    held = ledger.claim(dead, 3600, max_active=2, batch=2)
+    ledger.update(held[0].key, dead, JobState.SUBMITTING, creates=1)
+    ledger.claim("elsewhere:1:y", 0.5, max_active=10, batch=1)
+    ledger.close()
+    results = {r.key: r for r in await _run(session, jobs, tmp_path)}
+    assert results[held[0].key].state is JobState.UNKNOWN  # it may have been created
+    assert sorted(k for k, r in results.items() if r.state is JobState.DONE) == sorted(
+        j["key"] for j in jobs if j["key"] != held[0].key
+    )
+
+
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except OSError:
+            pass
+        pid -= 1
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    name = f"deerluma_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def test_two_workers_on_one_postgresql_ledger_share_the_jobs(
+    fake: FakeDeerAPI, tmp_path: Path, clock: FakeClock, pg_url: str
+) -> None:
+    fake.create_duration = 5.0
+    jobs = _jobs(16)
+
+    async def worker(out: Path) -> list[Any]:
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            return await _run(s, jobs, out, ledger=pg_url, max_active=6)
+
+    one, two = tmp_path / "one", tmp_path / "two"  # each machine downloads to its own --out
+    first, second = await asyncio.gather(worker(one), worker(two))
+    assert max(_creates(fake).values()) == 1 and len(_creates(fake)) == 16
+    done = {r.key: r.path for r in first + second if r.state is JobState.DONE}
+    assert sorted(done) == [j["key"] for j in jobs]
+    for key, path in done.items():
+        assert path is not None and Path(path).stat().st_size == fake.video_bytes, key
+    ledger = Ledger.open(pg_url)
+    try:
+        assert {row.state for row in ledger.rows()} == {JobState.DONE}
+        assert "@" not in ledger.url or ":" not in ledger.url.split("@")[0].split("//")[1]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kill -9 is POSIX")
+async def test_kill_9_at_random_moments_never_creates_a_job_twice(tmp_path: Path) -> None:
+    jobs_file, out = tmp_path / "jobs.jsonl", tmp_path / "videos"
+    jobs = _jobs(40)
+    jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs), encoding="utf-8")
+    rng = random.Random(int(os.environ.get("DEERLUMA_KILL_SEED", "4")))
+    async with FakeDeerAPI(create_duration=0.2) as fake:  # real time, real processes
+
+        async def deerluma_run() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "deerluma", "--api-key", fake.api_key,
+                "--base-url", fake.url, "run", str(jobs_file), "--out", str(out),
+                "--max-active", "20",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+
+        kills = 0
+        for _ in range(int(os.environ.get("DEERLUMA_KILLS", "3"))):
+            proc = await deerluma_run()
+            await asyncio.sleep(rng.uniform(0.5, 1.2))  # imports take about half a second
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            await proc.wait()
+        proc = await deerluma_run()
+        assert proc.stderr is not None
+        said = (await proc.stderr.read()).decode()
+        code = await proc.wait()
+    rows = {row.key: row for row in Ledger.open(out).rows()}
+    unknown = [row for row in rows.values() if row.state is JobState.UNKNOWN]
+    print(f"kills {kills}, unknown {len(unknown)}, creates {sum(_creates(fake).values())}")
+    assert kills >= 2  # the runs really were cut short
+    assert len(unknown) <= kills  # one create in flight per worker: one per kill at most
+    assert code == (1 if unknown else 0), said
+    for row in unknown:
+        assert f"outcome unknown (may be charged): {row.key}" in said
+    assert max(_creates(fake).values()) == 1  # no job created twice
+    done = [key for key, row in rows.items() if row.state is JobState.DONE]
+    assert sorted(done + [row.key for row in unknown]) == [j["key"] for j in jobs]
+    _videos(fake, out, done)
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".mp4") == sorted(
+        f"{key}.mp4" for key in done
+    )
