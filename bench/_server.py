@@ -1,7 +1,7 @@
 """A FakeDeerAPI in its own process, so the client's memory and CPU are measured alone.
 
-`python -m bench._server COUNT DURATION` adds ids task-0 ... and prints its URL;
-it stops when its standard input closes.
+`python -m bench._server COUNT DURATION [CREATE_DURATION]` adds ids task-0 ... and
+prints its URL; it stops when its standard input closes.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from deerluma.testing import FakeDeerAPI
 
 
-async def serve(count: int, duration: float) -> None:
-    async with FakeDeerAPI() as fake:
+async def serve(count: int, duration: float, create_duration: float = 5.0) -> None:
+    async with FakeDeerAPI(create_duration=create_duration) as fake:
         fake.record_requests = False
         start = datetime.now(UTC)
         for i in range(count):
@@ -29,14 +29,14 @@ async def serve(count: int, duration: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2])))
+    asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2]), *map(float, sys.argv[3:4])))
 
 
 @contextmanager
-def server_process(count: int, duration: float) -> Iterator[str]:
+def server_process(count: int, duration: float, create_duration: float = 5.0) -> Iterator[str]:
     """Run the fake server in a child process; yield its base URL."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "bench._server", str(count), str(duration)],
+        [sys.executable, "-m", "bench._server", str(count), str(duration), str(create_duration)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

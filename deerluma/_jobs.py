@@ -1,6 +1,6 @@
 """Durable jobs: from prompts to videos on disk, through a ledger, crash-safe, never paying twice.
 
-Each job walks NEW -> SUBMITTING -> CREATED -> COMPLETED -> DONE (or FAILED),
+Each job walks NEW -> SUBMITTING -> CREATED -> DONE (or FAILED, or UNKNOWN),
 and each step is committed to the ledger before the next one starts:
 
 - a job is recorded SUBMITTING before its create is sent, and CREATED (with
@@ -9,7 +9,8 @@ and each step is committed to the ledger before the next one starts:
   again unless asked (`resubmit_unknown`);
 - one create at a time per worker, so one kill leaves at most one UNKNOWN;
 - waits resume from the ledger's task ids; a finished video is downloaded
-  (atomically, to ``OUT/<key>.mp4``) and only then recorded DONE.
+  (atomically, to ``OUT/<key>.mp4``) and only then recorded DONE (a worker
+  stopped before that looks at the generation again, and downloads it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import attrs
 
 from ._create import CreateOptions, build_create_body
 from ._ledger import JobState, Ledger, LedgerRow, LostClaim, new_owner
+from ._models import Generation
 from .exceptions import (
     APIError,
     AuthenticationError,
@@ -55,6 +57,8 @@ _LOOK_AGAIN = 0.5
 #: A job's transient faults back off from this to at most `_LONGEST_BACKOFF` seconds.
 _FIRST_BACKOFF = 1.0
 _LONGEST_BACKOFF = 60.0
+#: Downloads at once, per worker.
+_DOWNLOADS = 4
 #: Creates that certainly never left are tried this many times before the job is FAILED.
 _CREATE_TRIES = 5
 _SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -149,11 +153,22 @@ class _Runner:
         self.max_active = max_active
         self.keys = keys
         self.owner = new_owner()
-        self.create_lock = asyncio.Lock()  # one create in flight: a kill leaves one UNKNOWN
+        #: Temporary files of downloads a killed worker left, by the file they were for;
+        #: each job's are removed when it is claimed (then no one else writes them).
+        self.parts: dict[str, list[Path]] = {}
+        self.to_create: asyncio.Queue[tuple[LedgerRow, asyncio.Future[LedgerRow]]] = asyncio.Queue()
+        self.creator: asyncio.Task[None] | None = None
+        #: The create answers of the jobs just created, for their drivers (then dropped).
+        self.answers: dict[str, Generation] = {}
+        # Downloads take turns: a few keep the disk and the link busy, and the event loop
+        # stays free for the creates, which go one by one.
+        self.downloads = asyncio.Semaphore(_DOWNLOADS)
         self.driving: dict[str, asyncio.Task[JobResult | None]] = {}
         self.sleep = session._transport.sleep
 
     async def ledger_call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.ledger.inline:
+            return method(*args, **kwargs)
         return await asyncio.to_thread(method, *args, **kwargs)
 
     async def update(self, row: LedgerRow, state: JobState, **fields: object) -> LedgerRow:
@@ -161,44 +176,53 @@ class _Runner:
         return attrs.evolve(row, state=state, **fields)  # type: ignore[arg-type]
 
     async def run(self) -> AsyncGenerator[JobResult, None]:
-        ledger = self.ledger
-        renewed = asyncio.get_running_loop().time()
+        """Claim, drive, report: yields each job this worker settles (and those it finds
+        left UNKNOWN by a worker that is gone)."""
+        ledger, loop = self.ledger, asyncio.get_running_loop()
+        finished: asyncio.Queue[asyncio.Task[JobResult | None]] = asyncio.Queue()
+        next_reap = next_renew = next_claim = loop.time()
         try:
             while True:
-                for row in await self.ledger_call(ledger.reap):
-                    if row.key in self.keys:
-                        yield JobResult.of(row)
-                claimed = await self.ledger_call(
-                    ledger.claim, self.owner, LEASE, max_active=self.max_active
-                )
-                for row in claimed:
-                    if row.key not in self.driving:
-                        self.driving[row.key] = asyncio.ensure_future(self.drive(row))
-                if not self.driving and not claimed and not await self.others_hold_some():
-                    return
-                done: set[asyncio.Task[JobResult | None]] = set()
-                if self.driving:
-                    done, _ = await asyncio.wait(
-                        self.driving.values(), timeout=_LOOK_AGAIN, return_when="FIRST_COMPLETED"
+                now = loop.time()
+                if now >= next_reap:  # workers that are gone: rarely, it costs a write
+                    next_reap = now + LEASE / 3
+                    for row in await self.ledger_call(ledger.reap):
+                        if row.key in self.keys:
+                            yield JobResult.of(row)
+                # Claim when half the room is free (claims cost a write), or now and then.
+                if len(self.driving) <= self.max_active // 2 or now >= next_claim:
+                    next_claim = now + _LOOK_AGAIN
+                    claimed = await self.ledger_call(
+                        ledger.claim, self.owner, LEASE, max_active=self.max_active
                     )
-                else:
-                    await asyncio.sleep(_LOOK_AGAIN)  # leases are wall-clock time
-                for task in done:
-                    key = next(k for k, t in self.driving.items() if t is task)
-                    del self.driving[key]
-                    result = task.result()
+                    for row in claimed:
+                        if row.key not in self.driving:
+                            task = asyncio.ensure_future(self.drive(row))
+                            task.add_done_callback(finished.put_nowait)
+                            self.driving[row.key] = task
+                    if not self.driving and not await self.others_hold_some():
+                        return
+                if self.driving:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_ready(finished), timeout=_LOOK_AGAIN)
+                while not finished.empty():  # everything that finished meanwhile, at once
+                    task = finished.get_nowait()
+                    result = task.result()  # a fault that stops the run is raised here
+                    key = next((k for k, t in self.driving.items() if t is task), None)
+                    if key is not None:
+                        del self.driving[key]
                     if result is not None and result.key in self.keys:
                         yield result
-                now = asyncio.get_running_loop().time()
-                if now - renewed >= LEASE / 3 and self.driving:
-                    renewed = now
-                    held = await self.ledger_call(
-                        ledger.renew, self.owner, list(self.driving), LEASE
-                    )
-                    for key in set(self.driving) - held:  # taken over: stop
+                if now >= next_renew and self.driving:
+                    next_renew = now + LEASE / 3
+                    keys = list(self.driving)
+                    held = await self.ledger_call(ledger.renew, self.owner, keys, LEASE)
+                    for key in set(keys) - held:  # taken over: stop
                         self.driving.pop(key).cancel()
         finally:
             tasks = list(self.driving.values())
+            if self.creator is not None:
+                tasks.append(self.creator)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -222,99 +246,180 @@ class _Runner:
                 row = await self.submit(row)
                 if row.state is not JobState.CREATED:
                     return JobResult.of(row)
-            if row.state is JobState.CREATED:
-                row = await self.wait(row)
-                if row.state is not JobState.COMPLETED:
-                    return JobResult.of(row)
-            return JobResult.of(await self.save(row))
+            answer = self.answers.pop(row.key, None)
+            if answer is not None and answer.is_completed:  # done at once: nothing to wait for
+                return JobResult.of(await self.save(row, answer))
+            row, generation = await self.wait(row)
+            if row.state is not JobState.CREATED:
+                return JobResult.of(row)
+            return JobResult.of(await self.save(row, generation))
         except LostClaim:
             return None
 
     async def submit(self, row: LedgerRow) -> LedgerRow:
+        """Have the creator create this job; its row as it then is (CREATED, UNKNOWN, ...)."""
+        done: asyncio.Future[LedgerRow] = asyncio.get_running_loop().create_future()
+        self.to_create.put_nowait((row, done))
+        if self.creator is None or self.creator.done():
+            self.creator = asyncio.ensure_future(self.create_all())
+        return await done
+
+    async def create_all(self) -> None:
+        """The worker's one creator: one create in flight at a time, so a kill leaves one
+        UNKNOWN at most. A job is SUBMITTING (committed) before its create is sent, CREATED
+        when the answer comes: committed with the next job's SUBMITTING when one waits (one
+        transaction instead of two), else at once; its driver goes on after that."""
+        created: list[tuple[LedgerRow, asyncio.Future[LedgerRow]]] = []
+        try:
+            while True:
+                if created and self.to_create.empty():
+                    await self.commit(created)
+                    created = []
+                row, done = await self.to_create.get()
+                if done.done():
+                    continue  # its driver is gone
+                sending = attrs.evolve(row, state=JobState.SUBMITTING, creates=row.creates + 1)
+                await self.commit(created, sending, done)
+                created = []
+                if done.done():
+                    continue  # lost to another worker
+                outcome, answer = await self.create(sending)
+                if answer is not None:
+                    self.answers[outcome.key] = answer  # for its driver: done at once?
+                if outcome.state is JobState.CREATED:
+                    created = [(outcome, done)]  # committed with the next SUBMITTING
+                else:
+                    await self.commit([(outcome, done)])
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # what came back before the stop
+                self.ledger.update_many(self.owner, [_change(r) for r, _ in created])
+            raise
+
+    async def commit(
+        self,
+        settled: list[tuple[LedgerRow, asyncio.Future[LedgerRow]]],
+        sending: LedgerRow | None = None,
+        waiter: asyncio.Future[LedgerRow] | None = None,
+    ) -> None:
+        """Record rows in one transaction and tell their drivers (one taken over meanwhile:
+        its driver lets go); `sending` (SUBMITTING) goes with them."""
+        changes = [(r, f) for r, f in settled]
+        if sending is not None and waiter is not None:
+            changes.append((sending, waiter))
+        ledger = self.ledger
+        try:
+            await self.ledger_call(ledger.update_many, self.owner, [_change(r) for r, _ in changes])
+        except LostClaim:  # one at a time, to learn which
+            for r, f in changes:
+                try:
+                    await self.ledger_call(ledger.update, r.key, self.owner, r.state, **_fields(r))
+                except LostClaim as exc:
+                    if not f.done():
+                        f.set_exception(exc)
+        for r, f in settled:
+            if not f.done():
+                f.set_result(r)
+
+    async def create(self, row: LedgerRow) -> tuple[LedgerRow, Generation | None]:
+        """Send one SUBMITTING job's create, retrying those that certainly never left; the row
+        as it ends (not yet committed), and the create answer."""
         request = dict(row.request)
         prompt = str(request.pop("prompt"))
         options: CreateOptions = request  # type: ignore[assignment]  # checked by Job.of
-        async with self.create_lock:
-            for attempt in range(_CREATE_TRIES):
-                row = await self.update(
-                    row, JobState.SUBMITTING, creates=row.creates + 1, error=None
+        error = ""
+        for attempt in range(_CREATE_TRIES):
+            try:
+                created = await self.session.create_generation(prompt, **options)
+            except CreateOutcomeUnknown as exc:
+                return attrs.evolve(row, state=JobState.UNKNOWN, error=str(exc)), None
+            except asyncio.CancelledError:
+                self.ledger.update(
+                    row.key, self.owner, JobState.UNKNOWN, error="stopped while sending its create"
                 )
-                try:
-                    created = await self.session.create_generation(prompt, **options)
-                except CreateOutcomeUnknown as exc:
-                    return await self.update(row, JobState.UNKNOWN, error=str(exc))
-                except asyncio.CancelledError:
-                    # Ctrl-C while the create was out: it may have been sent.
-                    with contextlib.suppress(Exception):
-                        self.ledger.update(
-                            row.key, self.owner, JobState.UNKNOWN, error="interrupted while sending"
-                        )
+                raise
+            except (AuthenticationError, RateLimitError, TransportError) as exc:
+                if isinstance(exc, AuthenticationError):  # no create can go: the run stops
+                    self.ledger.update(row.key, self.owner, JobState.NEW, creates=row.creates - 1)
                     raise
-                except AuthenticationError:
-                    await self.update(row, JobState.NEW, creates=row.creates - 1)
-                    raise
-                except (RateLimitError, TransportError) as exc:  # refused, or never left
-                    row = await self.update(
-                        row, JobState.NEW, creates=row.creates - 1, error=str(exc)
-                    )
-                    await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
-                    continue
-                except (APIError, ValueError) as exc:  # refused: nothing was created
-                    return await self.update(
-                        row,
-                        JobState.FAILED,
-                        creates=row.creates - 1,
-                        error=f"the create was refused: {exc}",
-                    )
-                return await self.update(row, JobState.CREATED, task_id=created.id)
-        return await self.update(
-            row, JobState.FAILED, error=f"the create kept failing: {row.error}"
-        )
+                error = str(exc)  # refused, or never left: nothing was created
+                await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
+                continue
+            except (APIError, ValueError) as exc:  # refused: nothing was created
+                refused = f"the create was refused: {exc}"
+                return _failed(row, refused), None
+            done = attrs.evolve(row, state=JobState.CREATED, task_id=created.id, error=None)
+            return done, created
+        return _failed(row, f"the create kept failing: {error}"), None
 
-    async def wait(self, row: LedgerRow) -> LedgerRow:
+    async def failed(self, row: LedgerRow, exc: GenerationFailed) -> LedgerRow:
+        reason = exc.generation.failure_reason or "no reason given"
+        return await self.update(row, JobState.FAILED, error=f"the generation failed: {reason}")
+
+    async def wait(self, row: LedgerRow) -> tuple[LedgerRow, Generation | None]:
         assert row.task_id is not None
         for attempt in itertools.count():
             try:
-                await self.session.wait_until_completed(row.task_id, timeout=None)
+                generation = await self.session.wait_until_completed(row.task_id, timeout=None)
             except GenerationFailed as exc:
-                reason = exc.generation.failure_reason or "no reason given"
-                return await self.update(
-                    row, JobState.FAILED, error=f"the generation failed: {reason}"
-                )
+                return await self.failed(row, exc), None
             except NotFoundError as exc:
-                return await self.update(row, JobState.FAILED, error=str(exc))
+                return await self.update(row, JobState.FAILED, error=str(exc)), None
             except AuthenticationError:
                 raise
             except DeerLumaError as exc:
                 if not is_transient(exc) and not isinstance(exc, RateLimitError):
-                    return await self.update(row, JobState.FAILED, error=str(exc))
+                    return await self.update(row, JobState.FAILED, error=str(exc)), None
                 await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
                 continue
-            return await self.update(row, JobState.COMPLETED, error=None)
+            return row, generation  # recorded only once its video is on disk
         raise AssertionError("unreachable")
 
-    async def save(self, row: LedgerRow) -> LedgerRow:
+    async def save(self, row: LedgerRow, generation: Generation | None) -> LedgerRow:
+        """Download its video; from the generation just seen (a link that expired is
+        fetched again), or by task id."""
         assert row.task_id is not None
+        target: Generation | str = generation or row.task_id
         final = self.out / f"{row.key}.mp4"
-        await asyncio.to_thread(_clear_parts, final)  # left by a worker killed mid-download
+        leftovers = self.parts.pop(final.name, ())
+        if leftovers:  # left by a worker killed mid-download
+            await asyncio.to_thread(_remove, leftovers)
         for attempt in itertools.count():
             try:
                 try:
-                    path = await self.session.download(row.task_id, final, skip_complete=True)
+                    async with self.downloads:
+                        path = await self.session.download(target, final, skip_complete=True)
                 except DestinationExists:  # ours, from before, but not the whole video
-                    path = await self.session.download(row.task_id, final, overwrite=True)
+                    path = await self.session.download(target, final, overwrite=True)
             except (AuthenticationError, DestinationError):
                 raise  # a wrong key, a full or read-only disk: no job can go on
             except GenerationFailed as exc:
-                reason = exc.generation.failure_reason or "no reason given"
-                return await self.update(
-                    row, JobState.FAILED, error=f"the generation failed: {reason}"
-                )
+                return await self.failed(row, exc)
             except DeerLumaError:  # storage faults, links refused even when fresh: again, later
+                target = row.task_id  # with a fresh look at the generation
                 await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
                 continue
             return await self.update(row, JobState.DONE, path=str(path), error=None)
         raise AssertionError("unreachable")
+
+
+def _failed(row: LedgerRow, error: str) -> LedgerRow:
+    """A job whose create certainly did not go through: FAILED, not counted as sent."""
+    return attrs.evolve(row, state=JobState.FAILED, creates=row.creates - 1, error=error)
+
+
+def _fields(row: LedgerRow) -> dict[str, object]:
+    return {"task_id": row.task_id, "error": row.error, "creates": row.creates}
+
+
+def _change(row: LedgerRow) -> tuple[str, JobState, Mapping[str, object]]:
+    return row.key, row.state, _fields(row)
+
+
+async def _ready(queue: asyncio.Queue[Any]) -> None:
+    """Until `queue` holds something (without taking it)."""
+    while queue.empty():
+        item = await queue.get()
+        queue.put_nowait(item)
 
 
 def _made(out: str | os.PathLike[str]) -> Path:
@@ -323,12 +428,23 @@ def _made(out: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _clear_parts(final: Path) -> None:
-    """Remove the temporary files of `final`'s earlier, interrupted downloads."""
-    with contextlib.suppress(OSError):
-        for part in final.parent.glob(f".{final.name}.*.part"):
-            with contextlib.suppress(OSError):
-                part.unlink()
+def _parts_in(folder: Path) -> dict[str, list[Path]]:
+    """The temporary files of interrupted downloads in `folder`, by the file they were for
+    (``.KEY.mp4.1a2b3c4d.part`` is for ``KEY.mp4``): one look at the folder for a run."""
+    found: dict[str, list[Path]] = {}
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") and name.endswith(".part") and name.count(".") >= 3:
+                final = name[1:].rsplit(".", 2)[0]
+                found.setdefault(final, []).append(Path(entry.path))
+    return found
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 async def run_jobs(
@@ -360,6 +476,7 @@ async def run_jobs(
         if again:  # asked for: these are created anew (an UNKNOWN one may then exist twice)
             await asyncio.to_thread(store.renew_states, keys, again)
         runner = _Runner(session, store, folder, max_active=max_active, keys=keys)
+        runner.parts = await asyncio.to_thread(_parts_in, folder)
         reported: set[str] = set()
         for row in await asyncio.to_thread(store.rows, keys):  # settled before this run
             if row.state.settled:

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
     updated_at DOUBLE PRECISION NOT NULL DEFAULT 0
 )
 """
+_INDEX = f"CREATE INDEX IF NOT EXISTS {_TABLE}_state ON {_TABLE} (state)"
 _COLUMNS = "key, request, state, task_id, error, path, creates"
 
 
@@ -60,8 +61,7 @@ class JobState(enum.StrEnum):
     NEW = "new"  #: recorded; its create was never sent
     SUBMITTING = "submitting"  #: its create is being sent (recorded before sending)
     UNKNOWN = "unknown"  #: sent, but the answer never got recorded: it may exist (and be paid)
-    CREATED = "created"  #: its task id is recorded; the generation runs
-    COMPLETED = "completed"  #: the generation completed; its video is not on disk yet
+    CREATED = "created"  #: its task id is recorded; its video is not on disk yet
     DONE = "done"  #: the video is on disk
     FAILED = "failed"  #: the generation failed, or the create was refused
 
@@ -119,6 +119,9 @@ class _Cursor(Protocol):
 class Ledger:
     """Where durable jobs and their states are kept; open one with `Ledger.open`."""
 
+    #: Whether a call is quick enough to make on the event loop (a local file's few
+    #: microseconds), rather than from a thread (a server's round trip).
+    inline = False
     #: How `?` placeholders are written for this store.
     _placeholder = "?"
     #: What locks the rows a claim picks, where the store can (PostgreSQL).
@@ -253,8 +256,8 @@ class Ledger:
         batch: int = 64,
         now: float | None = None,
     ) -> list[LedgerRow]:
-        """Claim free jobs for `owner` until `now + lease`: running and completed ones (up to
-        `batch`), and NEW ones while fewer than `max_active` generations run in all."""
+        """Claim free jobs for `owner` until `now + lease`: CREATED ones (up to `batch`), and
+        NEW ones while fewer than `max_active` generations run in all."""
         now = time.time() if now is None else now
         to_create = [JobState.NEW]
 
@@ -276,7 +279,7 @@ class Ledger:
 
         def work(cursor: _Cursor) -> list[LedgerRow]:
             self._serialize(cursor)
-            running = pick(cursor, (JobState.CREATED, JobState.COMPLETED), batch)
+            running = pick(cursor, (JobState.CREATED,), batch)
             cursor.execute(
                 self._sql(f"SELECT count(*) FROM {_TABLE} WHERE state IN (?, ?)"),
                 (JobState.SUBMITTING.value, JobState.CREATED.value),
@@ -292,17 +295,26 @@ class Ledger:
     def update(self, key: str, owner: str, state: JobState, **fields: object) -> None:
         """Move a job this worker holds to `state` (with `task_id`, `error`, `path`,
         `creates`); LostClaim if another worker holds it now. Committed on return."""
-        names = ["state", "updated_at", *fields]
-        values = [state.value, time.time(), *fields.values()]
-        assignments = ", ".join(f"{name} = ?" for name in names)
-        sql = self._sql(f"UPDATE {_TABLE} SET {assignments} WHERE key = ? AND owner = ?")
+        self.update_many(owner, [(key, state, fields)])
 
-        def work(cursor: _Cursor) -> int:
-            cursor.execute(sql, (*values, key, owner))
-            return cursor.rowcount
+    def update_many(
+        self, owner: str, changes: Sequence[tuple[str, JobState, Mapping[str, object]]]
+    ) -> None:
+        """Several `update`s in one transaction: all of them, or (LostClaim) none."""
+        now = time.time()
 
-        if self._run(work) != 1:
-            raise LostClaim(key)
+        def work(cursor: _Cursor) -> None:
+            for key, state, fields in changes:
+                names = ["state", "updated_at", *fields]
+                assignments = ", ".join(f"{name} = ?" for name in names)
+                cursor.execute(
+                    self._sql(f"UPDATE {_TABLE} SET {assignments} WHERE key = ? AND owner = ?"),
+                    (state.value, now, *fields.values(), key, owner),
+                )
+                if cursor.rowcount != 1:
+                    raise LostClaim(key)
+
+        self._run(work)
 
     def renew(self, owner: str, keys: Sequence[str], lease: float) -> set[str]:
         """Extend this worker's claims on `keys` by `lease` seconds; returns those it holds."""
@@ -343,7 +355,9 @@ def _row(raw: Sequence[Any]) -> LedgerRow:
 
 class SQLiteLedger(Ledger):
     """A ledger in a SQLite file (WAL: readers never wait; a killed process loses nothing
-    committed)."""
+    committed). A write takes about 15 µs: it is made on the event loop."""
+
+    inline = True
 
     def __init__(self, path: Path) -> None:
         super().__init__(str(path))
@@ -355,6 +369,7 @@ class SQLiteLedger(Ledger):
         self._db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes
         with self._lock, self._transaction() as cursor:
             cursor.execute(_SCHEMA)
+            cursor.execute(_INDEX)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
@@ -392,6 +407,7 @@ class PostgresLedger(Ledger):
         with self._lock, self._transaction() as cursor:
             self._serialize(cursor)  # two workers making the table at once would collide
             cursor.execute(_SCHEMA)
+            cursor.execute(_INDEX)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Cursor]:

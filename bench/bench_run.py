@@ -1,0 +1,122 @@
+"""Durable jobs: what the ledger costs.
+
+1,000 jobs of instant generations on the fake, through `deerluma run` (the
+real command, its SQLite ledger committing every state change), beside the
+same work done without a ledger in the same process: `create_generation`
+for each (16 at a time), `wait_many`, then `download` of each (16 at a
+time). Each side gets a fresh fake server, in a process of its own (the
+client's CPU is measured alone), and a fresh folder; the rounds alternate
+ABBA so that warming up favours neither. The target: `deerluma run` at
+>= 0.8x the rate of the plain calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import deerluma
+from deerluma._cli import main as cli_main
+
+from ._server import server_process
+from .common import abba
+
+KEY = "fake-key-0123456789"
+
+
+async def _plain(url: str, jobs: list[dict[str, str]], out: Path) -> None:
+    gate = asyncio.Semaphore(16)
+    async with deerluma.Session(api_key=KEY, base_url=url) as s:
+
+        async def create(job: dict[str, str]) -> deerluma.Generation:
+            async with gate:
+                return await s.create_generation(job["prompt"])
+
+        created = await asyncio.gather(*(create(job) for job in jobs))
+        results = await s.wait_many([g.id for g in created])
+
+        async def save(key: str, g: deerluma.Generation | deerluma.DeerLumaError) -> None:
+            assert isinstance(g, deerluma.Generation)
+            async with gate:
+                await s.download(g, out / f"{key}.mp4")
+
+        pairs = zip(jobs, created, strict=True)
+        await asyncio.gather(*(save(j["key"], results[g.id]) for j, g in pairs))
+
+
+async def _ledger(url: str, jobs_file: Path, out: Path) -> None:
+    argv = ["--api-key", KEY, "--base-url", url, "run", str(jobs_file)]
+    argv += ["--out", str(out), "--max-active", "64"]
+    code = await asyncio.to_thread(cli_main, argv, stdout=_Null(), stderr=_Null())
+    assert code == 0, code
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+async def _timed(side: str, jobs: list[dict[str, str]], jobs_file: Path) -> float:
+    with (
+        server_process(0, 0.0, create_duration=0.0) as url,
+        tempfile.TemporaryDirectory() as folder,
+    ):
+        out = Path(folder)
+        started = time.perf_counter()
+        if side == "deerluma run":
+            await _ledger(url, jobs_file, out)
+        else:
+            await _plain(url, jobs, out)
+        took = time.perf_counter() - started
+        videos = await asyncio.to_thread(lambda: list(out.glob("*.mp4")))
+        assert len(videos) == len(jobs)
+    return took
+
+
+async def main(count: int, rounds: int) -> None:
+    jobs = [{"key": f"clip-{i:04}", "prompt": f"a deer, take {i}"} for i in range(count)]
+    with tempfile.TemporaryDirectory() as folder:
+        jobs_file = Path(folder) / "jobs.jsonl"
+        jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs), encoding="utf-8")
+        times: dict[str, list[float]] = {"plain calls": [], "deerluma run": []}
+        for round_ in range(rounds):
+            for side, _ in abba(round_, times):
+                times[side].append(await _timed(side, jobs, jobs_file))
+    plain, ledger = (
+        statistics.median(times["plain calls"]),
+        statistics.median(times["deerluma run"]),
+    )
+    print(f"bench_run: {count} jobs of instant generations, median of {rounds} rounds")
+    print(
+        f"  plain calls (create, wait_many, download)  {plain:6.2f}s  {count / plain:7.1f} jobs/s"
+    )
+    print(
+        f"  deerluma run (SQLite ledger)               {ledger:6.2f}s  {count / ledger:7.1f} jobs/s"
+    )
+    share = plain / ledger
+    verdict = "met" if share >= 0.8 else "MISSED"
+    print(f"  deerluma run / plain rate: {share:.2f}x   target >= 0.8x: {verdict}")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    asyncio.run(main(args.jobs, args.rounds))
+
+
+if __name__ == "__main__":
+    cli()
