@@ -283,7 +283,11 @@ class _Runner:
                 created = []
                 if done.done():
                     continue  # lost to another worker
-                outcome, answer = await self.create(sending)
+                try:
+                    outcome, answer = await self.create(sending)
+                except Exception as exc:  # a wrong key, say: its driver stops the run
+                    done.set_exception(exc)
+                    raise
                 if answer is not None:
                     self.answers[outcome.key] = answer  # for its driver: done at once?
                 if outcome.state is JobState.CREATED:

@@ -280,9 +280,13 @@ class Ledger:
         def work(cursor: _Cursor) -> list[LedgerRow]:
             self._serialize(cursor)
             running = pick(cursor, (JobState.CREATED,), batch)
+            # Running, being sent, or claimed to be sent (by any worker) count alike.
             cursor.execute(
-                self._sql(f"SELECT count(*) FROM {_TABLE} WHERE state IN (?, ?)"),
-                (JobState.SUBMITTING.value, JobState.CREATED.value),
+                self._sql(
+                    f"SELECT count(*) FROM {_TABLE} WHERE state IN (?, ?) "
+                    "OR (state = ? AND owner IS NOT NULL AND lease_until >= ?)"
+                ),
+                (JobState.SUBMITTING.value, JobState.CREATED.value, JobState.NEW.value, now),
             )
             active = int(cursor.fetchall()[0][0])
             return running + pick(cursor, to_create, min(batch, max_active - active))

@@ -289,3 +289,51 @@ async def test_kill_9_at_random_moments_never_creates_a_job_twice(tmp_path: Path
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".mp4") == sorted(
         f"{key}.mp4" for key in done
     )
+
+
+async def test_a_wrong_key_stops_the_run_and_leaves_the_jobs_to_send(
+    fake: FakeDeerAPI, clock: FakeClock, tmp_path: Path
+) -> None:
+    async with deerluma.Session(
+        api_key="wrong-key-0123456789", base_url=fake.url, clock=clock, sleep=clock.sleep
+    ) as s:
+        with pytest.raises(deerluma.AuthenticationError):
+            await asyncio.wait_for(_run(s, _jobs(5), tmp_path), timeout=10)
+    rows = Ledger.open(tmp_path).rows()
+    assert {row.state for row in rows} == {JobState.NEW}  # nothing was created: send later
+    assert all(row.creates == 0 for row in rows)
+
+
+async def test_the_command_reports_each_job_that_needs_a_person_and_exits_alike_again(
+    tmp_path: Path,
+) -> None:
+    from .test_cli import run as cli
+
+    def script(body: Any) -> dict[str, object]:
+        failure = "moderation: blocked" if body["prompt"] == "clip 2" else None
+        return {"duration": 0.1, "failure_reason": failure}
+
+    jobs_file, out = tmp_path / "jobs.jsonl", tmp_path / "videos"
+    jobs_file.write_text("".join(json.dumps(j) + "\n" for j in _jobs(4)), encoding="utf-8")
+    async with FakeDeerAPI(create_script=script) as fake:
+        fake.inject(Fault.reset())  # the first create: sent, its answer lost
+        argv = ["run", str(jobs_file), "--out", str(out), "--json"]
+        code, stdout, stderr = await cli(fake, *argv)
+        records = {r["key"]: r for r in map(json.loads, stdout.splitlines())}
+        assert code == 1, stderr
+        (unknown,) = [key for key, r in records.items() if r["state"] == "unknown"]
+        assert f"outcome unknown (may be charged): {unknown}" in stderr
+        if unknown != "clip-002":
+            assert records["clip-002"]["state"] == "failed"
+            assert "failed: clip-002: the generation failed: moderation: blocked" in stderr
+        done = [key for key, r in records.items() if r["state"] == "done"]
+        assert all(records[key]["path"] == str(out / f"{key}.mp4") for key in done)
+        creates = len(fake.created)
+        again, _, stderr_again = await cli(fake, *argv)
+        assert again == 1 and len(fake.created) == creates  # as before, nothing sent
+        code, stdout, _ = await cli(None, "status", str(out), "--json")
+        assert code == 0
+        states = sorted(json.loads(line)["state"] for line in stdout.splitlines())
+        assert states.count("unknown") == 1 and states.count("done") >= 2
+        counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+        assert f"4 jobs: {counts}" in stderr_again
