@@ -346,7 +346,7 @@ class _Runner:
                     self.ledger.update(row.key, self.owner, JobState.NEW, creates=row.creates - 1)
                     raise
                 error = str(exc)  # refused, or never left: nothing was created
-                await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
+                await self.sleep(_backoff(attempt))
                 continue
             except (APIError, ValueError) as exc:  # refused: nothing was created
                 refused = f"the create was refused: {exc}"
@@ -373,7 +373,7 @@ class _Runner:
             except DeerLumaError as exc:
                 if not is_transient(exc) and not isinstance(exc, RateLimitError):
                     return await self.update(row, JobState.FAILED, error=str(exc)), None
-                await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
+                await self.sleep(_backoff(attempt))
                 continue
             return row, generation  # recorded only once its video is on disk
         raise AssertionError("unreachable")
@@ -400,10 +400,15 @@ class _Runner:
                 return await self.failed(row, exc)
             except DeerLumaError:  # storage faults, links refused even when fresh: again, later
                 target = row.task_id  # with a fresh look at the generation
-                await self.sleep(min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2**attempt))
+                await self.sleep(_backoff(attempt))
                 continue
             return await self.update(row, JobState.DONE, path=str(path), error=None)
         raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before trying a job's step again after `attempt` + 1 faults in a row."""
+    return min(_LONGEST_BACKOFF, _FIRST_BACKOFF * 2.0 ** min(attempt, 16))
 
 
 def _failed(row: LedgerRow, error: str) -> LedgerRow:

@@ -88,7 +88,8 @@ async def test_an_interrupted_run_continues_where_it_was(
     async with session.run(jobs, out=tmp_path, max_active=3) as results:
         async for _ in results:
             break  # stopped after the first: the others are mid-way
-    rows = Ledger.open(tmp_path).rows()
+    with Ledger.open(tmp_path) as ledger:
+        rows = ledger.rows()
     assert any(row.state is not JobState.DONE for row in rows)
     assert all(row.state is not JobState.SUBMITTING for row in rows)
     results = await _run(session, jobs, tmp_path)
@@ -274,7 +275,8 @@ async def test_kill_9_at_random_moments_never_creates_a_job_twice(tmp_path: Path
         assert proc.stderr is not None
         said = (await proc.stderr.read()).decode()
         code = await proc.wait()
-    rows = {row.key: row for row in Ledger.open(out).rows()}
+    with Ledger.open(out) as ledger:
+        rows = {row.key: row for row in ledger.rows()}
     unknown = [row for row in rows.values() if row.state is JobState.UNKNOWN]
     print(f"kills {kills}, unknown {len(unknown)}, creates {sum(_creates(fake).values())}")
     assert kills >= 2  # the runs really were cut short
@@ -299,7 +301,8 @@ async def test_a_wrong_key_stops_the_run_and_leaves_the_jobs_to_send(
     ) as s:
         with pytest.raises(deerluma.AuthenticationError):
             await asyncio.wait_for(_run(s, _jobs(5), tmp_path), timeout=10)
-    rows = Ledger.open(tmp_path).rows()
+    with Ledger.open(tmp_path) as ledger:
+        rows = ledger.rows()
     assert {row.state for row in rows} == {JobState.NEW}  # nothing was created: send later
     assert all(row.creates == 0 for row in rows)
 
