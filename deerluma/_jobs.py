@@ -207,10 +207,12 @@ class _Runner:
                         await asyncio.wait_for(_ready(finished), timeout=_LOOK_AGAIN)
                 while not finished.empty():  # everything that finished meanwhile, at once
                     task = finished.get_nowait()
-                    result = task.result()  # a fault that stops the run is raised here
                     key = next((k for k, t in self.driving.items() if t is task), None)
                     if key is not None:
                         del self.driving[key]
+                    if task.cancelled():
+                        continue  # taken over by another worker
+                    result = task.result()  # a fault that stops the run is raised here
                     if result is not None and result.key in self.keys:
                         yield result
                 if now >= next_renew and self.driving:

@@ -340,3 +340,22 @@ async def test_the_command_reports_each_job_that_needs_a_person_and_exits_alike_
         assert states.count("unknown") == 1 and states.count("done") >= 2
         counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
         assert f"4 jobs: {counts}" in stderr_again
+
+
+def test_a_worker_that_lost_its_claim_cannot_write_the_job(tmp_path: Path) -> None:
+    from deerluma._ledger import LostClaim
+
+    with Ledger.open(tmp_path) as ledger:
+        ledger.add([("a", {"prompt": "1"}), ("b", {"prompt": "2"})])
+        assert [r.key for r in ledger.claim("one", 0.0, max_active=5)] == ["a", "b"]
+        taken = ledger.claim("two", 60.0, max_active=5, now=10**10)  # one's lease ran out
+        assert [r.key for r in taken] == ["a", "b"]
+        with pytest.raises(LostClaim):
+            ledger.update("a", "one", JobState.SUBMITTING)
+        with pytest.raises(LostClaim):  # all or nothing
+            ledger.update_many(
+                "two", [("a", JobState.SUBMITTING, {}), ("zz", JobState.CREATED, {})]
+            )
+        assert {r.state for r in ledger.rows()} == {JobState.NEW}
+        assert ledger.renew("one", ["a", "b"], 60.0) == set()
+        assert ledger.renew("two", ["a", "b"], 60.0) == {"a", "b"}
