@@ -21,7 +21,7 @@ from ._engine import Step, Verdict
 from ._models import Generation
 from ._policy import PollPolicy
 from ._validate import check_task_id
-from ._wait import Created, OnUpdate, Poller, Watch, notify
+from ._wait import Created, OnUpdate, Poller, Watch, notify, poll
 from .exceptions import AuthenticationError, DeerLumaError
 
 __all__ = ["BatchResult", "batch_as_completed"]
@@ -227,13 +227,14 @@ class _Scheduler:
                 if item is not None:
                     if self._next_is_due(now):
                         self.wake.set()  # more is due: rouse an idle peer
-                    # An id's first look needs a waiter of its own only if it goes on.
-                    waiter = item if isinstance(item, _Waiter) else _Waiter(item)
-                    waiter.busy = True
-                    try:
-                        result = await self._poll_once(waiter)
-                    finally:
-                        waiter.busy = False
+                    if isinstance(item, str):  # most ids of a late batch are done at first sight
+                        result = await self._first_look(item)
+                    else:
+                        item.busy = True
+                        try:
+                            result = await self._poll_once(item)
+                        finally:
+                            item.busy = False
                     if result is not None:
                         self.results.put_nowait(result)
                     continue
@@ -251,6 +252,35 @@ class _Scheduler:
         except Exception as exc:  # a bug must surface to the caller, not hang the batch
             self.results.put_nowait(exc)
 
+    async def _first_look(self, task_id: str) -> BatchResult | None:
+        """An id's first look: it needs a waiter of its own only if it goes on."""
+        if self.fatal is not None:
+            return BatchResult(task_id, error=self.fatal)
+        engine = self.engine
+        created = self.poller.created
+        step, tracker, _ = await poll(
+            engine,
+            self.fetch,
+            self.clock,
+            task_id,
+            None,
+            lambda: None if created is None else _Waiter(task_id, None, created)._young_until(),
+        )
+        self._answered(step)
+        if step.verdict is not Verdict.SLEEP:
+            if step.emit is not None and self.on_update is not None:
+                await notify(self.on_update, step.emit)
+            return BatchResult(task_id, generation=step.result, error=step.error)
+        waiter = _Waiter(task_id, None, created)
+        waiter.tracker, waiter.shown = tracker, step.emit
+        return await self._went_on(waiter, step)
+
+    async def _went_on(self, waiter: _Waiter, step: Step) -> BatchResult | None:
+        """After a step: the waiter's next turn (or its result), then `on_update` hears it."""
+        result = self._then(waiter, step, self.clock())
+        await self._tell(waiter, step)
+        return result
+
     async def _poll_once(self, waiter: _Waiter) -> BatchResult | None:
         engine = self.engine
         now = self.clock()
@@ -266,13 +296,15 @@ class _Scheduler:
         except BaseException:  # cancelled mid-poll: the id no longer counts as running
             waiter.release(engine, self.clock())
             raise
+        self._answered(step)
+        return await self._went_on(waiter, step)
+
+    def _answered(self, step: Step) -> None:
+        """A poll came back: the key works, or (a wrong key) every id hears so at once."""
         if isinstance(step.error, AuthenticationError):
             self.fatal = step.error
             self.wake.set()  # the others need not wait for their turn to hear it
         self.vouched.set()
-        result = self._then(waiter, step, self.clock())
-        await self._tell(waiter, step)
-        return result
 
 
 async def batch_as_completed(

@@ -31,6 +31,7 @@ __all__ = [
     "Poller",
     "Watch",
     "notify",
+    "poll",
     "wait_for",
     "watch_generation",
 ]
@@ -147,32 +148,26 @@ class Watch:
 
     async def step(self, engine: Engine, fetch: Fetch, clock: Callable[[], float]) -> Step:
         """Pass on a callback's progress, or poll once; the engine judges what a poll saw."""
-        listening, task_id, tracker = self.listening, self.task_id, self.tracker
-        before = (False, 0)
-        if listening is not None:
-            progress = listening.take_progress()
-            if progress is not None:  # passed on, no request; the poll keeps its time
-                return self._show(Step(Verdict.SLEEP, emit=progress))
-            before = listening.sending()
-        sent = clock()
-        spread = False
-        if engine.deadline is not None and sent >= engine.deadline:
-            step = engine.timed_out(tracker, task_id, sent)
-        else:
-            try:
-                generation = await fetch(task_id, engine.deadline)
-            except DeerLumaError as exc:
-                step, tracker = engine.failed(
-                    tracker, task_id, clock(), exc, sent, young_until=self._young_until()
-                )
-            else:
-                if listening is not None:
-                    listening.observed(generation, before)
-                step, tracker = engine.seen(tracker, task_id, clock(), generation, sent)
-                spread = True
-        self.tracker = tracker
-        if listening is not None:
-            listening.plan(clock(), step.delay, spread=spread)
+        listening = self.listening
+        if listening is None:
+            step, self.tracker, _ = await poll(
+                engine, fetch, clock, self.task_id, self.tracker, self._young_until
+            )
+            return self._show(step)
+        progress = listening.take_progress()
+        if progress is not None:  # passed on, no request; the poll keeps its time
+            return self._show(Step(Verdict.SLEEP, emit=progress))
+        before = listening.sending()
+        step, self.tracker, seen = await poll(
+            engine,
+            fetch,
+            clock,
+            self.task_id,
+            self.tracker,
+            self._young_until,
+            lambda generation: listening.observed(generation, before),
+        )
+        listening.plan(clock(), step.delay, spread=seen)
         return self._show(step)
 
     def _young_until(self) -> float | None:
@@ -196,6 +191,32 @@ class Watch:
         if self.stop_listening is not None:
             self.stop_listening()
             self.stop_listening = None
+
+
+async def poll(
+    engine: Engine,
+    fetch: Fetch,
+    clock: Callable[[], float],
+    task_id: str,
+    tracker: PollTracker | None,
+    young_until: Callable[[], float | None],
+    heard: Callable[[Generation], object] | None = None,
+) -> tuple[Step, PollTracker | None, bool]:
+    """One GET, judged by the engine: the step, the task's tracker, and whether the poll saw
+    the generation (`heard` hears it first). Past the deadline, no GET: the wait is over."""
+    sent = clock()
+    if engine.deadline is not None and sent >= engine.deadline:
+        return engine.timed_out(tracker, task_id, sent), tracker, False
+    try:
+        generation = await fetch(task_id, engine.deadline)
+    except DeerLumaError as exc:
+        young = young_until()
+        step, tracker = engine.failed(tracker, task_id, clock(), exc, sent, young_until=young)
+        return step, tracker, False
+    if heard is not None:
+        heard(generation)
+    step, tracker = engine.seen(tracker, task_id, clock(), generation, sent)
+    return step, tracker, True
 
 
 async def watch_generation(

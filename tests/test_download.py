@@ -284,3 +284,19 @@ async def test_a_read_only_destination_is_a_destination_error_not_a_bare_oserror
     with pytest.raises(deerluma.DestinationError, match="Read-only") as caught:
         await session.download(fake.add_generation(duration=0), tmp_path / "v.mp4")
     assert caught.value.dest == tmp_path / "v.mp4"
+
+
+@pytest.mark.parametrize(("status", "tries"), [(503, 2), (501, 1), (505, 1)])
+async def test_storage_faults_are_retried_by_the_same_rule_as_the_apis(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path, status: int, tries: int
+) -> None:
+    # 500/502/503/504 are passing faults; another 5xx is an answer, as it is from the API.
+    task_id = fake.add_generation(duration=0)
+    fake.inject_storage(Fault.error(status))
+    dest = tmp_path / "v.mp4"
+    if tries == 1:
+        with pytest.raises(deerluma.DownloadError, match=str(status)):
+            await session.download(task_id, dest)
+    else:
+        await session.download(task_id, dest)
+    assert len(_storage_requests(fake)) == tries

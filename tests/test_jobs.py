@@ -359,3 +359,33 @@ def test_a_worker_that_lost_its_claim_cannot_write_the_job(tmp_path: Path) -> No
         assert {r.state for r in ledger.rows()} == {JobState.NEW}
         assert ledger.renew("one", ["a", "b"], 60.0) == set()
         assert ledger.renew("two", ["a", "b"], 60.0) == {"a", "b"}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_two_processes_on_one_ledger_create_each_job_once(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs = _jobs(24)
+    jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs), encoding="utf-8")
+    shared = [] if store == "sqlite" else ["--ledger", request.getfixturevalue("pg_url")]
+    # SQLite: both in one folder (its ledger); PostgreSQL: each machine its own --out.
+    outs = [tmp_path / "videos"] * 2 if store == "sqlite" else [tmp_path / "a", tmp_path / "b"]
+    async with FakeDeerAPI(create_duration=0.3) as fake:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "deerluma", "--api-key", fake.api_key,
+                "--base-url", fake.url, "run", str(jobs_file), "--out", str(out), *shared,
+                "--json", "--max-active", "8",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            for out in outs
+        ]
+        outputs = [await proc.communicate() for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert len(fake.created) == len(jobs) and max(_creates(fake).values()) == 1
+    settled = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    paths = {r["key"]: r["path"] for r in settled if r["state"] == "done"}
+    assert sorted(paths) == [j["key"] for j in jobs]  # each settled, by one or the other
+    for path in paths.values():
+        assert Path(path).stat().st_size == fake.video_bytes

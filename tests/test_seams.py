@@ -146,3 +146,20 @@ def test_every_type_in_a_public_signature_can_be_imported_from_deerluma() -> Non
                 named |= set(re.findall(r"\b[A-Z][A-Za-z]+\b", str(annotation)))
     assert {"CreateOptions", "Asset", "OnUpdate", "OnProgress"} <= named
     assert named - elsewhere - set(deerluma.__all__) == set()
+
+
+async def test_generate_takes_the_policy_and_callbacks_that_waits_take(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    heard: list[deerluma.GenerationState] = []
+    fake.create_duration = 30.0
+    start = clock()
+    with pytest.raises(deerluma.WaitTimeout):
+        await session.generate(
+            "a deer",
+            policy=deerluma.PollPolicy(timeout=10),
+            callbacks=False,
+            on_update=lambda g: heard.append(g.state),
+        )
+    assert clock() - start <= 10 + 1e-6  # the policy's deadline, not the default 900 s
+    assert heard[0] is deerluma.GenerationState.PENDING  # the create answer, heard first
