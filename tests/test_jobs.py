@@ -366,19 +366,19 @@ async def test_two_processes_on_one_ledger_create_each_job_once(
     tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
     jobs_file = tmp_path / "jobs.jsonl"
-    jobs = _jobs(24)
+    jobs = _jobs(12)
     jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs), encoding="utf-8")
     shared = [] if store == "sqlite" else ["--ledger", request.getfixturevalue("pg_url")]
     # SQLite: both in one folder (its ledger); PostgreSQL: each machine its own --out.
     outs = [tmp_path / "videos"] * 2 if store == "sqlite" else [tmp_path / "a", tmp_path / "b"]
-    async with FakeDeerAPI(create_duration=0.3) as fake:
+    async with FakeDeerAPI(create_duration=0.1) as fake:
+        argv = ["--api-key", fake.api_key, "--base-url", fake.url, "run", str(jobs_file)]
+        argv += [*shared, "--json", "--max-active", "8"]
+        pipe = asyncio.subprocess.PIPE
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "deerluma", "--api-key", fake.api_key,
-                "--base-url", fake.url, "run", str(jobs_file), "--out", str(out), *shared,
-                "--json", "--max-active", "8",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                sys.executable, "-m", "deerluma", *argv, "--out", str(out), stdout=pipe, stderr=pipe
+            )
             for out in outs
         ]
         outputs = [await proc.communicate() for proc in procs]
