@@ -157,24 +157,6 @@ async def test_no_more_than_max_active_generations_run_at_once(
     assert most <= 3
 
 
-async def test_two_workers_on_one_sqlite_ledger_share_the_jobs(
-    fake: FakeDeerAPI, tmp_path: Path, clock: FakeClock
-) -> None:
-    fake.create_duration = 5.0
-    jobs = _jobs(16)
-
-    async def worker() -> list[Any]:
-        async with deerluma.Session(
-            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
-        ) as s:
-            return await _run(s, jobs, tmp_path, max_active=6)
-
-    first, second = await asyncio.gather(worker(), worker())
-    assert {r.state for r in first + second} == {JobState.DONE}
-    assert max(_creates(fake).values()) == 1 and len(_creates(fake)) == 16
-    _videos(fake, tmp_path, [j["key"] for j in jobs])
-
-
 async def test_the_claims_of_a_worker_that_is_gone_go_to_the_others(
     fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
 ) -> None:
@@ -361,23 +343,36 @@ def test_a_worker_that_lost_its_claim_cannot_write_the_job(tmp_path: Path) -> No
         assert ledger.renew("two", ["a", "b"], 60.0) == {"a", "b"}
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_two_processes_on_one_ledger_create_each_job_once(
-    tmp_path: Path, store: str, request: pytest.FixtureRequest
+    tmp_path: Path, pg_url: str
 ) -> None:
-    jobs_file = tmp_path / "jobs.jsonl"
+    # SQLite: both workers in one folder (its ledger); PostgreSQL: each machine its own --out.
+    # Both cases at once: the suite stays short.
+    await asyncio.gather(
+        _two_processes(tmp_path / "sqlite", [], ["videos", "videos"]),
+        _two_processes(tmp_path / "pg", ["--ledger", pg_url], ["a", "b"]),
+    )
+
+
+async def _two_processes(folder: Path, shared: list[str], outs: list[str]) -> None:
+    folder.mkdir()
+    jobs_file = folder / "jobs.jsonl"
     jobs = _jobs(12)
     jobs_file.write_text("".join(json.dumps(j) + "\n" for j in jobs), encoding="utf-8")
-    shared = [] if store == "sqlite" else ["--ledger", request.getfixturevalue("pg_url")]
-    # SQLite: both in one folder (its ledger); PostgreSQL: each machine its own --out.
-    outs = [tmp_path / "videos"] * 2 if store == "sqlite" else [tmp_path / "a", tmp_path / "b"]
     async with FakeDeerAPI(create_duration=0.1) as fake:
         argv = ["--api-key", fake.api_key, "--base-url", fake.url, "run", str(jobs_file)]
         argv += [*shared, "--json", "--max-active", "8"]
         pipe = asyncio.subprocess.PIPE
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "deerluma", *argv, "--out", str(out), stdout=pipe, stderr=pipe
+                sys.executable,
+                "-m",
+                "deerluma",
+                *argv,
+                "--out",
+                str(folder / out),
+                stdout=pipe,
+                stderr=pipe,
             )
             for out in outs
         ]

@@ -161,7 +161,7 @@ plain_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=plain_like)
 def test_the_plain_decoding_path_agrees_with_the_converter(body: dict[str, object]) -> None:
     # The fast path for usual bodies must build exactly what the converter builds, and step
