@@ -45,6 +45,9 @@ OnUpdate = Callable[[Generation], object]
 #: A 404 for a task this Session created less than this many seconds ago is not final: some
 #: gateways do not know a task for a moment after answering its create.
 NOT_FOUND_GRACE = 30.0
+#: A create answer is a wait's first look when the wait begins at most this many seconds
+#: after it (a terminal one, whenever: it cannot change).
+FRESH = 5.0
 
 
 class Created:
@@ -131,6 +134,8 @@ class Watch:
         if created is None or engine.policy.initial_delay:
             return None
         generation, at = created
+        if not generation.is_terminal and engine.started - at > FRESH:
+            return None  # created long before this wait: what it says now, a poll tells
         step, self.tracker = engine.seen(None, self.task_id, at, generation, at)
         if self.listening is not None:
             self.listening.plan(at, step.delay, spread=True)

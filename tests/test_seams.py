@@ -163,3 +163,13 @@ async def test_generate_takes_the_policy_and_callbacks_that_waits_take(
         )
     assert clock() - start <= 10 + 1e-6  # the policy's deadline, not the default 900 s
     assert heard[0] is deerluma.GenerationState.PENDING  # the create answer, heard first
+
+
+async def test_a_create_answer_long_before_the_wait_is_not_taken_as_its_first_look(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    created = await session.create_generation("a deer")  # pending
+    clock.advance(3600)  # an hour later: done long ago
+    seen: list[deerluma.GenerationState] = []
+    g = await session.wait_until_completed(created.id, on_update=lambda g: seen.append(g.state))
+    assert g.is_completed and seen == [deerluma.GenerationState.COMPLETED]  # polled at once
