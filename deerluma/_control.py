@@ -318,7 +318,11 @@ class Controller:
         # never more than twice what the Session sends (idle Sessions do not inflate it).
         if self.peers.fleet() != self._fleet:  # Sessions came or went: grow on as many do
             self._regrow(max(self._w_max, self.rate), self.rate, now)
-        cubic = self._c * (now - self._peak_at) ** 3 + self._w_max
+        since_peak = now - self._peak_at
+        # Back to the rate that was too much as one Session would; beyond it, N Sessions
+        # probe N times slower, so the key's rate probes its limit as one Session's would.
+        c = _CUBIC if since_peak < 0 else self._c
+        cubic = c * since_peak**3 + self._w_max
         self._set_rate(min(cubic, max(self.rate, 2 * meter.rate_of_sent(now))), now)
 
     def throttled(self, now: float, sent: float, throttle: Throttle) -> Throttle:
@@ -498,15 +502,16 @@ class Controller:
 
     def _regrow(self, w_max: float, rate: float, now: float) -> None:
         """Go on at `rate`, growing back along CUBIC towards `w_max` (the rate that was too
-        much), reached at `_peak_at`.
+        much), reached at `_peak_at` as a lone Session would reach it.
 
-        N Sessions sending on one key grow back together: each grows N times slower, so
-        the key's rate grows as one Session's would, and meets its limit as seldom.
+        N Sessions sending on one key probe beyond it together: each N times slower
+        (`_c`), so the key's rate probes as one Session's would, and meets its limit as
+        seldom.
         """
         self._w_max = w_max
         self._fleet = self.peers.fleet()
         self._c = _CUBIC / self._fleet
-        self._peak_at = now + (max(0.0, w_max - rate) / self._c) ** (1 / 3)
+        self._peak_at = now + (max(0.0, w_max - rate) / _CUBIC) ** (1 / 3)
         self._set_rate(rate, now)
 
     def _limit(self, now: float) -> tuple[float, float]:

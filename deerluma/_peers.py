@@ -14,7 +14,7 @@ this off); its name is a digest, never the key. Writers lock it (``flock``);
 readers read its 76-byte record at most every `_READ_EVERY` seconds. After
 the record, each Session that sends marks a slot of its own (a quarter
 second apart at most), so the Sessions know how many of them are sending on
-the key, and grow back after a cut as one Session would. Clock times in it
+the key, and probe their limit after a cut as one Session would. Clock times in it
 are ``time.monotonic()``, which every process on the machine shares, so it is
 used only by Sessions on that clock.
 """

@@ -249,19 +249,21 @@ def _cut_to_w_max(control: Controller) -> float:
     return control._peak_at - 2.0
 
 
-def test_sessions_sending_on_one_key_grow_back_as_one_would() -> None:
-    # Each of 8 Sessions grows 8 times slower after a cut: the key's rate grows as a lone
-    # Session's would, and meets the limit as seldom.
-    alone = _cut_to_w_max(Controller(None, 0.0))
+def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> None:
+    # Back to the rate that was too much as fast as a lone Session; beyond it, each of 8
+    # Sessions probes 8 times slower, so the key's rate probes its limit as one Session's would.
+    lone = Controller(None, 0.0)
+    alone = _cut_to_w_max(lone)
     sending = {n: 2.0 for n in range(7)}  # seven others sent lately
     fleet = Controller(None, 0.0, MemoryPeers([], sending))
     fleet.peers.news(2.0)
     in_fleet = _cut_to_w_max(fleet)
-    assert in_fleet == pytest.approx(2 * alone)  # cube root of 8
-    # When the others stop, it grows on as a lone Session, from where it is: no jump.
+    assert in_fleet == pytest.approx(alone)
+    assert fleet._c == pytest.approx(lone._c / 8)
+    # When the others stop, it probes on as a lone Session, from where it is: no jump.
     sending.clear()
     fleet.peers.news(3.0)
     before = fleet.rate
     fleet.answered(3.0, 2.99, held_back=True)
     assert fleet.rate == pytest.approx(before, rel=0.05)
-    assert fleet._peak_at - 3.0 < in_fleet - 1.0
+    assert fleet._c == pytest.approx(lone._c)
