@@ -277,7 +277,7 @@ async def test_a_wrong_key_stops_the_batch_and_every_id_reports_it() -> None:
 
 async def test_without_max_rps_the_session_learns_the_limit_and_reports_it() -> None:
     async with FakeDeerAPI(max_rps=200, burst=20, retry_after=False) as fake:
-        ids = [fake.add_generation(duration=0) for _ in range(400)]
+        ids = [fake.add_generation(duration=0) for _ in range(200)]
         async with deerluma.Session(api_key=fake.api_key, base_url=fake.url) as s:
             results = await s.wait_many(ids, concurrency=32)
             rate = s.rate
