@@ -115,11 +115,8 @@ class _Scheduler:
 
     def _waiter(self, task_id: str) -> _Waiter:
         """An id's waiter; one that listens for callbacks is woken by them."""
-        engine, poller = self.engine, self.poller
         listen = self.listen is not None and self.listen(task_id)
-        hub = poller.hub if listen else None
-        listening = None if hub is None else Listening(hub, task_id, engine.started)
-        waiter = _Waiter(task_id, listening, poller.created)
+        waiter = self.poller.watch(self.engine, task_id, listen=listen, kind=_Waiter)
 
         def woken() -> None:
             if not waiter.busy:  # one in flight is re-planned when it comes back
@@ -264,7 +261,7 @@ class _Scheduler:
             self.clock,
             task_id,
             None,
-            lambda: None if created is None else _Waiter(task_id, None, created)._young_until(),
+            created,
         )
         self._answered(step)
         if step.verdict is not Verdict.SLEEP:

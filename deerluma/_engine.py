@@ -13,7 +13,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -52,6 +52,16 @@ TOLERANCE = 1e-6
 def utcnow() -> datetime:
     """The wall clock, aware (a Session's default; tests inject their own)."""
     return datetime.now(UTC)
+
+
+def wall_of(clock: Callable[[], float]) -> Callable[[], datetime]:
+    """A wall clock that starts at the real time now and moves as `clock` (seconds) does."""
+    wall0, clock0 = utcnow(), clock()
+
+    def wall() -> datetime:
+        return wall0 + timedelta(seconds=clock() - clock0)
+
+    return wall
 
 
 class Verdict(enum.Enum):

@@ -570,14 +570,9 @@ class Session:
             return decode_generation(resp.status, resp.headers, resp.body)
 
         try:
-            try:  # the first attempt inline: no retry machinery for the usual case
-                created = await attempt()
-            except Exception as exc:
-                if not _never_sent(exc):
-                    raise
-                created = await self._transport.with_retries(
-                    attempt, deadline=deadline, retry_on=_never_sent, first_failure=exc
-                )
+            created = await self._transport.with_retries(
+                attempt, deadline=deadline, retry_on=_never_sent
+            )
         except TransportError as exc:
             if not exc.request_sent:
                 raise  # it never left: certainly nothing was created

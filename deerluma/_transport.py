@@ -11,7 +11,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timedelta
 from typing import NamedTuple, TypeVar
 
 import aiohttp
@@ -27,7 +26,7 @@ from tenacity.stop import stop_base
 
 from ._control import MAX_PAUSE
 from ._decode import MAX_BODY_BYTES, decode_generation
-from ._engine import utcnow
+from ._engine import utcnow, wall_of
 from ._gate import RateGate
 from ._peers import Peers
 from ._throttle import Throttle, ThrottleKind
@@ -131,7 +130,7 @@ class Transport:
         self._closed = False
         self.sleep: Sleep = sleep or asyncio.sleep
         self.clock: Clock = clock or time.monotonic
-        self.wall = utcnow if clock is None else _wall_of(clock)
+        self.wall = utcnow if clock is None else wall_of(clock)
         """The wall clock: the real one, or one that moves with an injected `clock`."""
         self.gate = RateGate(max_rps, clock=self.clock, sleep=self.sleep, peers=peers)
         self.rng = random.Random()
@@ -300,9 +299,17 @@ class Transport:
     ) -> T:
         """Run `call`, retrying the failures `retry_on` accepts, per `retrying()`.
 
-        `first_failure` is an attempt the caller already made and lost: it
-        counts against the budget and is waited out like any other.
+        The first attempt goes inline: the retry machinery is set up only when
+        it fails. `first_failure` is an attempt the caller already made and
+        lost: it counts against the budget and is waited out like any other.
         """
+        if first_failure is None:
+            try:
+                return await call()
+            except Exception as exc:
+                if not retry_on(exc):
+                    raise
+                first_failure = exc
         tried = 0
         try:
             async for attempt in self.retrying(deadline=deadline, retry_on=retry_on):
@@ -363,13 +370,3 @@ def client_failure(
     return TransportError(
         f"connection to {host} failed{about}: {type(exc).__name__}: {exc}", task_id=task_id
     )
-
-
-def _wall_of(clock: Clock) -> Callable[[], datetime]:
-    """A wall clock that starts at the real time now and moves as `clock` does."""
-    wall0, clock0 = utcnow(), clock()
-
-    def wall() -> datetime:
-        return wall0 + timedelta(seconds=clock() - clock0)
-
-    return wall

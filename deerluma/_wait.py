@@ -12,6 +12,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import attrs
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
@@ -39,6 +40,7 @@ __all__ = [
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
 OnUpdate = Callable[[Generation], object]
+W = TypeVar("W", bound="Watch")
 """A wait's progress callback: hears each change of a generation, sync or async."""
 
 
@@ -68,6 +70,11 @@ class Created:
         """The create answer for `task_id` and its clock time, if this Session created it."""
         return self._answers.get(task_id)
 
+    def young_until(self, task_id: str) -> float | None:
+        """Until when a 404 for `task_id` is not final: a while after this Session created it."""
+        created = self._answers.get(task_id)
+        return None if created is None else created[1] + NOT_FOUND_GRACE
+
 
 @attrs.frozen
 class Poller:
@@ -86,11 +93,12 @@ class Poller:
         """A poll engine for one wait or batch starting now."""
         return Engine(policy, self.clock(), self.rng, self.history, self.wall)
 
-    def watch(self, engine: Engine, task_id: str, *, listen: bool) -> Watch:
-        """One id's wait in `engine`'s wait or batch (listening for callbacks if `listen`)."""
+    def watch(self, engine: Engine, task_id: str, *, listen: bool, kind: type[W]) -> W:
+        """One id's wait (a `kind` of Watch) in `engine`'s wait or batch, listening for
+        callbacks if `listen`."""
         hub = self.hub if listen else None
         listening = None if hub is None else Listening(hub, task_id, engine.started)
-        return Watch(task_id, listening, self.created)
+        return kind(task_id, listening, self.created)
 
 
 async def notify(on_update: OnUpdate | None, generation: Generation) -> None:
@@ -156,7 +164,7 @@ class Watch:
         listening = self.listening
         if listening is None:
             step, self.tracker, _ = await poll(
-                engine, fetch, clock, self.task_id, self.tracker, self._young_until
+                engine, fetch, clock, self.task_id, self.tracker, self._created
             )
             return self._show(step)
         progress = listening.take_progress()
@@ -169,16 +177,11 @@ class Watch:
             clock,
             self.task_id,
             self.tracker,
-            self._young_until,
+            self._created,
             lambda generation: listening.observed(generation, before),
         )
         listening.plan(clock(), step.delay, spread=seen)
         return self._show(step)
-
-    def _young_until(self) -> float | None:
-        """Until when a 404 is not final: a while after this Session created the id."""
-        created = None if self._created is None else self._created.get(self.task_id)
-        return None if created is None else created[1] + NOT_FOUND_GRACE
 
     def _show(self, step: Step) -> Step:
         """Pass on only what changed since the caller last heard."""
@@ -204,18 +207,19 @@ async def poll(
     clock: Callable[[], float],
     task_id: str,
     tracker: PollTracker | None,
-    young_until: Callable[[], float | None],
+    created: Created | None,
     heard: Callable[[Generation], object] | None = None,
 ) -> tuple[Step, PollTracker | None, bool]:
     """One GET, judged by the engine: the step, the task's tracker, and whether the poll saw
-    the generation (`heard` hears it first). Past the deadline, no GET: the wait is over."""
+    the generation (`heard` hears it first). Past the deadline, no GET: the wait is over.
+    A 404 for an id this Session created (`created`) moments ago is looked for again."""
     sent = clock()
     if engine.deadline is not None and sent >= engine.deadline:
         return engine.timed_out(tracker, task_id, sent), tracker, False
     try:
         generation = await fetch(task_id, engine.deadline)
     except DeerLumaError as exc:
-        young = young_until()
+        young = None if created is None else created.young_until(task_id)
         step, tracker = engine.failed(tracker, task_id, clock(), exc, sent, young_until=young)
         return step, tracker, False
     if heard is not None:
@@ -239,7 +243,7 @@ async def watch_generation(
     """
     clock = poller.clock
     engine = poller.engine(policy)
-    watch = poller.watch(engine, task_id, listen=listen)
+    watch = poller.watch(engine, task_id, listen=listen, kind=Watch)
     listening = watch.listening
     woken = asyncio.Event()
     watch.listen(woken.set)

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -22,6 +22,7 @@ import aiohttp
 import attrs
 from aiohttp import web
 
+from .._engine import wall_of
 from .._portal import LoopThread
 from ._faults import DEFAULT_FAULT_MIX, FAULT_KEY, RANGE_KEY, Fault, cut
 
@@ -148,8 +149,7 @@ class FakeDeerAPI:
         self._callback_http: aiohttp.ClientSession | None = None
         self._dispatching = False
         self._site_url = ""
-        self._wall0 = datetime.now(UTC)
-        self._clock0 = self.clock()
+        self._wall = wall_of(self.clock)  # moves with `clock`, as a Session's does
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -531,9 +531,6 @@ class FakeDeerAPI:
         return web.Response(status=status, body=part, headers=headers)
 
     # -- bodies ----------------------------------------------------------------
-    def _wall(self) -> datetime:
-        return self._wall0 + timedelta(seconds=self.clock() - self._clock0)
-
     def _link(self, gen: _Gen, asset: str, ext: str) -> str:
         issued = self.clock()
         signature = hashlib.sha256(f"{gen.id}/{asset}/{issued}".encode()).hexdigest()
