@@ -158,8 +158,6 @@ class _Runner:
         self.parts: dict[str, list[Path]] = {}
         self.to_create: asyncio.Queue[tuple[LedgerRow, asyncio.Future[LedgerRow]]] = asyncio.Queue()
         self.creator: asyncio.Task[None] | None = None
-        #: The create answers of the jobs just created, for their drivers (then dropped).
-        self.answers: dict[str, Generation] = {}
         # Downloads take turns: a few keep the disk and the link busy, and the event loop
         # stays free for the creates, which go one by one.
         self.downloads = asyncio.Semaphore(_DOWNLOADS)
@@ -248,9 +246,8 @@ class _Runner:
                 row = await self.submit(row)
                 if row.state is not JobState.CREATED:
                     return JobResult.of(row)
-            answer = self.answers.pop(row.key, None)
-            if answer is not None and answer.is_completed:  # done at once: nothing to wait for
-                return JobResult.of(await self.save(row, answer))
+            # Just created: the wait takes the create answer as its first look (no GET when
+            # it is done already); resumed from the ledger: it polls.
             row, generation = await self.wait(row)
             if row.state is not JobState.CREATED:
                 return JobResult.of(row)
@@ -286,12 +283,10 @@ class _Runner:
                 if done.done():
                     continue  # lost to another worker
                 try:
-                    outcome, answer = await self.create(sending)
+                    outcome = await self.create(sending)
                 except Exception as exc:  # a wrong key, say: its driver stops the run
                     done.set_exception(exc)
                     raise
-                if answer is not None:
-                    self.answers[outcome.key] = answer  # for its driver: done at once?
                 if outcome.state is JobState.CREATED:
                     created = [(outcome, done)]  # committed with the next SUBMITTING
                 else:
@@ -326,9 +321,9 @@ class _Runner:
             if not f.done():
                 f.set_result(r)
 
-    async def create(self, row: LedgerRow) -> tuple[LedgerRow, Generation | None]:
+    async def create(self, row: LedgerRow) -> LedgerRow:
         """Send one SUBMITTING job's create, retrying those that certainly never left; the row
-        as it ends (not yet committed), and the create answer."""
+        as it ends (not yet committed)."""
         request = dict(row.request)
         prompt = str(request.pop("prompt"))
         options: CreateOptions = request  # type: ignore[assignment]  # checked by Job.of
@@ -337,25 +332,24 @@ class _Runner:
             try:
                 created = await self.session.create_generation(prompt, **options)
             except CreateOutcomeUnknown as exc:
-                return attrs.evolve(row, state=JobState.UNKNOWN, error=str(exc)), None
+                return attrs.evolve(row, state=JobState.UNKNOWN, error=str(exc))
             except asyncio.CancelledError:
                 self.ledger.update(
                     row.key, self.owner, JobState.UNKNOWN, error="stopped while sending its create"
                 )
                 raise
-            except (AuthenticationError, RateLimitError, TransportError) as exc:
-                if isinstance(exc, AuthenticationError):  # no create can go: the run stops
-                    self.ledger.update(row.key, self.owner, JobState.NEW, creates=row.creates - 1)
-                    raise
+            except AuthenticationError:  # no create can go: the run stops
+                self.ledger.update(row.key, self.owner, JobState.NEW, creates=row.creates - 1)
+                raise
+            except (RateLimitError, TransportError) as exc:
                 error = str(exc)  # refused, or never left: nothing was created
                 await self.sleep(_backoff(attempt))
                 continue
             except (APIError, ValueError) as exc:  # refused: nothing was created
                 refused = f"the create was refused: {exc}"
-                return _failed(row, refused), None
-            done = attrs.evolve(row, state=JobState.CREATED, task_id=created.id, error=None)
-            return done, created
-        return _failed(row, f"the create kept failing: {error}"), None
+                return _failed(row, refused)
+            return attrs.evolve(row, state=JobState.CREATED, task_id=created.id, error=None)
+        return _failed(row, f"the create kept failing: {error}")
 
     async def failed(self, row: LedgerRow, exc: GenerationFailed) -> LedgerRow:
         reason = exc.generation.failure_reason or "no reason given"
