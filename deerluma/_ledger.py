@@ -161,6 +161,17 @@ class Ledger:
     def _sql(self, sql: str) -> str:
         return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
 
+    def _make_table(self) -> None:
+        """The jobs table and its index, if missing (two workers making them at once wait
+        for each other)."""
+
+        def work(cursor: _Cursor) -> None:
+            self._serialize(cursor)
+            cursor.execute(_SCHEMA)
+            cursor.execute(_INDEX)
+
+        self._run(work)
+
     def _run(self, work: Callable[[_Cursor], Any]) -> Any:
         with self._lock, self._transaction() as cursor:
             return work(cursor)
@@ -294,7 +305,8 @@ class Ledger:
         return list(self._run(work))
 
     def _serialize(self, cursor: _Cursor) -> None:
-        """Let one claim at a time count the generations running (SQLite's write lock does)."""
+        """One at a time: claims counting the generations running, and making the table
+        (SQLite's write lock already does this)."""
 
     def update(self, key: str, owner: str, state: JobState, **fields: object) -> None:
         """Move a job this worker holds to `state` (with `task_id`, `error`, `path`,
@@ -371,9 +383,7 @@ class SQLiteLedger(Ledger):
         )
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes
-        with self._lock, self._transaction() as cursor:
-            cursor.execute(_SCHEMA)
-            cursor.execute(_INDEX)
+        self._make_table()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
@@ -408,10 +418,7 @@ class PostgresLedger(Ledger):
             self._db = psycopg.connect(url, autocommit=True)
         except psycopg.Error as exc:
             raise ConfigurationError(f"cannot open the ledger at {self.url}: {exc}") from exc
-        with self._lock, self._transaction() as cursor:
-            self._serialize(cursor)  # two workers making the table at once would collide
-            cursor.execute(_SCHEMA)
-            cursor.execute(_INDEX)
+        self._make_table()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Cursor]:
