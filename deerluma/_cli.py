@@ -541,14 +541,21 @@ def _plain(row: Row) -> str:
     return f"{row.task_id}\tcompleted\t{url}"
 
 
-def _read_ids(source: str) -> list[str]:
+def _read_text(source: str, what: str) -> str:
+    """A file's text ('-': stdin); a file that cannot be read is a usage mistake, named."""
     name = "stdin" if source == "-" else source
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        return sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:  # a usage mistake, not a network error
-        raise ValueError(f"cannot read ids from {name}: {exc.strerror or exc}") from exc
+        raise ValueError(f"cannot read {what} from {name}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ValueError(f"cannot read ids from {name}: not UTF-8 text (byte {exc.start})") from exc
+        raise ValueError(
+            f"cannot read {what} from {name}: not UTF-8 text (byte {exc.start})"
+        ) from exc
+
+
+def _read_ids(source: str) -> list[str]:
+    text = _read_text(source, "ids")
     ids = [line.strip() for line in text.splitlines()]
     return list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
 
@@ -810,14 +817,8 @@ async def cmd_run(app: App) -> int:
     from ._jobs import load_jobs
 
     a = app.args
-    source = Path(a.jobs)
-    try:
-        text = await asyncio.to_thread(source.read_text, encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read jobs from {source}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"cannot read jobs from {source}: not UTF-8 text") from exc
-    jobs = load_jobs(text.splitlines(), str(source))
+    text = await asyncio.to_thread(_read_text, a.jobs, "jobs")
+    jobs = load_jobs(text.splitlines(), a.jobs)
     counts: dict[JobState, int] = {}
     settled: list[JobResult] = []
     started = time.monotonic()
