@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from ._create import ASPECT_RATIOS, CreateOptions
-from ._download import Asset, destination
+from ._download import Asset, destination, into
 from ._jobs import JobResult
 from ._ledger import LEDGER_FILE, JobState
 from ._models import Generation
@@ -436,11 +436,11 @@ class App:
         One file in the way or one refused link never stops the others.
         """
         overwrite = self.args.overwrite
-        there = destination(_into(folder), generation.id, "video")
+        there = destination(into(folder), generation.id, "video")
         existed = there.exists()
         try:
             path = await self.save(
-                session, generation, _into(folder), overwrite=overwrite, skip_complete=True
+                session, generation, into(folder), overwrite=overwrite, skip_complete=True
             )
         except DestinationExists as exc:
             self.console.print(
@@ -525,12 +525,6 @@ async def cmd_wait(app: App) -> int:
     if not app.args.json:
         app.console.print(summary_table(rows))
     return exit_code_for(row.error for row in rows)
-
-
-def _into(folder: Path) -> str:
-    """A --download folder as `download` reads one (a trailing separator: a folder, even a new
-    one), so that it names each file after its task: URLs' own names may repeat."""
-    return f"{folder}{os.sep}"
 
 
 def _plain(row: Row) -> str:
@@ -793,7 +787,7 @@ async def cmd_demo(app: App) -> int:
                     if folder is None:  # nothing left behind in the temp dir: --out keeps it
                         temporary = tempfile.TemporaryDirectory(prefix="deerluma-demo-")
                         folder = Path(stack.enter_context(temporary))
-                    path = await app.save(s, done, _into(folder))
+                    path = await app.save(s, done, into(folder))
                     size = path.stat().st_size
                     kept = "" if app.args.out else "; removed again at exit (--out DIR keeps it)"
                     app.console.print(f"downloaded one result to {path} ({size} bytes){kept}")

@@ -43,6 +43,7 @@ __all__ = [
     "asset_url",
     "destination",
     "download_generation",
+    "into",
     "is_expired",
     "link_expires_at",
 ]
@@ -148,7 +149,6 @@ async def stream_to(
     request_headers: dict[str, str] = {}
     if transfer.done and transfer.resumable:
         request_headers["Range"] = f"bytes={transfer.done}-"
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     host = yarl.URL(url).host
     # Disk work goes to a thread (a slow disk must not stall the event loop); the file is
     # open before the request, so the first bytes are read as soon as they come.
@@ -159,7 +159,7 @@ async def stream_to(
         opening.add_done_callback(_close_opened)
         raise
     try:
-        await _stream(http, url, host, request_headers, client_timeout, transfer, out, on_progress)
+        await _stream(http, url, host, request_headers, timeout, transfer, out, on_progress)
     finally:
         out.close()  # at once, even when cancelled (a write's thread has finished by now)
     if transfer.total is not None and transfer.done != transfer.total:
@@ -173,12 +173,12 @@ async def _stream(
     url: str,
     host: str | None,
     request_headers: dict[str, str],
-    client_timeout: aiohttp.ClientTimeout,
+    timeout: float,
     transfer: Transfer,
     out: BinaryIO,
     on_progress: OnProgress | None,
 ) -> None:
-    timeout = client_timeout.sock_read or 0.0
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     try:
         async with http.get(
             yarl.URL(url, encoded=True),
@@ -197,10 +197,10 @@ async def _stream(
                 start, whole = _content_range(resp)
                 if start != transfer.done and start != 0:
                     # Not the bytes asked for (or no telling which): never stitch them in.
+                    asked = transfer.done
                     transfer.done, transfer.resumable = 0, False
                     raise TransportError(
-                        f"storage at {host} sent bytes from {start}, not {transfer.done}: "
-                        "starting over"
+                        f"storage at {host} sent bytes from {start}, not {asked}: starting over"
                     )
                 append = start == transfer.done != 0
             else:
@@ -312,7 +312,7 @@ async def download_generation(
     if final.is_dir():  # not a file overwrite=True could replace
         raise DestinationError(
             f"{final} is a folder; give a file name, or a folder to save into "
-            f"(the file is then named {destination(_folder(final), generation.id, asset).name})",
+            f"(the file is then named {destination(into(final), generation.id, asset).name})",
             task_id=generation.id,
             dest=final,
         )
@@ -406,8 +406,10 @@ async def _holds_all_of(http: aiohttp.ClientSession, url: str, path: Path, timeo
         return False
 
 
-def _folder(path: Path) -> str:
-    return f"{path}{os.sep}"
+def into(folder: Path) -> str:
+    """`folder` as `destination` reads a folder (a trailing separator: a folder, even a new
+    one), so that each file is named after its task: URLs' own names may repeat."""
+    return f"{folder}{os.sep}"
 
 
 def _exists(final: Path, task_id: str) -> DestinationExists:
