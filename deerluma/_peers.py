@@ -223,11 +223,16 @@ class FilePeers(Peers):
                 if not free:
                     return  # a crowd of Sessions: count them without us
                 self._slot = free[0]
-                os.pwrite(fd, _SLOT.pack(self.me, now), _SLOTS_AT + self._slot * _SLOT.size)
+                self._mark(fd, self.me, now)  # under the lock: no one takes the same slot
         else:
-            os.pwrite(fd, _SLOT.pack(self.me, now), _SLOTS_AT + self._slot * _SLOT.size)
+            self._mark(fd, self.me, now)
         slots[self._slot] = (self.me, now)
         self._fleet = max(1, sum(1 for _, at in slots if now - _ALIVE <= at <= now + _ALIVE))
+
+    def _mark(self, fd: int, writer: int, at: float) -> None:
+        """Write our slot: `writer` seen sending at clock time `at` (0: the slot is free)."""
+        assert self._slot is not None
+        os.pwrite(fd, _SLOT.pack(writer, at), _SLOTS_AT + self._slot * _SLOT.size)
 
     def _open(self, now: float) -> int | None:
         if self._fd is None and now >= self._next_look:
@@ -259,7 +264,7 @@ class FilePeers(Peers):
             fd, self._fd = self._fd, None
             if self._slot is not None:
                 with contextlib.suppress(OSError):
-                    os.pwrite(fd, _SLOT.pack(0, 0.0), _SLOTS_AT + self._slot * _SLOT.size)
+                    self._mark(fd, 0, 0.0)
             with contextlib.suppress(OSError):
                 os.close(fd)
 
