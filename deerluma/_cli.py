@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__
 from ._create import ASPECT_RATIOS, CreateOptions
 from ._download import Asset, destination, into
-from ._jobs import JobResult
+from ._jobs import JobResult, JobsFileError
 from ._ledger import LEDGER_FILE, JobState
 from ._models import Generation
 from ._session import Session
@@ -981,6 +981,9 @@ def main(
             return EXIT_ERROR
         _report(app, exc)  # a key that cannot be sent, an unsafe --base-url
         return EXIT_USAGE
+    except JobsFileError as exc:  # names the file's keys (aspect_ratio), not flags
+        _report(app, exc, flags=False)
+        return EXIT_USAGE
     except ValueError as exc:  # bad arguments, found before anything was sent
         _report(app, exc)
         return EXIT_USAGE
@@ -1000,10 +1003,11 @@ def _quiet(stdout: TextIO) -> None:
         os.dup2(devnull, stdout.fileno())
 
 
-def _report(app: App, exc: BaseException | str, hint: str = "") -> None:
+def _report(app: App, exc: BaseException | str, hint: str = "", *, flags: bool = True) -> None:
     if app.args.verbose:
         app.console.print_exception()
-    text = f"deerluma: error: {for_terminal(str(exc))}" + (f" ({hint})" if hint else "")
+    message = for_terminal(str(exc)) if flags else str(exc)
+    text = f"deerluma: error: {message}" + (f" ({hint})" if hint else "")
     print(text, file=app.console.file)
 
 

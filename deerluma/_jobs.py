@@ -120,6 +120,10 @@ class JobResult:
         return cls(row.key, row.state, row.task_id, row.path, row.error)
 
 
+class JobsFileError(ValueError):
+    """A line of a jobs file that is not a job (its message names the file's own keys)."""
+
+
 def load_jobs(lines: Iterable[str], source: str = "jobs") -> list[Job]:
     """Jobs from JSON lines (blank ones and ``#`` comments skipped); the first of a key wins."""
     jobs: dict[str, Job] = {}
@@ -130,7 +134,7 @@ def load_jobs(lines: Iterable[str], source: str = "jobs") -> list[Job]:
         try:
             job = Job.of(json.loads(text))
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"{source}, line {number}: {exc}") from exc
+            raise JobsFileError(f"{source}, line {number}: {exc}") from exc
         jobs.setdefault(job.key, job)
     return list(jobs.values())
 

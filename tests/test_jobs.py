@@ -384,3 +384,15 @@ async def _two_processes(folder: Path, shared: list[str], outs: list[str]) -> No
     assert sorted(paths) == [j["key"] for j in jobs]  # each settled, by one or the other
     for path in paths.values():
         assert Path(path).stat().st_size == fake.video_bytes
+
+
+def test_a_bad_line_of_a_jobs_file_names_the_files_own_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deerluma._cli import main
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "ok"}\n{"prompt": "x", "aspect_ratio": "17:9"}\n', encoding="utf-8")
+    assert main(["--api-key", "k", "run", str(jobs), "--out", str(tmp_path / "v")]) == 2
+    said = capsys.readouterr().err
+    assert f"{jobs}, line 2: aspect_ratio '17:9'" in said and "--aspect-ratio" not in said
