@@ -61,6 +61,9 @@ _LONGEST_BACKOFF = 60.0
 _DOWNLOADS = 4
 #: Creates that certainly never left are tried this many times before the job is FAILED.
 _CREATE_TRIES = 5
+#: A job's end (done, failed) waits at most this long (seconds) for the creator's next
+#: write to ride with, while creates go on: one write for both.
+_RIDE = 0.02
 _SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -167,6 +170,11 @@ class _Runner:
         self.downloads = asyncio.Semaphore(_DOWNLOADS)
         self.driving: dict[str, asyncio.Task[JobResult | None]] = {}
         self.sleep = session._transport.sleep
+        #: Jobs' ends waiting to be written with the next write (see `update`).
+        self.riders: list[tuple[LedgerRow, asyncio.Future[LedgerRow]]] = []
+        self.sending = False  # whether the creator holds a job (it writes again soon)
+        self.flush: asyncio.TimerHandle | None = None
+        self.flushing: set[asyncio.Task[None]] = set()
 
     async def ledger_call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         if self.ledger.inline:
@@ -174,8 +182,21 @@ class _Runner:
         return await asyncio.to_thread(method, *args, **kwargs)
 
     async def update(self, row: LedgerRow, state: JobState, **fields: object) -> LedgerRow:
-        await self.ledger_call(self.ledger.update, row.key, self.owner, state, **fields)
-        return attrs.evolve(row, state=state, **fields)  # type: ignore[arg-type]
+        """Record a job's end (DONE, FAILED); returns once it is committed. It rides with
+        the creator's next write, if one comes within `_RIDE` seconds, else goes alone."""
+        row = attrs.evolve(row, state=state, **fields)  # type: ignore[arg-type]
+        written: asyncio.Future[LedgerRow] = asyncio.get_running_loop().create_future()
+        self.riders.append((row, written))
+        if self.flush is None:
+            self.flush = asyncio.get_running_loop().call_later(
+                _RIDE if self.sending else 0.0, self.write_riders
+            )
+        return await written
+
+    def write_riders(self) -> None:
+        task = asyncio.ensure_future(self.commit([]))
+        self.flushing.add(task)
+        task.add_done_callback(self.flushing.discard)
 
     async def run(self) -> AsyncGenerator[JobResult, None]:
         """Claim, drive, report: yields each job this worker settles (and those it finds
@@ -227,9 +248,14 @@ class _Runner:
             tasks = list(self.driving.values())
             if self.creator is not None:
                 tasks.append(self.creator)
+            tasks += self.flushing
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.flush is not None:
+                self.flush.cancel()
+            with contextlib.suppress(Exception):  # jobs' ends not yet written: now
+                self.ledger.write(self.owner, [r for r, _ in self.riders])
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.ledger_call(ledger.release, self.owner))
 
@@ -278,9 +304,11 @@ class _Runner:
                 if created and self.to_create.empty():
                     await self.commit(created)
                     created = []
+                self.sending = False
                 row, done = await self.to_create.get()
                 if done.done():
                     continue  # its driver is gone
+                self.sending = True
                 sending = attrs.evolve(row, state=JobState.SUBMITTING, creates=row.creates + 1)
                 await self.commit(created, sending, done)
                 created = []
@@ -297,8 +325,10 @@ class _Runner:
                     await self.commit([(outcome, done)])
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # what came back before the stop
-                self.ledger.update_many(self.owner, [_change(r) for r, _ in created])
+                self.ledger.write(self.owner, [r for r, _ in created])
             raise
+        finally:
+            self.sending = False
 
     async def commit(
         self,
@@ -306,18 +336,23 @@ class _Runner:
         sending: LedgerRow | None = None,
         waiter: asyncio.Future[LedgerRow] | None = None,
     ) -> None:
-        """Record rows in one transaction and tell their drivers (one taken over meanwhile:
-        its driver lets go); `sending` (SUBMITTING) goes with them."""
-        changes = [(r, f) for r, f in settled]
+        """Record rows in one write and tell their drivers (one taken over meanwhile: its
+        driver lets go); `sending` (SUBMITTING) and the jobs' ends waiting go with them."""
+        if self.flush is not None:
+            self.flush.cancel()
+            self.flush = None
+        settled = settled + self.riders
+        self.riders = []
+        changes = list(settled)
         if sending is not None and waiter is not None:
             changes.append((sending, waiter))
-        ledger = self.ledger
+        write = self.ledger.write
         try:
-            await self.ledger_call(ledger.update_many, self.owner, [_change(r) for r, _ in changes])
+            await self.ledger_call(write, self.owner, [r for r, _ in changes])
         except LostClaim:  # one at a time, to learn which
             for r, f in changes:
                 try:
-                    await self.ledger_call(ledger.update, r.key, self.owner, r.state, **_fields(r))
+                    await self.ledger_call(write, self.owner, [r])
                 except LostClaim as exc:
                     if not f.done():
                         f.set_exception(exc)
@@ -338,12 +373,14 @@ class _Runner:
             except CreateOutcomeUnknown as exc:
                 return attrs.evolve(row, state=JobState.UNKNOWN, error=str(exc))
             except asyncio.CancelledError:
-                self.ledger.update(
-                    row.key, self.owner, JobState.UNKNOWN, error="stopped while sending its create"
+                stopped = "stopped while sending its create"
+                self.ledger.write(
+                    self.owner, [attrs.evolve(row, state=JobState.UNKNOWN, error=stopped)]
                 )
                 raise
             except AuthenticationError:  # no create can go: the run stops
-                self.ledger.update(row.key, self.owner, JobState.NEW, creates=row.creates - 1)
+                unsent = attrs.evolve(row, state=JobState.NEW, creates=row.creates - 1)
+                self.ledger.write(self.owner, [unsent])
                 raise
             except (RateLimitError, TransportError) as exc:
                 error = str(exc)  # refused, or never left: nothing was created
@@ -414,14 +451,6 @@ def _backoff(attempt: int) -> float:
 def _failed(row: LedgerRow, error: str) -> LedgerRow:
     """A job whose create certainly did not go through: FAILED, not counted as sent."""
     return attrs.evolve(row, state=JobState.FAILED, creates=row.creates - 1, error=error)
-
-
-def _fields(row: LedgerRow) -> dict[str, object]:
-    return {"task_id": row.task_id, "error": row.error, "creates": row.creates}
-
-
-def _change(row: LedgerRow) -> tuple[str, JobState, Mapping[str, object]]:
-    return row.key, row.state, _fields(row)
 
 
 async def _ready(queue: asyncio.Queue[Any]) -> None:

@@ -121,7 +121,7 @@ class Ledger:
 
     #: Whether a call is quick enough to make on the event loop (a local file's few
     #: microseconds), rather than from a thread (a server's round trip).
-    inline = False
+    inline = True
     #: How `?` placeholders are written for this store.
     _placeholder = "?"
     #: What locks the rows a claim picks, where the store can (PostgreSQL).
@@ -175,6 +175,10 @@ class Ledger:
     def _run(self, work: Callable[[_Cursor], Any]) -> Any:
         with self._lock, self._transaction() as cursor:
             return work(cursor)
+
+    def _statement(self, work: Callable[[_Cursor], Any]) -> Any:
+        """`_run` for work of one statement (atomic by itself where the store allows)."""
+        return self._run(work)
 
     # -- jobs ----------------------------------------------------------------------------
     def add(self, jobs: Iterable[tuple[str, Mapping[str, object]]]) -> None:
@@ -286,7 +290,7 @@ class Ledger:
                 ),
                 (owner, now + lease, now, *(s.value for s in states), now, limit),
             )
-            return [_row(r) for r in cursor.fetchall()]
+            return sorted(map(_row, cursor.fetchall()), key=lambda row: row.key)  # in key order
 
         def work(cursor: _Cursor) -> list[LedgerRow]:
             self._serialize(cursor)
@@ -308,29 +312,40 @@ class Ledger:
         """One at a time: claims counting the generations running, and making the table
         (SQLite's write lock already does this)."""
 
-    def update(self, key: str, owner: str, state: JobState, **fields: object) -> None:
-        """Move a job this worker holds to `state` (with `task_id`, `error`, `path`,
-        `creates`); LostClaim if another worker holds it now. Committed on return."""
-        self.update_many(owner, [(key, state, fields)])
-
-    def update_many(
-        self, owner: str, changes: Sequence[tuple[str, JobState, Mapping[str, object]]]
-    ) -> None:
-        """Several `update`s in one transaction: all of them, or (LostClaim) none."""
-        now = time.time()
+    def write(self, owner: str, rows: Sequence[LedgerRow]) -> None:
+        """Record `rows` (state, task id, error, path, creates) of jobs this worker holds, in
+        one statement: all of them, or none and LostClaim (another worker holds one now).
+        Committed on return."""
+        if not rows:
+            return
+        keys = [row.key for row in rows]
+        marks = ", ".join("?" * len(rows))
+        whens = " ".join(["WHEN ? THEN ?"] * len(rows))
+        columns: dict[str, list[object]] = {
+            "state": [row.state.value for row in rows],
+            "task_id": [row.task_id for row in rows],
+            "error": [row.error for row in rows],
+            "path": [row.path for row in rows],
+            "creates": [row.creates for row in rows],
+        }
+        assignments = ", ".join(f"{name} = CASE key {whens} END" for name in columns)
+        sql = self._sql(
+            f"UPDATE {_TABLE} SET {assignments}, updated_at = ? "
+            f"WHERE owner = ? AND key IN ({marks}) "
+            f"AND (SELECT count(*) FROM {_TABLE} WHERE owner = ? AND key IN ({marks})) = ?"
+        )
+        params: list[object] = []
+        for values in columns.values():
+            for key, value in zip(keys, values, strict=True):
+                params += (key, value)
+        params += (time.time(), owner, *keys, owner, *keys, len(keys))
 
         def work(cursor: _Cursor) -> None:
-            for key, state, fields in changes:
-                names = ["state", "updated_at", *fields]
-                assignments = ", ".join(f"{name} = ?" for name in names)
-                cursor.execute(
-                    self._sql(f"UPDATE {_TABLE} SET {assignments} WHERE key = ? AND owner = ?"),
-                    (state.value, now, *fields.values(), key, owner),
-                )
-                if cursor.rowcount != 1:
-                    raise LostClaim(key)
+            cursor.execute(sql, params)
+            if cursor.rowcount != len(keys):  # (none, where one statement is atomic)
+                raise LostClaim(keys[0] if len(keys) == 1 else ", ".join(keys))
 
-        self._run(work)
+        self._statement(work)
 
     def renew(self, owner: str, keys: Sequence[str], lease: float) -> set[str]:
         """Extend this worker's claims on `keys` by `lease` seconds; returns those it holds."""
@@ -346,7 +361,7 @@ class Ledger:
             cursor.execute(sql, (time.time() + lease, owner, *keys))
             return {r[0] for r in cursor.fetchall()}
 
-        return set(self._run(work))
+        return set(self._statement(work))
 
     def release(self, owner: str, keys: Sequence[str] | None = None) -> None:
         """Give up this worker's claims (all of them, or those of `keys`)."""
@@ -361,7 +376,7 @@ class Ledger:
         def work(cursor: _Cursor) -> None:
             cursor.execute(self._sql(sql), params)
 
-        self._run(work)
+        self._statement(work)
 
 
 def _row(raw: Sequence[Any]) -> LedgerRow:
@@ -395,6 +410,12 @@ class SQLiteLedger(Ledger):
             cursor.execute("ROLLBACK")
             raise
         cursor.execute("COMMIT")
+
+    def _statement(self, work: Callable[[_Cursor], Any]) -> Any:
+        # One statement is a transaction of its own: no BEGIN and COMMIT around it. Each
+        # call into SQLite lets other threads (downloads' writes) in, and waits for them.
+        with self._lock:
+            return work(self._db.cursor())
 
     def close(self) -> None:
         self._db.close()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import deerluma
@@ -79,6 +80,27 @@ async def test_a_run_puts_every_video_on_disk_and_a_rerun_sends_nothing(
     assert {r.state for r in again} == {JobState.DONE}
     assert len(fake.requests) == requests  # not one create, not one poll
     assert max(_creates(fake).values()) == 1
+
+
+async def test_a_jobs_end_is_written_with_the_next_create_when_one_goes(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    from deerluma._ledger import LedgerRow, SQLiteLedger
+
+    fake.create_duration = 0.0  # each video is ready while the next job is being sent
+    writes: list[list[JobState]] = []
+
+    class Counting(SQLiteLedger):
+        def write(self, owner: str, rows: Any) -> None:
+            writes.append([row.state for row in rows])
+            super().write(owner, rows)
+
+    with Counting(tmp_path / "jobs.sqlite") as ledger:
+        results = await _run(session, _jobs(20), tmp_path, ledger=ledger)
+        rows: list[LedgerRow] = ledger.rows()
+    assert {r.state for r in results} == {r.state for r in rows} == {JobState.DONE}
+    assert any(JobState.DONE in w and JobState.SUBMITTING in w for w in writes)
+    assert len(writes) < 30  # not two writes per job (20 SUBMITTING, 20 DONE)
 
 
 async def test_an_interrupted_run_continues_where_it_was(
@@ -167,7 +189,7 @@ async def test_the_claims_of_a_worker_that_is_gone_go_to_the_others(
     # a worker elsewhere held one with a lease that runs out in a moment.
     dead = f"{socket.gethostname()}:{_dead_pid()}:x"
     held = ledger.claim(dead, 3600, max_active=2, batch=2)
-    ledger.update(held[0].key, dead, JobState.SUBMITTING, creates=1)
+    ledger.write(dead, [attrs.evolve(held[0], state=JobState.SUBMITTING, creates=1)])
     ledger.claim("elsewhere:1:y", 0.5, max_active=10, batch=1)
     ledger.close()
     results = {r.key: r for r in await _run(session, jobs, tmp_path)}
@@ -324,21 +346,30 @@ async def test_the_command_reports_each_job_that_needs_a_person_and_exits_alike_
         assert f"4 jobs: {counts}" in stderr_again
 
 
-def test_a_worker_that_lost_its_claim_cannot_write_the_job(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_worker_that_lost_its_claim_cannot_write_the_job(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
     from deerluma._ledger import LostClaim
 
-    with Ledger.open(tmp_path) as ledger:
+    where = tmp_path if store == "sqlite" else request.getfixturevalue("pg_url")
+    with Ledger.open(where) as ledger:
         ledger.add([("a", {"prompt": "1"}), ("b", {"prompt": "2"})])
         assert [r.key for r in ledger.claim("one", 0.0, max_active=5)] == ["a", "b"]
         taken = ledger.claim("two", 60.0, max_active=5, now=10**10)  # one's lease ran out
         assert [r.key for r in taken] == ["a", "b"]
+        sending = [attrs.evolve(r, state=JobState.SUBMITTING) for r in taken]
         with pytest.raises(LostClaim):
-            ledger.update("a", "one", JobState.SUBMITTING)
+            ledger.write("one", sending[:1])
         with pytest.raises(LostClaim):  # all or nothing
-            ledger.update_many(
-                "two", [("a", JobState.SUBMITTING, {}), ("zz", JobState.CREATED, {})]
-            )
+            ledger.write("two", [sending[0], attrs.evolve(sending[1], key="zz")])
         assert {r.state for r in ledger.rows()} == {JobState.NEW}
+        done = [attrs.evolve(sending[0], task_id="t-a", path="a.mp4"), sending[1]]
+        ledger.write("two", done)
+        assert [(r.state, r.task_id, r.path) for r in ledger.rows()] == [
+            (JobState.SUBMITTING, "t-a", "a.mp4"),
+            (JobState.SUBMITTING, None, None),
+        ]
         assert ledger.renew("one", ["a", "b"], 60.0) == set()
         assert ledger.renew("two", ["a", "b"], 60.0) == {"a", "b"}
 
