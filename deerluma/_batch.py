@@ -48,6 +48,10 @@ class BatchResult:
         return self.generation
 
 
+#: Polls in flight at most, by default. The rate gate paces requests; this only bounds
+#: them: at 16, 300 ms round trips (a far API) would cap a batch at 53 polls a second, and
+#: 500 ids finishing together would be noticed over seconds.
+CONCURRENCY = 64
 #: Under a binding rate limit, at most this many re-polls before a first poll.
 _REPOLLS_PER_FIRST = 3
 

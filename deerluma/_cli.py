@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
+from ._batch import CONCURRENCY
 from ._create import ASPECT_RATIOS, CreateOptions
 from ._download import Asset, destination, into
 from ._jobs import JobResult, JobsFileError
@@ -131,7 +132,10 @@ def _batch_options(parser: argparse.ArgumentParser, *, timeout: int) -> None:
         "--timeout", type=float, default=float(timeout), help=f"seconds (default {timeout})"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=16, help="polls in flight at most (default 16)"
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"polls in flight at most (default {CONCURRENCY})",
     )
     parser.add_argument(
         "--max-rps",
@@ -375,7 +379,7 @@ class App:
         task_ids: Sequence[str],
         *,
         timeout: float,
-        concurrency: int = 16,
+        concurrency: int = CONCURRENCY,
         labels: Sequence[str] = (),
         title: str = "",
         callbacks: bool = False,

@@ -16,7 +16,7 @@ import aiohttp
 import attrs
 import yarl
 
-from ._batch import BatchResult, batch_as_completed
+from ._batch import CONCURRENCY, BatchResult, batch_as_completed
 from ._callbacks import CallbackHub, CallbackView, make_handler
 from ._callbacks import Handler as CallbackHandler
 from ._create import CreateOptions, build_create_body
@@ -376,7 +376,7 @@ class Session:
         self,
         task_ids: Iterable[str],
         *,
-        concurrency: int = 16,
+        concurrency: int = CONCURRENCY,
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,
@@ -410,7 +410,7 @@ class Session:
         self,
         task_ids: Iterable[str],
         *,
-        concurrency: int = 16,
+        concurrency: int = CONCURRENCY,
         timeout: PolicyTimeout = ...,
         policy: PollPolicy | None = None,
         on_update: OnUpdate | None = None,

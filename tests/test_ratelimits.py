@@ -27,11 +27,12 @@ async def test_a_named_window_is_met_once_and_then_kept(clock: FakeClock) -> Non
             rate = s.rate
     assert all(isinstance(g, deerluma.Generation) and g.is_completed for g in results.values())
     assert rate.window == (40, 60.0)
-    # Met once: the requests in flight at that moment (a fake clock sends them at one instant).
+    # Met once: by the requests in flight at that moment (all 20 ids' polls go at one instant
+    # of a fake clock; the server may date some later, as a sleeper moves the clock meanwhile).
     limited = [r.at for r in fake.requests if r.status == 429]
-    assert 1 <= len(limited) <= 16
-    assert max(limited) - min(limited) < 1
+    assert 1 <= len(limited) <= 20
     ok = sorted(r.at for r in fake.requests if r.status == 200)
+    assert max(limited) < min(at for at in ok if at > limited[0])  # none once it went on
     for i, at in enumerate(ok):  # never more than the limit in any minute
         assert i - bisect.bisect_right(ok, at - 60) < 40
 
