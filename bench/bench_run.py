@@ -113,7 +113,7 @@ async def main(count: int, rounds: int) -> None:
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     asyncio.run(main(args.jobs, args.rounds))
 

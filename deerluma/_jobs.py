@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -58,7 +59,7 @@ _LOOK_AGAIN = 0.5
 _FIRST_BACKOFF = 1.0
 _LONGEST_BACKOFF = 60.0
 #: Downloads at once, per worker.
-_DOWNLOADS = 4
+_DOWNLOADS = 8
 #: Creates that certainly never left are tried this many times before the job is FAILED.
 _CREATE_TRIES = 5
 #: A job's end (done, failed) waits at most this long (seconds) for the creator's next
@@ -202,7 +203,13 @@ class _Runner:
         """Claim, drive, report: yields each job this worker settles (and those it finds
         left UNKNOWN by a worker that is gone)."""
         ledger, loop = self.ledger, asyncio.get_running_loop()
-        finished: asyncio.Queue[asyncio.Task[JobResult | None]] = asyncio.Queue()
+        finished: list[tuple[str, asyncio.Task[JobResult | None]]] = []
+        ready = asyncio.Event()  # something finished, or it is time to look again
+
+        def done(key: str, task: asyncio.Task[JobResult | None]) -> None:
+            finished.append((key, task))
+            ready.set()
+
         next_reap = next_renew = next_claim = loop.time()
         try:
             while True:
@@ -221,17 +228,18 @@ class _Runner:
                     for row in claimed:
                         if row.key not in self.driving:
                             task = asyncio.ensure_future(self.drive(row))
-                            task.add_done_callback(finished.put_nowait)
+                            task.add_done_callback(functools.partial(done, row.key))
                             self.driving[row.key] = task
                     if not self.driving and not await self.others_hold_some():
                         return
-                if self.driving:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(_ready(finished), timeout=_LOOK_AGAIN)
-                while not finished.empty():  # everything that finished meanwhile, at once
-                    task = finished.get_nowait()
-                    key = next((k for k, t in self.driving.items() if t is task), None)
-                    if key is not None:
+                if self.driving and not finished:
+                    ready.clear()
+                    timer = loop.call_later(_LOOK_AGAIN, ready.set)
+                    await ready.wait()
+                    timer.cancel()
+                settled, finished[:] = finished[:], []
+                for key, task in settled:  # everything that finished meanwhile, at once
+                    if self.driving.get(key) is task:
                         del self.driving[key]
                     if task.cancelled():
                         continue  # taken over by another worker
@@ -451,13 +459,6 @@ def _backoff(attempt: int) -> float:
 def _failed(row: LedgerRow, error: str) -> LedgerRow:
     """A job whose create certainly did not go through: FAILED, not counted as sent."""
     return attrs.evolve(row, state=JobState.FAILED, creates=row.creates - 1, error=error)
-
-
-async def _ready(queue: asyncio.Queue[Any]) -> None:
-    """Until `queue` holds something (without taking it)."""
-    while queue.empty():
-        item = await queue.get()
-        queue.put_nowait(item)
 
 
 def _made(out: str | os.PathLike[str]) -> Path:
