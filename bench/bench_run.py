@@ -105,6 +105,7 @@ async def main(count: int, rounds: int) -> None:
     print(
         f"  deerluma run (SQLite ledger)               {ledger:6.2f}s  {count / ledger:7.1f} jobs/s"
     )
+    print("  rounds:", {k: [round(t, 2) for t in v] for k, v in times.items()})
     share = plain / ledger
     verdict = "met" if share >= 0.8 else "MISSED"
     print(f"  deerluma run / plain rate: {share:.2f}x   target >= 0.8x: {verdict}")

@@ -195,9 +195,13 @@ class _Runner:
         return await written
 
     def write_riders(self) -> None:
-        task = asyncio.ensure_future(self.commit([]))
+        task = asyncio.ensure_future(self._write_riders())
         self.flushing.add(task)
         task.add_done_callback(self.flushing.discard)
+
+    async def _write_riders(self) -> None:
+        with contextlib.suppress(Exception):  # the drivers waiting were told of it
+            await self.commit([])
 
     async def run(self) -> AsyncGenerator[JobResult, None]:
         """Claim, drive, report: yields each job this worker settles (and those it finds
@@ -356,14 +360,20 @@ class _Runner:
             changes.append((sending, waiter))
         write = self.ledger.write
         try:
-            await self.ledger_call(write, self.owner, [r for r, _ in changes])
-        except LostClaim:  # one at a time, to learn which
-            for r, f in changes:
-                try:
-                    await self.ledger_call(write, self.owner, [r])
-                except LostClaim as exc:
-                    if not f.done():
-                        f.set_exception(exc)
+            try:
+                await self.ledger_call(write, self.owner, [r for r, _ in changes])
+            except LostClaim:  # one at a time, to learn which
+                for r, f in changes:
+                    try:
+                        await self.ledger_call(write, self.owner, [r])
+                    except LostClaim as exc:
+                        if not f.done():
+                            f.set_exception(exc)
+        except Exception as exc:  # the ledger failed (a full disk, a lost server): all hear it
+            for _, f in changes:
+                if not f.done():
+                    f.set_exception(exc)
+            raise
         for r, f in settled:
             if not f.done():
                 f.set_result(r)

@@ -103,6 +103,25 @@ async def test_a_jobs_end_is_written_with_the_next_create_when_one_goes(
     assert len(writes) < 30  # not two writes per job (20 SUBMITTING, 20 DONE)
 
 
+async def test_a_ledger_that_fails_stops_the_run_with_its_error(
+    fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from deerluma._ledger import SQLiteLedger
+
+    class Failing(SQLiteLedger):
+        def write(self, owner: str, rows: Any) -> None:
+            if any(row.state is JobState.DONE for row in rows):
+                raise sqlite3.OperationalError("disk I/O error")
+            super().write(owner, rows)
+
+    fake.create_duration = 0.0
+    with Failing(tmp_path / "jobs.sqlite") as ledger, pytest.raises(sqlite3.OperationalError):
+        # Every driver hears of it: the run stops, rather than wait for a write that failed.
+        await asyncio.wait_for(_run(session, _jobs(6), tmp_path, ledger=ledger), timeout=10)
+
+
 async def test_an_interrupted_run_continues_where_it_was(
     fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
 ) -> None:
