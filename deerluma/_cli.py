@@ -29,6 +29,7 @@ from ._download import Asset, destination, into
 from ._jobs import JobResult, JobsFileError
 from ._ledger import LEDGER_FILE, JobState
 from ._models import Generation
+from ._policy import seconds_of
 from ._session import Session
 from .exceptions import (
     ConfigurationError,
@@ -165,6 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, help="folder for the downloaded video (default: temp)")
     demo.add_argument("--speed", type=float, default=1.0, help="run simulated time N times faster")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="only serve the fake, until Ctrl-C, and print how to point the other commands "
+        "at it (to try run, status, wait-many... with no key)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        help="with --serve: seconds each generation takes (default 5)",
+    )
 
     get = _command(commands, "get", "show one generation", "deerluma get TASK_ID --json")
     get.add_argument("task_id", metavar="ID", help="the task id")
@@ -760,6 +772,12 @@ async def cmd_demo(app: App) -> int:
     from ._render import summary_table
     from .testing import FakeDeerAPI, ScaledClock
 
+    duration = app.args.duration
+    if app.args.serve:
+        duration = 5.0 if duration is None else duration
+        return await _serve_fake(app, seconds_of("--duration", duration, zero=True))
+    if duration is not None:
+        raise ValueError("--duration goes with --serve (the demo's generations take 3-13 s)")
     prompts = _DEMO_PROMPTS[: app.args.tasks]
 
     def script(body: Any) -> dict[str, object]:
@@ -799,6 +817,26 @@ async def cmd_demo(app: App) -> int:
     failed = exit_code_for(r.error for r in rows)
     # Two generations fail on purpose: that is the demo working, not the command failing.
     return EXIT_OK if failed == EXIT_FAILED else failed
+
+
+async def _serve_fake(app: App, duration: float) -> int:
+    """Serve a fake DeerAPI on this machine (real time: each generation takes `duration`
+    seconds) until Ctrl-C; print the two variables that point every other command at it."""
+    from .testing import FakeDeerAPI
+
+    async with FakeDeerAPI(create_duration=duration) as fake:
+        fake.record_requests = False  # it may serve for hours
+        print(
+            f"a fake DeerAPI serves at {fake.url} (no network, no cost); Ctrl-C stops it.\n"
+            "In another shell:\n"
+            f"  export DEERAPI_BASE_URL={fake.url} DEERAPI_API_KEY={fake.api_key}\n"
+            '  echo \'{"key": "clip-001", "prompt": "a deer"}\' > jobs.jsonl\n'
+            "  deerluma run jobs.jsonl --out videos/",
+            file=app.out,
+            flush=True,
+        )
+        await asyncio.Event().wait()  # until Ctrl-C
+    return EXIT_OK
 
 
 def _job_line(result: JobResult) -> dict[str, object]:

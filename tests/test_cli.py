@@ -613,3 +613,36 @@ async def test_messages_name_flags_not_python_arguments(argv: list[str], said: s
     assert code == 2 and said in err
     for python in ("max_rps", "base_url", "loop=True", "end_image", "None"):
         assert python not in err
+
+
+async def test_demo_serve_lets_run_and_status_be_tried_with_no_key(tmp_path: Path) -> None:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "deerluma",
+        "demo",
+        "--serve",
+        "--duration",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        lines = [(await server.stdout.readline()).decode() for _ in range(3)]
+        variables = dict(
+            pair.split("=", 1) for pair in lines[2].split("export", 1)[1].split()
+        )  # "  export DEERAPI_BASE_URL=... DEERAPI_API_KEY=..."
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text('{"key": "clip-001", "prompt": "a deer"}\n{"prompt": "a fox"}\n')
+        point = ["--api-key", variables["DEERAPI_API_KEY"], "--base-url"]
+        point.append(variables["DEERAPI_BASE_URL"])
+        code, out, err = await run(None, *point, "run", str(jobs), "--out", str(tmp_path / "v"))
+        assert code == 0, err
+        assert out.count("\tdone\t") == 2
+        assert (tmp_path / "v" / "clip-001.mp4").stat().st_size > 0
+        code, _, err = await run(None, "status", str(tmp_path / "v"))
+        assert (code, "2 jobs: 2 done" in err) == (0, True)
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C stops it
+        assert await asyncio.wait_for(server.wait(), timeout=10) == 130
