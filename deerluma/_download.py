@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import inspect
+import itertools
 import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -309,23 +312,26 @@ async def download_generation(
         generation = await downloads.fetch(generation.id)
         url = asset_url(generation, asset)
     final = destination(dest, generation.id, asset)
-    if final.is_dir():  # not a file overwrite=True could replace
+    found = _kind_of(final)  # one look at the disk from the event loop, not three
+    if found == "folder":  # not a file overwrite=True could replace
         raise DestinationError(
             f"{final} is a folder; give a file name, or a folder to save into "
             f"(the file is then named {destination(into(final), generation.id, asset).name})",
             task_id=generation.id,
             dest=final,
         )
-    if final.exists() and not overwrite:
+    if found == "file" and not overwrite:
         transport = downloads.transport
         if skip_complete and await _holds_all_of(transport.http(), url, final, transport.timeout):
             log.info("%s already holds the whole %s of %r; kept", final, asset, generation.id)
             return final
         raise _exists(final, generation.id)
-    # The folders this call creates: removed again if the download fails.
-    made = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
+    # The folders this call creates (deepest first; most often none): removed again if the
+    # download fails.
+    made = list(itertools.takewhile(lambda p: not p.exists(), final.parents))
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if made:
+            final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DestinationError(
             f"cannot create the folder {final.parent} for {final}: {exc.strerror or exc}",
@@ -333,7 +339,7 @@ async def download_generation(
             dest=final,
         ) from exc
     transfer = Transfer(part_path(final))
-    refreshed = False
+    refreshed = saved = False
     try:
         while True:
             try:
@@ -366,6 +372,7 @@ async def download_generation(
                     task_id=generation.id,
                 ) from exc
         await commit(transfer.part, final, overwrite=overwrite)
+        saved = True
     except DeerLumaError:
         raise
     except FileExistsError as exc:  # appeared meanwhile
@@ -376,9 +383,10 @@ async def download_generation(
         ) from exc
     finally:
         # A read-only folder refuses this too: it must not hide the error that got here.
-        with contextlib.suppress(OSError):
-            transfer.part.unlink(missing_ok=True)
-        if not final.exists():  # it failed: remove the folders made for it
+        if not saved:
+            with contextlib.suppress(OSError):
+                transfer.part.unlink(missing_ok=True)
+        if not saved and not final.exists():  # it failed: remove the folders made for it
             for folder in made:  # deepest first; a folder someone filled meanwhile stays
                 with contextlib.suppress(OSError):
                     folder.rmdir()
@@ -410,6 +418,17 @@ def into(folder: Path) -> str:
     """`folder` as `destination` reads a folder (a trailing separator: a folder, even a new
     one), so that each file is named after its task: URLs' own names may repeat."""
     return f"{folder}{os.sep}"
+
+
+def _kind_of(path: Path) -> str | None:
+    """What is at `path`: "folder", "file", or None (nothing, as `Path.exists` reads it)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    return "folder" if stat.S_ISDIR(mode) else "file"
 
 
 def _exists(final: Path, task_id: str) -> DestinationExists:
