@@ -68,7 +68,7 @@ def test_any_json_value_gives_a_generation_or_our_error(status: int, value: obje
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(body=generation_like)
 def test_any_generation_shaped_body_gives_a_generation_or_decode_error(
     body: dict[str, object],
