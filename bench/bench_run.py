@@ -98,6 +98,10 @@ async def main(count: int, rounds: int) -> None:
         statistics.median(times["plain calls"]),
         statistics.median(times["deerluma run"]),
     )
+    # Each round runs both sides back to back: the ratio within a round cancels the drift of
+    # a shared machine (whole rounds differ by 20 % here), and the median of them the outliers.
+    pairs = zip(times["plain calls"], times["deerluma run"], strict=True)
+    share = statistics.median(p / r for p, r in pairs)
     print(f"bench_run: {count} jobs of instant generations, median of {rounds} rounds")
     print(
         f"  plain calls (create, wait_many, download)  {plain:6.2f}s  {count / plain:7.1f} jobs/s"
@@ -106,15 +110,17 @@ async def main(count: int, rounds: int) -> None:
         f"  deerluma run (SQLite ledger)               {ledger:6.2f}s  {count / ledger:7.1f} jobs/s"
     )
     print("  rounds:", {k: [round(t, 2) for t in v] for k, v in times.items()})
-    share = plain / ledger
     verdict = "met" if share >= 0.8 else "MISSED"
-    print(f"  deerluma run / plain rate: {share:.2f}x   target >= 0.8x: {verdict}")
+    print(
+        f"  deerluma run / plain rate: {share:.2f}x (median of the rounds' ratios)"
+        f"   target >= 0.8x: {verdict}"
+    )
 
 
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     asyncio.run(main(args.jobs, args.rounds))
 
