@@ -60,7 +60,7 @@ def test_any_bytes_give_a_generation_or_our_error(
     _decodes_or_raises_ours(status, {"Content-Type": content_type}, body)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(status=statuses, value=json_values)
 def test_any_json_value_gives_a_generation_or_our_error(status: int, value: object) -> None:
     _decodes_or_raises_ours(
@@ -68,7 +68,7 @@ def test_any_json_value_gives_a_generation_or_our_error(status: int, value: obje
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(body=generation_like)
 def test_any_generation_shaped_body_gives_a_generation_or_decode_error(
     body: dict[str, object],
@@ -161,7 +161,7 @@ plain_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=plain_like)
 def test_the_plain_decoding_path_agrees_with_the_converter(body: dict[str, object]) -> None:
     # The fast path for usual bodies must build exactly what the converter builds, and step
@@ -179,7 +179,7 @@ def test_the_plain_decoding_path_agrees_with_the_converter(body: dict[str, objec
         assert plain == expected
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(value=plain_media)
 def test_the_plain_media_path_agrees_with_the_converter(value: dict[str, object]) -> None:
     from cattrs.gen import make_dict_structure_fn
