@@ -45,11 +45,13 @@ bench: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
+# Installed compiled (uv does not compile by default, and this machine's PYTHONDONTWRITEBYTECODE
+# keeps Python from caching): else every process of the suite compiles its dependencies anew.
 test-lowest: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
 	rm -rf $(LOWEST)
 	$(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
-	$(BIN)/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[cli,dev]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[cli,dev]'
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider
 
 test-newest-python:
