@@ -121,7 +121,7 @@ class Ledger:
 
     #: Whether a call is quick enough to make on the event loop (a local file's few
     #: microseconds), rather than from a thread (a server's round trip).
-    inline = True
+    inline = False
     #: How `?` placeholders are written for this store.
     _placeholder = "?"
     #: What locks the rows a claim picks, where the store can (PostgreSQL).

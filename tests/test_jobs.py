@@ -373,6 +373,8 @@ def test_a_worker_that_lost_its_claim_cannot_write_the_job(
 
     where = tmp_path if store == "sqlite" else request.getfixturevalue("pg_url")
     with Ledger.open(where) as ledger:
+        # A server's round trip is made from a thread: it must never hold the event loop.
+        assert ledger.inline is (store == "sqlite")
         ledger.add([("a", {"prompt": "1"}), ("b", {"prompt": "2"})])
         assert [r.key for r in ledger.claim("one", 0.0, max_active=5)] == ["a", "b"]
         taken = ledger.claim("two", 60.0, max_active=5, now=10**10)  # one's lease ran out
