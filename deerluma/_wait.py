@@ -40,8 +40,9 @@ __all__ = [
 #: Fetch one generation, never sleeping past the deadline (a clock time, or None).
 Fetch = Callable[[str, float | None], Awaitable[Generation]]
 OnUpdate = Callable[[Generation], object]
-W = TypeVar("W", bound="Watch")
 """A wait's progress callback: hears each change of a generation, sync or async."""
+#: A kind of Watch (a batch's waiter is one).
+W = TypeVar("W", bound="Watch")
 
 
 #: A 404 for a task this Session created less than this many seconds ago is not final: some
