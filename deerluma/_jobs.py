@@ -266,8 +266,9 @@ class _Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.flush is not None:
                 self.flush.cancel()
-            with contextlib.suppress(Exception):  # jobs' ends not yet written: now
-                self.ledger.write(self.owner, [r for r, _ in self.riders])
+            ends = [r for r, _ in self.riders]  # jobs' ends not yet written: now
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.ledger_call(ledger.write, self.owner, ends))
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.ledger_call(ledger.release, self.owner))
 
