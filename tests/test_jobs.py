@@ -100,7 +100,10 @@ async def test_a_jobs_end_is_written_with_the_next_create_when_one_goes(
         rows: list[LedgerRow] = ledger.rows()
     assert {r.state for r in results} == {r.state for r in rows} == {JobState.DONE}
     assert any(JobState.DONE in w and JobState.SUBMITTING in w for w in writes)
-    assert len(writes) < 30  # not two writes per job (20 SUBMITTING, 20 DONE)
+    # Not two writes per job (20 SUBMITTING, 20 DONE): most ends ride (21-26 writes most
+    # times), fewer on a loaded machine, where a download can outlast the next create (30
+    # seen once in a full run).
+    assert len(writes) <= 36
 
 
 async def test_a_ledger_that_fails_stops_the_run_with_its_error(
