@@ -35,7 +35,7 @@ import attrs
 import deerluma
 from deerluma.testing import FakeDeerAPI, Fault, ScaledClock
 
-from .bench_batch import ideal_wall
+from .bench_batch import blind_line, ideal_wall
 from .common import percentile, ratio
 
 Clock = Callable[[], float]
@@ -299,6 +299,7 @@ def fleet(workers: int, tasks: int, rps: float, seed: int) -> None:
         f"429s {tally['throttled']} ({share_429:.2f} %), lost {lost}"
     )
     print(f"  wall {wall:.2f}s, oracle {ideal:.2f}s, wall / oracle {ratio(wall, ideal)}")
+    print(blind_line(wall, durations, rps))
     done = sorted(o["done"] - started for o in outs)
     print(f"  workers done after {', '.join(f'{d:.1f}' for d in done)} s")
     print(f"  429s in each second: {tally['by_second']}")
