@@ -49,10 +49,12 @@ def ideal_wall(completions: list[float], rps: float) -> float:
 
 
 def blind_wall(completions: list[float], rps: float) -> float:
-    """The floor for any poller that does not know when each task completes (all began at
-    0 s): every unconfirmed task looked at in turn, exactly at the limit from 0 s. No order
-    does better: a look at time t finds a task done at best as often as a first look does."""
-    turns = collections.deque(sorted(completions))
+    """The floor for a poller that does not know when each task completes (all began at 0 s,
+    `completions` in the order they were created) and sends at the limit's rate: every
+    unconfirmed task looked at in turn, one every 1/rps seconds from 0 s. On average no order
+    does better (a look at time t finds a task done at best as often as a first look does);
+    only a burst the server allows beyond its rate, saved for the end, could."""
+    turns = collections.deque(completions)
     t = last = 0.0
     while turns:
         completion = turns.popleft()
