@@ -31,8 +31,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict deerluma
 
+# Two workers: the suite mostly waits (the command line's processes, real sockets), so they
+# overlap the waiting; each test has its own folders, ports and PostgreSQL database.
+PYTEST := -m pytest -q -n 2
+
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python $(PYTEST)
 
 test: lint typecheck docs pytest
 
@@ -52,14 +56,14 @@ test-lowest: $(STAMP)
 	rm -rf $(LOWEST)
 	$(BIN)/uv venv --quiet --python $(BIN)/python $(LOWEST)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[cli,dev]'
-	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider
+	$(LOWEST)/bin/python $(PYTEST) -p no:cacheprovider
 
 test-newest-python:
 	rm -rf $(NEWEST)
 	$(NEWEST_PYTHON) -m venv $(NEWEST)
 	$(NEWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(NEWEST)/bin/python -m pip install --quiet -e '.[cli,dev]'
-	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider
+	$(NEWEST)/bin/python $(PYTEST) -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(LOWEST) $(NEWEST) site .mypy_cache .pytest_cache .ruff_cache
