@@ -45,6 +45,11 @@ _FINAL_MARGIN = 0.5
 #: of those running (a stream's first few); when most are (a batch started at once), nothing
 #: is known about them yet and they poll at the plain cadence.
 _FRONTIER = 0.25
+#: A skip assumes that nothing finishes younger than the age it skipped to. A generation found
+#: finished at the first poll after a skip is recorded as finishing after this share less
+#: than that age: else a skip that overshot (the first few finishes seen were late by chance)
+#: would be confirmed by every wait after it, and never come back down.
+_SKIP_SLACK = 0.05
 #: Clock readings this close count as equal (a sleep of `final - now` may land an ulp short).
 TOLERANCE = 1e-6
 
@@ -172,8 +177,9 @@ class PollTracker:
         self._running = False
         self._history.end(self.origin)
         if generation is not None and generation.is_completed and self.survived is not None:
-            # A poll skipped the ages at which nothing was seen to finish: it finished after them.
-            lower = max(self.survived - self.origin, self._floor)
+            # A poll skipped the ages at which nothing was seen to finish: it finished after them
+            # (nearly: see _SKIP_SLACK).
+            lower = max(self.survived - self.origin, self._floor * (1 - _SKIP_SLACK))
             self._history.record(lower, now - self.origin)
 
     def _fastest_rate(self) -> float:
@@ -356,9 +362,10 @@ class Engine:
             history.first_look(generation.is_terminal)
             return
         if generation.is_completed and self._floor is not None:
-            # Skipped ahead and found it done: it finished after the skipped ages, before this.
+            # Skipped ahead and found it done: it finished after the skipped ages (nearly), before
+            # this.
             age = now - self.started
-            history.record(min(self._floor, age), age)
+            history.record(min(self._floor * (1 - _SKIP_SLACK), age), age)
 
     def failed(
         self,

@@ -122,6 +122,23 @@ def test_with_history_a_wait_skips_the_ages_where_nothing_finishes() -> None:
     assert times[-1] - 41.0 <= PollPolicy().learned_interval
 
 
+def test_a_skip_that_overshot_comes_back_down() -> None:
+    # The first finishes seen were late by chance (24 s and up); generations really take 20 to
+    # 60 s. A wait found done at its first poll after the skip says little of when it finished:
+    # taken as "after the skipped ages", every such wait would confirm the overshoot.
+    history = _learned([24.0 + i * 0.4 for i in range(100)])
+    for _ in range(10):
+        history.first_look(finished=False)
+    rng, lags = random.Random(1), []
+    for i in range(300):
+        duration = rng.uniform(20, 60)
+        times, _ = _poll_until_done(_engine(history=history, started=100.0 * i), duration)
+        lags.append(times[-1] - duration)
+    plan = history.plan(30_000.0, PollPolicy().learned_interval)
+    assert plan is not None and plan.early < 22.5  # it stayed at 24.0 when confirmed
+    assert sorted(lags[-100:])[94] < 3.0  # 4.9 s then: the 20-24 s ones were seen late
+
+
 def test_learning_off_ignores_the_history() -> None:
     history = _learned([20.0 + i * 0.4 for i in range(100)])
     times, _ = _poll_until_done(_engine(PollPolicy(learn=False), history), duration=12.0)
