@@ -244,7 +244,8 @@ async def test_a_session_learns_how_long_its_generations_take(
     assert min(plain) >= 14  # nothing learned yet: every 3 s from the start, like a plain loop
     # Then: nothing before ~40 s, every 2.5 s after; and once ten waits have shown that this
     # Session's waits start with their generations, not even the poll at 0 s. (The first poll
-    # after the skip lands about where 5 % have finished, 38-41 s: 4 polls, 5 for the longest.)
+    # after the skip lands about where 5 % have finished, near 40 s: 4 polls, 5 for the
+    # longest.)
     assert max(learned[-10:]) <= 5
     assert sum(learned) / len(learned) < 0.4 * sum(plain) / len(plain)
 
