@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -254,9 +255,21 @@ async def _fleet_worker(url: str, ids: list[str]) -> None:
     print(json.dumps({"lost": lost, "done": time.time()}), flush=True)
 
 
-def fleet(workers: int, tasks: int, rps: float, seed: int) -> None:
-    rng = random.Random(seed)
-    durations = [rng.uniform(3, 9) for _ in range(tasks)]
+@attrs.frozen
+class _FleetRun:
+    requests: int
+    throttled: int
+    lost: int
+    wall: float
+    done: list[float]
+    by_second: list[int]
+
+    @property
+    def share(self) -> float:
+        return 100 * self.throttled / max(1, self.requests)
+
+
+def _fleet_once(workers: int, tasks: int, rps: float, seed: int) -> _FleetRun:
     python = sys.executable
     server = subprocess.Popen(
         [python, "-m", "bench.bench_gateway", "_server", str(tasks), str(rps), str(seed)],
@@ -289,23 +302,47 @@ def fleet(workers: int, tasks: int, rps: float, seed: int) -> None:
         proc.stdin.flush()
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     tally = json.loads(server.communicate("")[0].strip().splitlines()[-1])
-    wall = max(o["done"] for o in outs) - started
-    lost = sum(o["lost"] for o in outs)
-    ideal = ideal_wall(durations, rps)
-    share_429 = 100 * tally["throttled"] / max(1, tally["requests"])
-    print(f"\n(f) {workers} worker processes on one key; {tasks} tasks of 3-9 s; {rps:g} req/s")
-    print(
-        f"  requests {tally['requests']} ({tally['requests'] / tasks:.2f}/task), "
-        f"429s {tally['throttled']} ({share_429:.2f} %), lost {lost}"
-    )
-    print(f"  wall {wall:.2f}s, oracle {ideal:.2f}s, wall / oracle {ratio(wall, ideal)}")
-    print(blind_line(wall, durations, rps))
     done = sorted(o["done"] - started for o in outs)
-    print(f"  workers done after {', '.join(f'{d:.1f}' for d in done)} s")
-    print(f"  429s in each second: {tally['by_second']}")
-    print(f"  answered 200 in each second: {tally['served']}")
-    print(f"  target 429s < 2 %: {'met' if share_429 < 2 else 'MISSED'}")
+    return _FleetRun(
+        tally["requests"],
+        tally["throttled"],
+        sum(o["lost"] for o in outs),
+        done[-1],
+        done,
+        tally["by_second"],
+    )
+
+
+def fleet(workers: int, tasks: int, rps: float, seed: int, runs: int = 3) -> None:
+    """`runs` runs of the same tasks (8 processes on a 2-core machine differ from run to run
+    by more than the target's margin): each is printed, the targets are judged on the
+    median."""
+    rng = random.Random(seed)
+    durations = [rng.uniform(3, 9) for _ in range(tasks)]
+    ideal = ideal_wall(durations, rps)
+    print(f"\n(f) {workers} worker processes on one key; {tasks} tasks of 3-9 s; {rps:g} req/s")
+    results = []
+    for n in range(runs):
+        run = _fleet_once(workers, tasks, rps, seed)
+        results.append(run)
+        print(
+            f"  run {n + 1}: requests {run.requests} ({run.requests / tasks:.2f}/task), "
+            f"429s {run.throttled} ({run.share:.2f} %), lost {run.lost}, "
+            f"wall {run.wall:.2f}s ({ratio(run.wall, ideal)} the oracle); "
+            f"workers done after {run.done[0]:.1f}-{run.done[-1]:.1f} s; "
+            f"429s in each second {run.by_second}"
+        )
+    share = statistics.median(r.share for r in results)
+    wall = statistics.median(r.wall for r in results)
+    lost = sum(r.lost for r in results)
+    print(
+        f"  median of {runs}: 429s {share:.2f} %, wall {wall:.2f}s, oracle {ideal:.2f}s, "
+        f"wall / oracle {ratio(wall, ideal)}"
+    )
+    print(blind_line(wall, durations, rps))
+    print(f"  target 429s < 2 %: {'met' if share < 2 else 'MISSED'}")
     print(f"  target wall <= 1.3x oracle: {'met' if wall <= 1.3 * ideal else 'MISSED'}")
+    print(f"  target nothing lost: {'met' if not lost else 'MISSED'}")
 
 
 async def main(args: argparse.Namespace) -> None:
