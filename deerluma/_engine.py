@@ -45,11 +45,6 @@ _FINAL_MARGIN = 0.5
 #: of those running (a stream's first few); when most are (a batch started at once), nothing
 #: is known about them yet and they poll at the plain cadence.
 _FRONTIER = 0.25
-#: A skip assumes that nothing finishes younger than the age it skipped to. A generation found
-#: finished at the first poll after a skip is recorded as finishing after this share less
-#: than that age: else a skip that overshot (the first few finishes seen were late by chance)
-#: would be confirmed by every wait after it, and never come back down.
-_SKIP_SLACK = 0.05
 #: Clock readings this close count as equal (a sleep of `final - now` may land an ulp short).
 TOLERANCE = 1e-6
 
@@ -138,7 +133,7 @@ class PollTracker:
         self._wall = wall
         self._history = history
         self._running = False
-        self._floor = 0.0  # the age before which a skip assumed nothing finishes
+        self._floor = 0.0  # the age after which a skip records a finish it found (Plan.floor)
         self._anchor: tuple[float, float] | None = None
         self._estimate: tuple[float, float] | None = None
 
@@ -178,8 +173,8 @@ class PollTracker:
         self._history.end(self.origin)
         if generation is not None and generation.is_completed and self.survived is not None:
             # A poll skipped the ages at which nothing was seen to finish: it finished after them
-            # (nearly: see _SKIP_SLACK).
-            lower = max(self.survived - self.origin, self._floor * (1 - _SKIP_SLACK))
+            # (nearly: see Plan.floor).
+            lower = max(self.survived - self.origin, self._floor)
             self._history.record(lower, now - self.origin)
 
     def _fastest_rate(self) -> float:
@@ -227,7 +222,7 @@ class PollTracker:
         step = policy.learned_interval
         if age < plan.early:
             # Nothing was seen to finish this young: skip ahead, one interval into the finishes.
-            self._floor = plan.early
+            self._floor = plan.floor
             return self.origin + plan.early + step
         if age < plan.late and (age + step <= plan.known or plan.frontier <= _FRONTIER):
             # Where finishes were seen, or for the few waits older than any seen finish,
@@ -292,8 +287,8 @@ class Engine:
         self.final = math.inf if timeout is None else started + timeout - margin
         self.warned_unknown = False
         self._skips_first = False
-        self._floor: float | None = None  # the age before which a skipped first poll assumed
-        # nothing finishes (None: it skipped with nothing learned, and so bounds nothing)
+        self._floor: float | None = None  # the age after which a skipped first poll records
+        # a finish it found (None: it skipped with nothing learned, and so bounds nothing)
 
     def first_delay(self, *, may_skip: bool = False) -> float:
         """The pause before the first poll, cut short by the deadline.
@@ -312,7 +307,7 @@ class Engine:
             if plan is None:
                 delay = self.policy.unhinted_interval
             else:
-                self._floor = plan.early
+                self._floor = plan.floor
                 delay = plan.early + step
         return max(0.0, min(delay, self.final - self.started))
 
@@ -365,7 +360,7 @@ class Engine:
             # Skipped ahead and found it done: it finished after the skipped ages (nearly), before
             # this.
             age = now - self.started
-            history.record(min(self._floor * (1 - _SKIP_SLACK), age), age)
+            history.record(min(self._floor, age), age)
 
     def failed(
         self,

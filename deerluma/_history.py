@@ -22,6 +22,11 @@ _MIN_AT_RISK = 4
 _EDGE = 0.05
 #: First polls that must have found generations still running before a first poll is skipped.
 _YOUNG_EVIDENCE = 10
+#: A skip assumes that nothing finishes younger than the age it skipped to. A generation found
+#: finished at the first poll after a skip is recorded as finishing after this share less than
+#: that age: else a skip that overshot (the first few finishes seen were late by chance) would
+#: be confirmed by every wait after it, and never come back down.
+_SKIP_SLACK = 0.05
 
 
 class Plan(NamedTuple):
@@ -35,6 +40,12 @@ class Plan(NamedTuple):
     known: float
     #: The share of running waits within one poll of `known` or past it (at the frontier).
     frontier: float
+
+    @property
+    def floor(self) -> float:
+        """The age after which a generation found finished at the first poll after a skip to
+        `early` is recorded as finishing (see `_SKIP_SLACK`)."""
+        return self.early * (1 - _SKIP_SLACK)
 
 
 class TimingHistory:
