@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from deerluma._gate import RateGate
-from deerluma._peers import MemoryPeers, PeerEvent
+from deerluma._peers import MemoryPeers, PeerEvent, Sender
 from deerluma._throttle import Throttle, ThrottleKind
 
 
@@ -69,7 +69,7 @@ def simulate(
     rng = random.Random(seed)
     clock = _Clock()
     board: list[PeerEvent] = []
-    sending: dict[int, float] = {}
+    sending: dict[int, Sender] = {}
     gates = [
         RateGate(
             None,

@@ -289,6 +289,7 @@ class Controller:
         self._grown_at = now
         self._served_at_cut = 0
         self._trial: _Trial | None = None
+        self.peers.pace = self._pace
 
     # -- events ---------------------------------------------------------------
     def sending(self, now: float) -> None:
@@ -307,6 +308,13 @@ class Controller:
         self.grew = False
         if self._trial is not None and self._judge(now, sent, throttled=False):
             return  # a cut on trial holds its rate: growing would spoil the comparison
+        peers = self.peers
+        if peers.freed:
+            # Sessions of the key stopped; our rate holds us back: take up our part of what
+            # they sent (slow start finds its own way).
+            freed, peers.freed = peers.freed, 0.0
+            if not self.slow_start:
+                self._regrow(max(self._w_max, self.rate) + freed, self.rate + freed, now)
         if self.slow_start:
             if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
                 # Grow, but never past twice what the server has taken lately.
@@ -316,7 +324,7 @@ class Controller:
             return
         # CUBIC: back to the rate that was too much at `_peak_at`, then beyond, slowly;
         # never more than twice what the Session sends (idle Sessions do not inflate it).
-        if self.peers.fleet() != self._fleet:  # Sessions came or went: grow on as many do
+        if peers.fleet() != self._fleet:  # Sessions came or went: grow on as many do
             self._regrow(max(self._w_max, self.rate), self.rate, now)
         since_peak = now - self._peak_at
         # Back to the rate that was too much as one Session would; beyond it, N Sessions
@@ -536,6 +544,10 @@ class Controller:
         tried = self.rate if paused else meter.rate_of_sent(now, whole=True) * span
         limit = min(self.rate, max(taken, _BETA * tried))
         return limit, _BETA * limit
+
+    def _pace(self, now: float) -> tuple[float, float]:
+        """What this Session sent per second lately, and its rate (for the other Sessions)."""
+        return self.meter.rate_of_sent(now, whole=True), self.rate
 
     def _set_rate(self, rate: float, now: float) -> None:
         if self.window is not None:

@@ -13,8 +13,10 @@ temporary directory (``$DEERLUMA_RATE_DIR`` to choose another, ``off`` to turn
 this off); its name is a digest, never the key. Writers lock it (``flock``);
 readers read its 76-byte record at most every `_READ_EVERY` seconds. After
 the record, each Session that sends marks a slot of its own (a quarter
-second apart at most), so the Sessions know how many of them are sending on
-the key, and probe their limit after a cut as one Session would. Clock times in it
+second apart at most) with how fast it sends, so the Sessions know how many
+of them are sending on the key, and probe their limit after a cut as one
+Session would; and when some stop, those still held back by their rate take
+up what the others sent. Clock times in it
 are ``time.monotonic()``, which every process on the machine shares, so it is
 used only by Sessions on that clock.
 """
@@ -28,11 +30,11 @@ import os
 import random
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
-__all__ = ["FilePeers", "MemoryPeers", "PeerEvent", "Peers", "peers_for"]
+__all__ = ["FilePeers", "MemoryPeers", "PeerEvent", "Peers", "Sender", "peers_for"]
 
 #: Readers look at the record at most this often (seconds): cheap, and soon enough.
 _READ_EVERY = 0.001
@@ -41,16 +43,18 @@ _LOOK_EVERY = 1.0
 _MAGIC = b"DLR2"
 # magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max
 _RECORD = struct.Struct("<4sQQddQdQdd")
-#: Who is sending: after the record, `_SLOTS` slots of (writer, clock time last seen sending).
-#: A Session marks its slot at most every `_BEAT` seconds while it sends; the fleet is the
-#: Sessions seen sending in the last `_ALIVE` seconds; a slot unmarked for `_STALE` seconds
-#: may be taken by a newcomer.
+#: Who is sending: after the record, `_SLOTS` slots of (writer, clock time last seen sending,
+#: requests sent per second lately, its rate). A Session marks its slot at most every `_BEAT`
+#: seconds while it sends; the fleet is the Sessions seen sending in the last `_ALIVE`
+#: seconds; a slot unmarked for `_STALE` seconds may be taken by a newcomer.
 _SLOTS_AT = 128
-_SLOT = struct.Struct("<Qd")
+_SLOT = struct.Struct("<Qddd")
 _SLOTS = 64
 _BEAT = 0.25
 _ALIVE = 2.0
 _STALE = 10.0
+#: A Session that sends at least this share of its rate is held back by it: busy.
+_BUSY = 0.8
 
 
 @attrs.frozen
@@ -74,6 +78,26 @@ class PeerEvent:
     w_max: float = 0.0
 
 
+@attrs.frozen
+class Sender:
+    """A Session's slot: who, when it was last seen sending, and how fast (requests/s)."""
+
+    writer: int
+    at: float
+    #: What it sent lately, and what its rate lets it send.
+    sent: float = 0.0
+    rate: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """It sends about as fast as its rate lets it: it would send more if let."""
+        return self.rate > 0 and self.sent >= _BUSY * self.rate
+
+
+def _no_pace(now: float) -> tuple[float, float]:
+    return 0.0, 0.0
+
+
 class Peers:
     """Where Sessions of one key tell each other of 429s; this base class tells no one."""
 
@@ -82,9 +106,16 @@ class Peers:
 
     def __init__(self) -> None:
         self.me = random.getrandbits(63)
+        #: This Session's pace at a clock time, for the others: (sent lately, rate), per second.
+        self.pace: Callable[[float], tuple[float, float]] = _no_pace
+        #: Requests per second that Sessions which stopped were sending, this Session's part
+        #: of it (it is held back by its rate); the controller takes it up and zeroes it.
+        self.freed = 0.0
         self._seen = 0
         self._ticks = 0  # the others' plain 429s counted so far (and ours)
         self._joined: PeerEvent | None = None
+        self._senders: dict[int, Sender] = {}  # those seen sending lately, by writer
+        self._fleet = 1
 
     def publish(self, event: PeerEvent) -> None:
         """Tell the others of a 429 about the key's rate (`seq`, `writer` and `ticks` are
@@ -100,10 +131,22 @@ class Peers:
 
     def fleet(self) -> int:
         """How many Sessions of the key (this one included) were sending lately."""
-        return 1
+        return self._fleet
 
     def close(self) -> None:
         """Let go of what telling others takes (a file, here none)."""
+
+    def _count(self, slots: Iterable[Sender], now: float) -> None:
+        """Count the Sessions sending lately. What those that stopped were sending is free:
+        the busy ones left share it evenly, and this Session's part, if it is busy, adds to
+        `freed`."""
+        alive = {s.writer: s for s in slots if s.writer and now - _ALIVE <= s.at <= now + _ALIVE}
+        gone = [s.sent for writer, s in self._senders.items() if writer not in alive]
+        mine = alive.get(self.me)
+        if gone and mine is not None and mine.busy:
+            self.freed += sum(gone) / sum(1 for s in alive.values() if s.busy)
+        self._senders = alive
+        self._fleet = max(1, len(alive))
 
     def _join(self, event: PeerEvent | None) -> None:
         """What was there when this Session began is history, not news: only a pause still
@@ -131,11 +174,11 @@ class MemoryPeers(Peers):
 
     shared = True
 
-    def __init__(self, board: list[PeerEvent], sending: dict[int, float] | None = None) -> None:
+    def __init__(self, board: list[PeerEvent], sending: dict[int, Sender] | None = None) -> None:
         super().__init__()
         self._board = board
-        self._sending = {} if sending is None else sending  # writer: last seen sending
-        self._now = -math.inf
+        self._sending = {} if sending is None else sending  # the slots, by writer
+        self._next_beat = -math.inf
         self._join(board[-1] if board else None)
 
     def publish(self, event: PeerEvent) -> None:
@@ -150,11 +193,11 @@ class MemoryPeers(Peers):
         self._ticks += 1
 
     def news(self, now: float) -> tuple[PeerEvent | None, int]:
-        self._sending[self.me], self._now = now, now
+        if now >= self._next_beat:
+            self._next_beat = now + _BEAT
+            self._sending[self.me] = Sender(self.me, now, *self.pace(now))
+            self._count(self._sending.values(), now)
         return self._fresh(self._board[-1] if self._board else None, now)
-
-    def fleet(self) -> int:
-        return max(1, sum(1 for at in self._sending.values() if at >= self._now - _ALIVE))
 
 
 class FilePeers(Peers):
@@ -170,7 +213,6 @@ class FilePeers(Peers):
         self._next_look = -math.inf
         self._next_beat = -math.inf
         self._slot: int | None = None  # which slot is ours, once taken
-        self._fleet = 1
         fd = self._open(-math.inf)
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -209,30 +251,29 @@ class FilePeers(Peers):
         except OSError:
             return None, 0
 
-    def fleet(self) -> int:
-        return self._fleet
-
     def _beat(self, now: float) -> None:
         """Mark our slot as sending now (taking one if we have none), and count the fleet."""
         fd = self._fd
+        me = Sender(self.me, now, *self.pace(now))
         slots = [] if fd is None else _read_slots(fd)
-        if fd is None or self._slot is None or slots[self._slot][0] != self.me:
+        if fd is None or self._slot is None or slots[self._slot].writer != self.me:
             with self._locked() as fd:
                 slots = _read_slots(fd)
-                free = [i for i, (_, at) in enumerate(slots) if abs(now - at) > _STALE]
+                free = [i for i, s in enumerate(slots) if abs(now - s.at) > _STALE]
                 if not free:
                     return  # a crowd of Sessions: count them without us
                 self._slot = free[0]
-                self._mark(fd, self.me, now)  # under the lock: no one takes the same slot
+                self._mark(fd, me)  # under the lock: no one takes the same slot
         else:
-            self._mark(fd, self.me, now)
-        slots[self._slot] = (self.me, now)
-        self._fleet = max(1, sum(1 for _, at in slots if now - _ALIVE <= at <= now + _ALIVE))
+            self._mark(fd, me)
+        slots[self._slot] = me
+        self._count(slots, now)
 
-    def _mark(self, fd: int, writer: int, at: float) -> None:
-        """Write our slot: `writer` seen sending at clock time `at` (0: the slot is free)."""
+    def _mark(self, fd: int, sender: Sender) -> None:
+        """Write our slot (a writer of 0: the slot is free)."""
         assert self._slot is not None
-        os.pwrite(fd, _SLOT.pack(writer, at), _SLOTS_AT + self._slot * _SLOT.size)
+        packed = _SLOT.pack(sender.writer, sender.at, sender.sent, sender.rate)
+        os.pwrite(fd, packed, _SLOTS_AT + self._slot * _SLOT.size)
 
     def _open(self, now: float) -> int | None:
         if self._fd is None and now >= self._next_look:
@@ -264,7 +305,7 @@ class FilePeers(Peers):
             fd, self._fd = self._fd, None
             if self._slot is not None:
                 with contextlib.suppress(OSError):
-                    self._mark(fd, 0, 0.0)
+                    self._mark(fd, Sender(0, 0.0))
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -294,9 +335,9 @@ def _read(fd: int) -> PeerEvent | None:
     return PeerEvent(seq, writer, at, pause_until, limit, window, ticks, rate, w_max)
 
 
-def _read_slots(fd: int) -> list[tuple[int, float]]:
+def _read_slots(fd: int) -> list[Sender]:
     raw = os.pread(fd, _SLOTS * _SLOT.size, _SLOTS_AT).ljust(_SLOTS * _SLOT.size, b"\0")
-    return [_SLOT.unpack_from(raw, i * _SLOT.size) for i in range(_SLOTS)]
+    return [Sender(*_SLOT.unpack_from(raw, i * _SLOT.size)) for i in range(_SLOTS)]
 
 
 def peers_for(base_url: str, key: str | None) -> Peers:

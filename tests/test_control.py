@@ -10,7 +10,7 @@ import pytest
 
 from deerluma._control import Controller, Meter, WindowBudget
 from deerluma._gate import RateGate
-from deerluma._peers import FilePeers, MemoryPeers, PeerEvent, Peers, peers_for
+from deerluma._peers import FilePeers, MemoryPeers, PeerEvent, Peers, Sender, peers_for
 from deerluma._throttle import Throttle, ThrottleKind
 from deerluma.testing import FakeClock
 
@@ -240,6 +240,58 @@ def test_sessions_sending_on_a_key_count_each_other_through_the_file(tmp_path: P
         peers.close()
 
 
+def test_what_sessions_that_stopped_sent_goes_to_the_busy_ones_left() -> None:
+    sending = {n: Sender(n, 10.0, sent=13.0, rate=13.5) for n in (1, 2)}  # two others, busy
+    held, light = MemoryPeers([], sending), MemoryPeers([], sending)
+    held.pace = lambda now: (12.0, 12.5)  # sends as fast as its rate lets it
+    light.pace = lambda now: (1.0, 12.5)  # sends less than its rate would let it
+    held.news(10.0)
+    light.news(10.0)
+    assert light.fleet() == 4 and held.freed == light.freed == 0
+    del sending[1]  # one ended
+    sending[2] = Sender(2, 10.3, sent=13.0, rate=13.5)
+    held.news(10.3)
+    light.news(10.3)
+    assert held.fleet() == light.fleet() == 3
+    # What it sent is free, shared by the two busy ones left (2 and `held`).
+    assert held.freed == pytest.approx(13.0 / 2)
+    assert light.freed == 0
+    light.news(12.9)
+    held.news(13.0)  # 2 was killed (it stopped marking its slot): its part comes too
+    assert held.fleet() == 2
+    assert held.freed == pytest.approx(13.0 / 2 + 13.0 / 1)
+
+
+def test_sessions_tell_each_other_their_pace_through_the_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.rate")
+    one, two = FilePeers(path), FilePeers(path)
+    one.pace = lambda now: (20.0, 20.0)
+    two.pace = lambda now: (30.0, 31.0)
+    one.news(100.0)
+    two.news(100.0)
+    one.news(100.5)
+    assert (one.fleet(), one.freed) == (2, 0)
+    two.close()
+    one.news(101.0)
+    assert (one.fleet(), one.freed) == (1, 30.0)
+    one.close()
+
+
+def test_a_busy_session_takes_up_what_sessions_that_stopped_sent() -> None:
+    control = Controller(None, 0.0, MemoryPeers([]))
+    _cut_to_w_max(control)
+    rate, w_max = control.rate, control._w_max
+    control.peers.freed = 20.0
+    control.answered(2.5, 2.49, held_back=True)
+    assert control.rate == pytest.approx(rate + 20.0, rel=0.02)
+    assert control._w_max == pytest.approx(w_max + 20.0)
+    assert control.peers.freed == 0
+    starting = Controller(None, 0.0, MemoryPeers([]))  # slow start finds its own way
+    starting.peers.freed = 20.0
+    starting.answered(0.5, 0.49, held_back=False)
+    assert starting.rate == 50 and starting.peers.freed == 0
+
+
 def _cut_to_w_max(control: Controller) -> float:
     """Leave slow start at about 100 req/s, then cut; returns when CUBIC is back at the peak."""
     for i in range(200):
@@ -254,7 +306,7 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
     # Sessions probes 8 times slower, so the key's rate probes its limit as one Session's would.
     lone = Controller(None, 0.0)
     alone = _cut_to_w_max(lone)
-    sending = {n: 2.0 for n in range(7)}  # seven others sent lately
+    sending = {n: Sender(n, 2.0) for n in range(1, 8)}  # seven others sent lately
     fleet = Controller(None, 0.0, MemoryPeers([], sending))
     fleet.peers.news(2.0)
     in_fleet = _cut_to_w_max(fleet)

@@ -8,7 +8,7 @@ import pytest
 
 from deerluma import DeadlineExceeded
 from deerluma._gate import RateGate
-from deerluma._peers import MemoryPeers, PeerEvent
+from deerluma._peers import MemoryPeers, PeerEvent, Sender
 from deerluma._throttle import Throttle, ThrottleKind
 from deerluma.testing import FakeClock
 
@@ -248,6 +248,27 @@ def test_sessions_of_one_key_that_hear_each_other_meet_fewer_429s(clock: FakeClo
     clock.advance(100.0)
     lonely, _ = _share(clock, alone, 30.0)
     assert lonely.throttled > 2 * server.throttled
+
+
+def test_the_last_session_sending_on_a_key_takes_up_the_whole_limit(clock: FakeClock) -> None:
+    # Four workers of one key; three end. The fourth goes on at the key's whole limit at
+    # once, not at its quarter of it (nor CUBIC's slow probing from there).
+    board: list[PeerEvent] = []
+    sending: dict[int, Sender] = {}
+    gates = [
+        RateGate(None, clock=clock, sleep=clock.sleep, peers=MemoryPeers(board, sending))
+        for _ in range(4)
+    ]
+    server, _ = _share(clock, gates, 20.0)
+    last = gates[0]
+    before = last.view.rps
+    assert before < 40  # its share
+    for gate in gates[1:]:  # they end, and give up their slots
+        del sending[gate.control.peers.me]
+    served = server.served
+    _drive(clock, [last], server, 3.0)
+    assert server.served - served >= 80 * 3 - 0.5 * before  # from its next beat on
+    assert last.view.rps >= 85
 
 
 async def test_a_burst_of_429s_with_retry_after_pauses_everyone_capped(clock: FakeClock) -> None:
