@@ -26,8 +26,12 @@ from .exceptions import DeadlineExceeded
 
 __all__ = ["RateGate", "RateView"]
 
-#: While the rate is being found, the bucket holds this many seconds' worth of requests.
+#: While the rate is being found, the bucket holds this many seconds' worth of requests, and
+#: at most `_MOST_AT_ONCE`: every request in flight when a limit runs out (a server's burst
+#: allowance, a gateway's window) comes back a 429, so a round of polls that fall due
+#: together goes out at the rate after the first few (0.2 s later at most, for the last).
 _BURST = 0.2
+_MOST_AT_ONCE = 5.0
 #: A whole token, give or take the rounding of clock arithmetic.
 _ONE = 1.0 - 1e-9
 
@@ -70,7 +74,7 @@ class RateGate:
         self.control = Controller(max_rps, clock(), peers)
         self._shared = self.control.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
-        self._tokens = max(1.0, self.control.rate * _BURST) if self.control.slow_start else 1.0
+        self._tokens = self._capacity()
         self._refilled_at = clock()
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).
@@ -198,22 +202,21 @@ class RateGate:
         tokens = self._refill(now)
         return 0.0 if tokens >= _ONE else (1.0 - tokens) / control.rate
 
-    def _refill(self, now: float) -> float:
-        """Tokens in the bucket at `now`: it refills at the rate, up to its capacity.
-
-        The bucket holds a fifth of a second's worth while the rate is being
-        found, a share of the window's allowance under a named limit, else one
-        token (requests spread evenly).
-        """
+    def _capacity(self) -> float:
+        """How many requests may go at once: a fifth of a second's worth (a few at most) while
+        the rate is being found, a share of the window's allowance under a named limit, else
+        one (requests spread evenly)."""
         control = self.control
-        rate = control.rate
         if control.slow_start:
-            capacity = max(1.0, rate * _BURST)
-        elif control.window is not None:
-            capacity = control.window.burst
-        else:
-            capacity = 1.0
-        self._tokens = min(capacity, self._tokens + (now - self._refilled_at) * rate)
+            return max(1.0, min(control.rate * _BURST, _MOST_AT_ONCE))
+        if control.window is not None:
+            return control.window.burst
+        return 1.0
+
+    def _refill(self, now: float) -> float:
+        """Tokens in the bucket at `now`: it refills at the rate, up to its capacity."""
+        tokens = self._tokens + (now - self._refilled_at) * self.control.rate
+        self._tokens = min(self._capacity(), tokens)
         self._refilled_at = now
         return self._tokens
 

@@ -141,7 +141,8 @@ class Peers:
         the busy ones left share it evenly, and this Session's part, if it is busy, adds to
         `freed`."""
         alive = {s.writer: s for s in slots if s.writer and now - _ALIVE <= s.at <= now + _ALIVE}
-        gone = [s.sent for writer, s in self._senders.items() if writer not in alive]
+        # (A slot is only numbers from a file: nothing that is not a pace counts as one.)
+        gone = [s.sent for w, s in self._senders.items() if w not in alive and 0 < s.sent < 1e6]
         mine = alive.get(self.me)
         if gone and mine is not None and mine.busy:
             self.freed += sum(gone) / sum(1 for s in alive.values() if s.busy)

@@ -120,6 +120,25 @@ def test_slow_start_grows_while_held_back_until_the_first_429(clock: FakeClock) 
     assert gate.view.slow_start
 
 
+def test_after_a_lull_only_a_few_requests_go_at_once(clock: FakeClock) -> None:
+    # A round of polls falling due together, at a rate slow start grew to 400 req/s: a few
+    # go at once (all of them would come back 429 if a limit ran out just then), the rest
+    # at the rate.
+    gate = _gate(clock)
+    _drive(clock, [gate], None, 0.5)
+    rate = gate.view.rps
+    assert rate >= 400 and gate.view.slow_start
+    clock.advance(1.0)
+    passed = 0
+    while gate.try_pass() is not None:
+        passed += 1
+    assert passed == 5
+    for _ in range(10):
+        assert gate.try_pass() is None
+        clock.advance(1 / rate)
+        assert gate.try_pass() is not None
+
+
 async def test_an_idle_session_does_not_inflate_its_rate(clock: FakeClock) -> None:
     gate = _gate(clock)
     for _ in range(20):
