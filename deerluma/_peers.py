@@ -137,12 +137,18 @@ class Peers:
         """Let go of what telling others takes (a file, here none)."""
 
     def _count(self, slots: Iterable[Sender], now: float) -> None:
-        """Count the Sessions sending lately. What those that stopped were sending is free:
-        the busy ones left share it evenly, and this Session's part, if it is busy, adds to
-        `freed`."""
+        """Count the Sessions sending lately. What those that stopped were sending, when their
+        rate held them back (a worker whose batch ended), is free: the busy ones left share it
+        evenly, and this Session's part, if it is busy, adds to `freed`. One that sent less
+        than its rate allowed (a few polls now and then, in and out of the count) frees
+        nothing."""
         alive = {s.writer: s for s in slots if s.writer and now - _ALIVE <= s.at <= now + _ALIVE}
         # (A slot is only numbers from a file: nothing that is not a pace counts as one.)
-        gone = [s.sent for w, s in self._senders.items() if w not in alive and 0 < s.sent < 1e6]
+        gone = [
+            s.sent
+            for w, s in self._senders.items()
+            if w not in alive and s.busy and 0 < s.sent < 1e6
+        ]
         mine = alive.get(self.me)
         if gone and mine is not None and mine.busy:
             self.freed += sum(gone) / sum(1 for s in alive.values() if s.busy)

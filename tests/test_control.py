@@ -269,6 +269,21 @@ def test_what_sessions_that_stopped_sent_goes_to_the_busy_ones_left() -> None:
     assert held.freed == pytest.approx(13.0 / 2 + 13.0 / 1)
 
 
+def test_a_session_polling_now_and_then_frees_nothing_as_it_comes_and_goes() -> None:
+    # A worker waiting on one long generation polls every 3 s: out of the count after 2 s
+    # without a request, back at its next poll. It never used a share of the key that the
+    # busy one could take up; taking it each time would inflate the busy one's rate.
+    sending: dict[int, Sender] = {}
+    held = MemoryPeers([], sending)
+    held.pace = lambda now: (40.0, 41.0)
+    for poll in range(20):
+        now = 3.0 * poll
+        sending[7] = Sender(7, now, sent=1.0, rate=50.0)  # it polls: in the count again
+        for beat in range(12):
+            held.news(now + 0.25 * beat)
+    assert held.freed == 0
+
+
 def test_sessions_tell_each_other_their_pace_through_the_file(tmp_path: Path) -> None:
     path = str(tmp_path / "k.rate")
     one, two = FilePeers(path), FilePeers(path)
