@@ -26,12 +26,11 @@ from .exceptions import DeadlineExceeded
 
 __all__ = ["RateGate", "RateView"]
 
-#: While the rate is being found, the bucket holds this many seconds' worth of requests, and
-#: at most `_MOST_AT_ONCE`: every request in flight when a limit runs out (a server's burst
-#: allowance, a gateway's window) comes back a 429, so a round of polls that fall due
-#: together goes out at the rate after the first few (0.2 s later at most, for the last).
-_BURST = 0.2
-_MOST_AT_ONCE = 5.0
+#: While the rate is being found, the bucket holds this many seconds' worth of requests:
+#: every request in flight when a limit runs out (a server's burst allowance, a gateway's
+#: window) comes back a 429, so a round of polls that fall due together goes out at the rate
+#: after the first tenth of a second's worth.
+_BURST = 0.1
 #: A whole token, give or take the rounding of clock arithmetic.
 _ONE = 1.0 - 1e-9
 
@@ -203,12 +202,12 @@ class RateGate:
         return 0.0 if tokens >= _ONE else (1.0 - tokens) / control.rate
 
     def _capacity(self) -> float:
-        """How many requests may go at once: a fifth of a second's worth (a few at most) while
-        the rate is being found, a share of the window's allowance under a named limit, else
-        one (requests spread evenly)."""
+        """How many requests may go at once: a tenth of a second's worth while the rate is
+        being found, a share of the window's allowance under a named limit, else one
+        (requests spread evenly)."""
         control = self.control
         if control.slow_start:
-            return max(1.0, min(control.rate * _BURST, _MOST_AT_ONCE))
+            return max(1.0, control.rate * _BURST)
         if control.window is not None:
             return control.window.burst
         return 1.0

@@ -263,8 +263,11 @@ async def watch_generation(
             tick = listening.tick(policy.min_interval)
             await sleep_or_wake(poller.sleep, min(due - now, tick), woken)
 
+    planned = clock()  # when the latest step was judged: its delay runs from then
+
     def wait(_: RetryCallState) -> float:
-        return step.delay
+        # However long the caller took over what it was handed, the next poll keeps its time.
+        return max(0.0, planned + step.delay - clock())
 
     try:
         started = watch.start(engine)
@@ -283,7 +286,7 @@ async def watch_generation(
                 polled = await watch.step(engine, poller.fetch, clock)
             if polled is None:
                 continue
-            step = polled
+            step, planned = polled, clock()
             attempt.retry_state.set_result(step)
             if step.emit is not None:
                 yield step.emit

@@ -89,6 +89,24 @@ async def test_on_update_hears_each_change_sync_and_async(
     assert heard_async and set(heard_async) == {other}
 
 
+async def test_a_slow_reader_does_not_put_the_next_poll_off(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    # Each poll's time is planned when the poll is judged: a caller that takes a second over
+    # every change it is handed gets the same polls at the same times as one that takes none.
+    async def polls(reader_takes: float) -> list[float]:
+        task_id = fake.add_generation(duration=20, pending_for=5, estimate=False, shape="new")
+        start = clock()
+        async with session.watch(task_id) as updates:
+            async for _ in updates:
+                await clock.sleep(reader_takes)
+        return [r.at - start for r in fake.requests if task_id in r.path]
+
+    quick, slow = await polls(0.0), await polls(1.0)
+    assert len(quick) >= 3
+    assert slow == pytest.approx(quick, abs=1e-6)
+
+
 async def test_watch_yields_changes_and_ends_with_failed_state_without_raising(
     fake: FakeDeerAPI, session: deerluma.Session
 ) -> None:
