@@ -26,11 +26,8 @@ from .exceptions import DeadlineExceeded
 
 __all__ = ["RateGate", "RateView"]
 
-#: While the rate is being found, the bucket holds this many seconds' worth of requests:
-#: every request in flight when a limit runs out (a server's burst allowance, a gateway's
-#: window) comes back a 429, so a round of polls that fall due together goes out at the rate
-#: after the first tenth of a second's worth.
-_BURST = 0.1
+#: While the rate is being found, the bucket holds this many seconds' worth of requests.
+_BURST = 0.2
 #: A whole token, give or take the rounding of clock arithmetic.
 _ONE = 1.0 - 1e-9
 
@@ -202,7 +199,7 @@ class RateGate:
         return 0.0 if tokens >= _ONE else (1.0 - tokens) / control.rate
 
     def _capacity(self) -> float:
-        """How many requests may go at once: a tenth of a second's worth while the rate is
+        """How many requests may go at once: a fifth of a second's worth while the rate is
         being found, a share of the window's allowance under a named limit, else one
         (requests spread evenly)."""
         control = self.control
