@@ -82,6 +82,62 @@ class _Gen:
         return self.started + self.duration
 
 
+class _RowTable:
+    """A gateway's own rows, as new-api and its forks keep them (service/task_polling.go).
+
+    A GET shows a task's row as of its last refresh. A pass over the unfinished rows,
+    oldest first and at most `_PASS_LIMIT`, refreshes them one after the other, `gap`
+    seconds apart; the next pass starts `period` seconds after one ends, so the cadence
+    drifts as the pass grows or shrinks. Passes are played lazily up to the clock a
+    request reads: no background task, so any clock drives it.
+    """
+
+    _PASS_LIMIT = 1000
+
+    def __init__(self, period: float, gap: float) -> None:
+        self.period = period
+        self.gap = gap
+        self.refreshed_at: dict[str, float] = {}
+        self.final_at: dict[str, float] = {}
+        self._gens: dict[str, _Gen] = {}  # in creation order
+        self._next_pass: float | None = None
+        self._pass: deque[tuple[float, _Gen]] = deque()
+        self.passes = 0
+
+    def add(self, gen: _Gen) -> None:
+        """A task was created: its row shows it as created until a pass reaches it."""
+        self._gens[gen.id] = gen
+        self._apply(gen.started, gen)
+        if self._next_pass is None:
+            self._next_pass = gen.started + self.period
+
+    def advance(self, now: float) -> None:
+        """Play every refresh up to `now`."""
+        while True:
+            while self._pass and self._pass[0][0] <= now:
+                at, gen = self._pass.popleft()
+                self._apply(at, gen)
+                if not self._pass:
+                    self._next_pass = at + self.period
+            if self._pass or self._next_pass is None or self._next_pass > now:
+                return
+            start = self._next_pass
+            self.passes += 1
+            due = [
+                gen
+                for gen in self._gens.values()
+                if gen.started <= start and gen.id not in self.final_at
+            ][: self._PASS_LIMIT]
+            self._pass.extend((start + index * self.gap, gen) for index, gen in enumerate(due))
+            if not due:
+                self._next_pass = start + self.period
+
+    def _apply(self, at: float, gen: _Gen) -> None:
+        self.refreshed_at[gen.id] = at
+        if gen.state(at) in ("completed", "failed"):
+            self.final_at[gen.id] = at
+
+
 class FakeDeerAPI:
     """An aiohttp.web fake of DeerAPI's Dream Machine endpoints (see the module docs)."""
 
@@ -106,6 +162,8 @@ class FakeDeerAPI:
         window_minutes: int = 1,
         window_counts_failures: bool = False,
         unknown_after_create: float = 0.0,
+        refresh: float | None = None,
+        refresh_gap: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -150,6 +208,12 @@ class FakeDeerAPI:
         self._dispatching = False
         self._site_url = ""
         self._wall = wall_of(self.clock)  # moves with `clock`, as a Session's does
+        if refresh is not None and not refresh > 0:
+            raise ValueError(f"refresh must be more than 0 seconds, got {refresh!r}")
+        if not refresh_gap >= 0:
+            raise ValueError(f"refresh_gap must be 0 or more seconds, got {refresh_gap!r}")
+        #: The gateway's own rows (None: every GET reads the upstream live).
+        self.rows = None if refresh is None else _RowTable(refresh, refresh_gap)
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -254,11 +318,22 @@ class FakeDeerAPI:
             video_bytes=self.video_bytes if video_bytes is None else video_bytes,
             request=request,
         )
+        if self.rows is not None:
+            self.rows.add(self._gens[task_id])
         return task_id
 
     def finishes_at(self, task_id: str) -> float:
         """The clock time at which `task_id` reaches its terminal state."""
         return self._gens[task_id].finishes_at()
+
+    def shows_final_at(self, task_id: str) -> float:
+        """The clock time from which a GET shows `task_id` terminal: when its row turned
+        final (a gateway that serves its own rows), else when the generation ended.
+        Call it once the task was seen terminal."""
+        if self.rows is None:
+            return self.finishes_at(task_id)
+        self.rows.advance(self.clock())
+        return self.rows.final_at[task_id]
 
     def inject(self, *faults: Fault) -> None:
         """Apply these faults, in order, to the next API requests (one each)."""
@@ -274,7 +349,15 @@ class FakeDeerAPI:
 
     def body_of(self, task_id: str) -> dict[str, object]:
         """The JSON body the server would send for `task_id` right now."""
-        return self._body(self._gens[task_id], self.clock())
+        return self._body(self._gens[task_id], self._as_of(task_id))
+
+    def _as_of(self, task_id: str) -> float:
+        """The clock time that a GET of `task_id` shows: now, or when its row was refreshed."""
+        now = self.clock()
+        if self.rows is None:
+            return now
+        self.rows.advance(now)
+        return self.rows.refreshed_at[task_id]
 
     def video_content(self, task_id: str, asset: str = "video") -> bytes:
         """The bytes the storage route serves for one asset."""
@@ -409,8 +492,8 @@ class FakeDeerAPI:
             return _json_error(404, "task_not_exist", "task_not_exist")
         if request.get(FAULT_KEY) == "wrong_id":
             other = next((g for g in self._gens.values() if g.id != task_id), gen)
-            return web.json_response(self._body(other, now))
-        body = self._body(gen, now)
+            return web.json_response(self._body(other, self._as_of(other.id)))
+        body = self._body(gen, self._as_of(task_id))
         if body["state"] in ("completed", "failed"):
             self.completed_at.setdefault(task_id, now)
         return await _send_json(request, body)
