@@ -20,6 +20,7 @@ import attrs
 from ._history import Plan, TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
+from ._rows import Kind, RowClock, RowTrack
 from .exceptions import (
     DeadlineExceeded,
     DeerLumaError,
@@ -45,6 +46,12 @@ _FINAL_MARGIN = 0.5
 #: of those running (a stream's first few); when most are (a batch started at once), nothing
 #: is known about them yet and they poll at the plain cadence.
 _FRONTIER = 0.25
+#: While a Session does not know its gateway's kind, a wait whose estimate is at least this many
+#: plain intervals looks once more after one plain interval: a stale row shows there.
+_PROBE_FROM = 4
+#: ... at most this many times (a pair that straddles a refresh soon after a row began reads
+#: live: the next pair tells).
+_PROBES = 2
 #: Clock readings this close count as equal (a sleep of `final - now` may land an ulp short).
 TOLERANCE = 1e-6
 
@@ -102,6 +109,8 @@ class PollTracker:
         "_floor",
         "_history",
         "_rng",
+        "_row",
+        "_rows",
         "_running",
         "_wall",
         "errors",
@@ -119,6 +128,7 @@ class PollTracker:
         rng: random.Random,
         history: TimingHistory | None = None,
         wall: Callable[[], datetime] = utcnow,
+        rows: RowClock | None = None,
     ) -> None:
         self.policy = policy
         #: Clock time at which the generation began (its created_at, else when waiting began).
@@ -136,9 +146,12 @@ class PollTracker:
         self._floor = 0.0  # the age after which a skip records a finish it found (Plan.floor)
         self._anchor: tuple[float, float] | None = None
         self._estimate: tuple[float, float] | None = None
+        self._rows = rows
+        self._row = None if rows is None else RowTrack()
 
-    def observe(self, now: float, generation: Generation) -> None:
-        """Record a successful poll that found the generation unfinished."""
+    def observe(self, now: float, generation: Generation, sent: float | None = None) -> None:
+        """Record a successful poll (sent at `sent`) that found the generation unfinished."""
+        self.look(now, generation, sent)
         self.errors = 0
         self.failure = None
         if self.survived is None:
@@ -153,6 +166,24 @@ class PollTracker:
         if self._anchor is None or point[1] > self._anchor[1]:
             self._anchor = point  # first estimate, or it went up: start learning afresh
         self._estimate = point
+
+    def look(self, now: float, generation: Generation, sent: float | None = None) -> None:
+        """Show the row what a poll saw (finished or not)."""
+        if self._row is not None and self._rows is not None:
+            estimate = generation.estimate_wait_seconds
+            self._row.look(
+                self._rows,
+                now if sent is None else sent,
+                now,
+                (generation.state.value, estimate, generation.queue_state),
+                estimate,
+                self._rows.period_for(self.policy.refresh),
+            )
+
+    def _refreshed(self, now: float) -> bool:
+        """Whether the gateway serves its own rows, as far as this Session knows."""
+        rows = self._rows
+        return rows is not None and rows.kind(now, self.policy.refresh) is Kind.REFRESHED
 
     def _date(self, now: float, generation: Generation) -> None:
         """Fix the generation's origin at its first sighting, and count it as running."""
@@ -172,10 +203,17 @@ class PollTracker:
         self._running = False
         self._history.end(self.origin)
         if generation is not None and generation.is_completed and self.survived is not None:
+            survived, ended = self.survived, now
+            row = self._row
+            if row is not None and row.refreshed_at is not None and self._refreshed(now):
+                # A row shows the upstream as of its refresh, not as of the look.
+                ended = row.refreshed_at
+                if row.unfinished_at is not None:
+                    survived = min(survived, row.unfinished_at)
             # A poll skipped the ages at which nothing was seen to finish: it finished after them
             # (nearly: see Plan.floor).
-            lower = max(self.survived - self.origin, self._floor)
-            self._history.record(lower, now - self.origin)
+            lower = max(survived - self.origin, self._floor)
+            self._history.record(min(lower, ended - self.origin), ended - self.origin)
 
     def _fastest_rate(self) -> float:
         """The highest plausible speed at which the estimate runs down, per real second."""
@@ -191,6 +229,52 @@ class PollTracker:
 
     def next_delay(self, now: float) -> float:
         """Seconds to sleep before the next poll, jittered and clamped."""
+        policy = self.policy
+        rows = self._rows
+        if rows is not None and self._row is not None:
+            kind = rows.kind(now, policy.refresh)
+            if kind is Kind.REFRESHED:
+                return self._row_delay(now, rows, self._row)
+            if kind is Kind.UNKNOWN and self._probes(self._row):
+                return min(policy.unhinted_interval, self._live_delay(now))
+        return self._live_delay(now)
+
+    def _probes(self, row: RowTrack) -> bool:
+        """Whether this wait looks again soon to learn the gateway's kind (while nobody knows
+        it): it met a long estimate, which a live gateway counts down and a row keeps."""
+        estimate = None if self._estimate is None else self._estimate[1]
+        long = estimate is not None and estimate >= _PROBE_FROM * self.policy.unhinted_interval
+        return long and row.looks <= _PROBES
+
+    def _row_delay(self, now: float, rows: RowClock, row: RowTrack) -> float:
+        """Behind a gateway that serves its own rows: look just after the refreshes that may
+        hold the end (`_rows`)."""
+        policy = self.policy
+        period = rows.period_for(policy.refresh)
+        find = (
+            policy.unhinted_interval
+            if period is None
+            else min(policy.unhinted_interval, period / 4)
+        )
+        assumed = policy.refresh is None and not rows.measuring
+        target = row.next_look(rows, now, period, self._earliest_end(row), find, assumed=assumed)
+        return min(max(0.0, target - now), policy.max_interval)
+
+    def _earliest_end(self, row: RowTrack) -> float | None:
+        """The earliest clock time the generation may end, as its row's estimate (counted from
+        the row's refresh, not from the look) or the history says."""
+        policy = self.policy
+        if self._estimate is not None:
+            since = row.refreshed_at if row.refreshed_at is not None else self._estimate[0]
+            return since + max(0.0, self._estimate[1] - 0.5) / row.fastest(policy.hint_error)
+        plan = (
+            None
+            if self._history is None
+            else self._history.plan(self.survived or self.origin, policy.learned_interval)
+        )
+        return None if plan is None else self.origin + plan.early
+
+    def _live_delay(self, now: float) -> float:
         policy = self.policy
         if self._estimate is not None:
             _, estimate = self._estimate
@@ -273,9 +357,12 @@ class Engine:
         rng: random.Random,
         history: TimingHistory | None,
         wall: Callable[[], datetime] = utcnow,
+        rows: RowClock | None = None,
     ) -> None:
         self.policy = policy
         self.started = started
+        # What the Session learned of its gateway's rows (None where the user says it is live).
+        self._rows = None if policy.refresh == "live" else rows
         self._rng = rng
         self._wall = wall
         self._history = history if policy.learn else None
@@ -313,7 +400,9 @@ class Engine:
 
     def tracker(self) -> PollTracker:
         """A new task's own state."""
-        return PollTracker(self.policy, self.started, self._rng, self._history, self._wall)
+        return PollTracker(
+            self.policy, self.started, self._rng, self._history, self._wall, self._rows
+        )
 
     def seen(
         self,
@@ -333,6 +422,7 @@ class Engine:
             self._first_look(now, generation)
         if generation.is_terminal:
             if tracker is not None:
+                tracker.look(now, generation, sent)
                 tracker.finish(now, generation)
             if generation.state is GenerationState.FAILED:
                 return Step(Verdict.DONE, emit=emit, error=GenerationFailed(generation)), tracker
@@ -346,7 +436,7 @@ class Engine:
             )
         if tracker is None:
             tracker = self.tracker()
-        tracker.observe(now, generation)
+        tracker.observe(now, generation, sent)
         step = self._then(tracker, task_id, now, sent, tracker.next_delay(now), emit)
         return step, tracker
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -49,6 +49,11 @@ def seconds_of(name: str, value: object, *, zero: bool = False) -> float:
     return float(value)
 
 
+def _as_refresh(value: Seconds | str | None) -> Any:
+    """A timedelta as seconds; anything else as given, for the field's validator to judge."""
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
 def _check(attribute: attrs.Attribute[Any], value: object, *, zero: bool) -> None:
     seconds_of(attribute.name, value, zero=zero)
 
@@ -76,8 +81,9 @@ class PollPolicy:
     `learned_interval` where they do, and every `unhinted_interval` where the
     history says nothing (as a plain loop would). `expected_duration` states a
     prior for a Session with no history yet; `learn=False` neither reads nor
-    feeds the history. No sleep ends past the deadline, and the last poll
-    happens just before it.
+    feeds the history. Behind a gateway that serves its own rows (see
+    `refresh`), a wait looks just after each refresh that may hold the end.
+    No sleep ends past the deadline, and the last poll happens just before it.
     """
 
     #: Overall deadline in seconds (None: wait forever).
@@ -106,6 +112,18 @@ class PollPolicy:
     jitter: float = attrs.field(default=0.1)
     #: Polls failing in a row (after each request's own retries) before giving up.
     max_consecutive_errors: int = attrs.field(default=5)
+    #: How the gateway answers a GET: None learns it from the answers (the default); a number
+    #: of seconds says it serves its own rows, refreshed that often (new-api and its forks);
+    #: "live" says it asks the upstream on every GET.
+    refresh: float | Literal["live"] | None = attrs.field(default=None, converter=_as_refresh)
+
+    @refresh.validator
+    def _refresh(self, attribute: attrs.Attribute[object], value: object) -> None:
+        if value is None or value == "live":
+            return
+        if isinstance(value, str):
+            raise ValueError(f'refresh must be seconds, "live" or None, got {value!r}')
+        _check(attribute, value, zero=False)
 
     @hint_error.validator
     @jitter.validator

@@ -29,6 +29,7 @@ from ._ledger import Ledger
 from ._models import Generation
 from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, seconds_of
+from ._rows import RowClock
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
 from ._validate import check_api_key, check_base_url, check_batch, check_task_id
@@ -116,6 +117,7 @@ class Session:
         )
         self._clock = self._transport.clock
         self._history = TimingHistory()
+        self._rows = RowClock()  # what the gateway's answers say of its rows
         self._callbacks = CallbackHub(self._clock)
         self._created = Created()
         self._callback_token = secrets.token_urlsafe(24)
@@ -312,6 +314,7 @@ class Session:
             self._callbacks,
             self._created,
             transport.wall,
+            self._rows,
         )
 
     def _listens(self, task_id: str, *, callbacks: bool | None) -> bool:

@@ -22,6 +22,7 @@ from ._engine import TOLERANCE, Engine, PollTracker, Step, Verdict, changed, utc
 from ._history import TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
+from ._rows import RowClock
 from .exceptions import DeerLumaError, GenerationFailed
 
 __all__ = [
@@ -79,7 +80,8 @@ class Created:
 
 @attrs.frozen
 class Poller:
-    """What polling needs from a Session: how to fetch, the time it keeps, what it learned."""
+    """What polling needs from a Session: how to fetch, the time it keeps, what it learned
+    (how long generations take, and how its gateway answers)."""
 
     fetch: Fetch
     clock: Callable[[], float]
@@ -89,10 +91,11 @@ class Poller:
     hub: CallbackHub | None = None
     created: Created | None = None
     wall: Callable[[], datetime] = utcnow
+    rows: RowClock | None = None
 
     def engine(self, policy: PollPolicy) -> Engine:
         """A poll engine for one wait or batch starting now."""
-        return Engine(policy, self.clock(), self.rng, self.history, self.wall)
+        return Engine(policy, self.clock(), self.rng, self.history, self.wall, self.rows)
 
     def watch(self, engine: Engine, task_id: str, *, listen: bool, kind: type[W]) -> W:
         """One id's wait (a `kind` of Watch) in `engine`'s wait or batch, listening for
