@@ -244,7 +244,12 @@ class PollTracker:
         it): it met a long estimate, which a live gateway counts down and a row keeps."""
         estimate = None if self._estimate is None else self._estimate[1]
         long = estimate is not None and estimate >= _PROBE_FROM * self.policy.unhinted_interval
-        return long and row.looks <= _PROBES
+        return (
+            long
+            and row.looks <= _PROBES
+            and self._rows is not None
+            and self._rows.may_probe(row, self.survived or 0.0)
+        )
 
     def _row_delay(self, now: float, rows: RowClock, row: RowTrack) -> float:
         """Behind a gateway that serves its own rows: look just after the refreshes that may

@@ -55,6 +55,8 @@ _FOUND = 3.5
 _AIM_WIDTH = 1.0
 #: A refresh that may hold the end, known only roughly, is looked for this often.
 _AIM_STEP = 1.5
+#: ... or a share of the period, when that is shorter (short periods are cheap to step through).
+_AIM_SHARE = 8
 #: Each predicted refresh may come this far either way of its prediction (learned, from here).
 _DRIFT_START = 0.4
 _DRIFT_MIN = 0.1
@@ -75,6 +77,7 @@ _UNMEASURED_SKIP = 2
 _RATE_SPAN = 10.0
 #: While no pass has been seen, at most this many waits look for one; the rest wait for them.
 _SCOUTS = 4
+_PROBERS = 8
 _SCOUT_HOLD = 20.0
 #: Passes remembered, and how far apart two refreshes are at least to belong to two passes.
 _PASSES = 8
@@ -101,6 +104,7 @@ class RowClock:
         self._passes: deque[list[float]] = deque(maxlen=_PASSES)
         self._misses = dict.fromkeys(_WAYS, 0.0)  # how far each way was off, lately
         self._scouts: dict[int, float] = {}
+        self._probers: dict[int, float] = {}
         #: How far a refresh may come either way of its prediction, per period.
         self.drift = _DRIFT_START
         #: How much longer each row's period lately came out than predicted (negative: shorter).
@@ -255,6 +259,17 @@ class RowClock:
             return None
         began = self._passes[-1][1]
         return began + max(1, math.ceil((after - began) / period)) * period
+
+    def may_probe(self, track: object, now: float) -> bool:
+        """Whether `track` may look again soon to learn the gateway's kind (a few do)."""
+        for key, since in list(self._probers.items()):
+            if since < now - _SCOUT_HOLD:
+                del self._probers[key]
+        key = id(track)
+        if key in self._probers or len(self._probers) < _PROBERS:
+            self._probers[key] = now
+            return True
+        return False
 
     def may_scout(self, track: object, now: float) -> bool:
         """Whether `track` may look for the first pass now (a few waits do, not all)."""
@@ -555,7 +570,7 @@ class RowTrack:
             return last + _MARGIN
         if earliest_end is None or last + _MARGIN >= earliest_end:
             # This refresh may hold the end: step through its window, so that none is late.
-            return first + _AIM_STEP
+            return first + min(_AIM_STEP, max(_RETRY, own / _AIM_SHARE))
         return (first + last) / 2
 
     def _retry(self, clock: RowClock, search: float) -> float:
