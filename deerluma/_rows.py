@@ -254,11 +254,23 @@ class RowClock:
         return due + (target - latest[0] - 1) * period - home[1]
 
     def next_pass(self, after: float, period: float) -> float | None:
-        """The earliest time after `after` at which a pass is due to refresh some row."""
+        """The earliest time from `after` at which a pass refreshes rows: `after` itself while
+        one is under way (as long as the latest whole one took), else when the next begins."""
         if not self._passes:
             return None
         began = self._passes[-1][1]
-        return began + max(1, math.ceil((after - began) / period)) * period
+        cycles = math.floor((after - began) / period)
+        start = began + cycles * period
+        if after <= start + self._span():
+            return after
+        return start + period
+
+    def _span(self) -> float:
+        """How long the latest whole pass took to refresh the rows seen."""
+        if len(self._passes) < 2:
+            return 0.0
+        _, begin, end = self._passes[-2]
+        return end - begin
 
     def may_probe(self, track: object, now: float) -> bool:
         """Whether `track` may look again soon to learn the gateway's kind (a few do)."""
@@ -593,9 +605,10 @@ class RowTrack:
             # Nothing to learn before a period or so ahead of the end that those looks miss.
             begin = max(now, earliest_end - 1.5 * period)
         if self._searching and self.early and begin <= now + search:
-            # Looked where a pass was due and the row had not changed: step on (in whole steps:
-            # the rows of a long pass are refreshed over many seconds).
-            return self.last_sent + search
+            # Looked where a pass was due and the row had not changed: step on, in shorter
+            # steps once the end may come.
+            near = earliest_end is None or period is None or earliest_end <= now + period
+            return self.last_sent + (min(search, _AIM_STEP) if near else search)
         due = None if period is None else clock.next_pass(max(begin, self.last_sent), period)
         if due is not None:
             self._searching, self.early = True, 0
