@@ -40,6 +40,8 @@ class Case:
     hinted: bool = True
     batch: bool = False
     gap: float = 0.05
+    #: Answers come this long after their request at most (a rate gate's queue, say).
+    wait: float = 0.0
 
 
 CASES = (
@@ -47,6 +49,7 @@ CASES = (
     Case("R2 200 ids batch, 15 s", 200, 15.0, batch=True),
     Case("R3 40 ids batch, 5 s", 40, 5.0, batch=True),
     Case("R4 40 ids batch, no estimate", 40, 15.0, hinted=False, batch=True),
+    Case("R5 40 ids batch, 5 s, answers late", 40, 5.0, batch=True, wait=3.0),
 )
 
 
@@ -105,7 +108,7 @@ def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], 
         table.advance(sent)
         generation = decode_generation(200, {}, _body(gen, table.refreshed_at[gen.id]))
         polls[index] += 1
-        now = sent + RTT
+        now = sent + RTT + rng.uniform(0, case.wait)
         step, trackers[index] = engines[index].seen(trackers[index], gen.id, now, generation, sent)
         if step.verdict is Verdict.SLEEP:
             heapq.heappush(due, (now + step.delay, index))
@@ -117,7 +120,7 @@ def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], 
         final = table.final_at[gen.id]
         looks = math.ceil((final - 1000.0) / NAIVE - 1e-9) + 1
         plain_polls.append(looks)
-        plain_lags.append(1000.0 + (looks - 1) * NAIVE - final)
+        plain_lags.append(1000.0 + (looks - 1) * NAIVE - final + rng.uniform(0, case.wait))
     return polls, lags, plain_polls, plain_lags
 
 

@@ -261,7 +261,8 @@ class PollTracker:
             if period is None
             else min(policy.unhinted_interval, period / 4)
         )
-        assumed = policy.refresh is None and not rows.measuring
+        # Until the period is measured (or said) and a pass seen, a few waits scout for them.
+        assumed = (policy.refresh is None and not rows.measuring) or not rows.passes_seen
         target = row.next_look(rows, now, period, self._earliest_end(row), find, assumed=assumed)
         return min(max(0.0, target - now), policy.max_interval)
 

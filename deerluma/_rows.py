@@ -26,6 +26,8 @@ import statistics
 from collections import deque
 from typing import Literal
 
+import attrs
+
 __all__ = ["Kind", "Refresh", "RowClock", "RowTrack"]
 
 #: What `PollPolicy.refresh` may say: a period in seconds, "live", or None (learn it).
@@ -36,11 +38,15 @@ _STALE_SPAN = 2.5
 _COUNTING = 2
 #: Looks at most this far apart judge how far the estimate fell between them.
 _SHORT = 4.0
+#: ... and at least this far apart (whole-second estimates say little over less).
+_SHORT_LOOK = 0.8
 #: A live estimate falls this many seconds a second, or so (whole seconds: ±1 over a pair).
 _LIVE_LOW = 0.6
 _LIVE_HIGH = 1.6
 #: Signs older than this are forgotten: a gateway that changes kind is learned again.
 _MEMORY = 180.0
+#: One sign in this many saying "refreshed" is enough to say so.
+_STALE_SHARE = 10
 _SIGNS = 40
 #: The period assumed until one is measured: new-api's (its task poller's Interval()).
 _PRIOR_PERIOD = 15.0
@@ -83,6 +89,8 @@ _SCOUT_HOLD = 20.0
 _PASSES = 8
 _PASS_GAP = 3.0
 _WAYS = ("ticker", "rest")
+#: A pass seen refresh fewer rows than this tells little of when it ended.
+_SEEN_END = 4
 #: Behind a refreshing gateway, a look that checks it is still one comes this often.
 _CHECK_EVERY = 30.0
 
@@ -95,13 +103,26 @@ class Kind(enum.Enum):
     REFRESHED = "refreshed"  #: GETs read a row that a background pass refreshes
 
 
+@attrs.define
+class _Pass:
+    """A pass over the rows, as the rows it refreshed showed it."""
+
+    number: int  #: counted from the first seen (a pass nobody saw is counted in too)
+    begin: float  #: the earliest refresh seen in it
+    end: float  #: the latest
+    seen: int = 1  #: how many refreshes were seen in it
+
+    def saw(self, at: float) -> None:
+        self.begin, self.end, self.seen = min(self.begin, at), max(self.end, at), self.seen + 1
+
+
 class RowClock:
     """What a Session learned about its gateway's rows, shared by every wait and batch in it."""
 
     def __init__(self) -> None:
         self._signs: deque[tuple[float, bool]] = deque(maxlen=_SIGNS)  # (when, refreshed?)
         self._samples: deque[tuple[float, float]] = deque(maxlen=_SAMPLES)  # (when, seconds)
-        self._passes: deque[list[float]] = deque(maxlen=_PASSES)
+        self._passes: deque[_Pass] = deque(maxlen=_PASSES)
         self._misses = dict.fromkeys(_WAYS, 0.0)  # how far each way was off, lately
         self._scouts: dict[int, float] = {}
         self._probers: dict[int, float] = {}
@@ -131,8 +152,8 @@ class RowClock:
         refreshed = sum(1 for _, sign in self._signs if sign)
         live = len(self._signs) - refreshed
         # A live row never shows a stale estimate; a refreshed one shows some, however short
-        # its period (and pairs that straddle a refresh soon after the row began read live).
-        if refreshed >= 2 or (refreshed and not live):
+        # its period (and pairs that straddle a refresh can read live).
+        if refreshed and refreshed * _STALE_SHARE >= len(self._signs):
             return Kind.REFRESHED
         if live >= 3 and refreshed * 20 <= len(self._signs):
             return Kind.LIVE
@@ -164,6 +185,11 @@ class RowClock:
         return float(statistics.median(recent))
 
     @property
+    def passes_seen(self) -> bool:
+        """Whether some row's refresh told where passes fall."""
+        return bool(self._passes)
+
+    @property
     def measuring(self) -> bool:
         """Whether the period was measured (not only assumed)."""
         return bool(self._samples)
@@ -191,40 +217,40 @@ class RowClock:
         """A pass was under way at `at` (some row was refreshed then)."""
         passes = self._passes
         gap = min(_PASS_GAP, (self.period or _PRIOR_PERIOD) / 4)
-        if not passes or at > passes[-1][2] + gap:
+        if not passes or at > passes[-1].end + gap:
             # A new pass: judge the two ways of telling when it would begin.
             for way in _WAYS:
                 due = self._next_begin(way)
                 if due is not None:
                     self._misses[way] += _TREND_WEIGHT * (abs(at - due) - self._misses[way])
-            # Passes nobody saw in between count too: as many as the period fits.
+            # Passes nobody saw in between count too: as many as the measured period fits.
             number = 0
             if passes:
-                each = self._sampled() or self.pass_period or _PRIOR_PERIOD
-                number = int(passes[-1][0] + max(1, round((at - passes[-1][1]) / each)))
-            passes.append([number, at, at])  # [number, the earliest refresh seen, the latest]
-        elif at >= passes[-1][1] - gap:
-            passes[-1][1] = min(passes[-1][1], at)
-            passes[-1][2] = max(passes[-1][2], at)
+                each = self._sampled()
+                skipped = 1 if each is None else max(1, round((at - passes[-1].begin) / each))
+                number = passes[-1].number + skipped
+            passes.append(_Pass(number, at, at))
+        elif at >= passes[-1].begin - gap:
+            passes[-1].saw(at)
 
     def _next_begin(self, way: str) -> float | None:
         """When the pass after the latest begins: a fixed time after the one before began (a
         ticker), or a fixed rest after the one before ended (new-api sleeps 15 s after each)."""
         if len(self._passes) < 2:
             return None
-        (number1, begin1, end1), (number2, begin2, end2) = self._passes[-2], self._passes[-1]
-        apart = number2 - number1
-        if way == "ticker" or apart != 1:
-            return begin2 + (begin2 - begin1) / apart
-        return end2 + (begin2 - end1)
+        before, latest = self._passes[-2], self._passes[-1]
+        apart = latest.number - before.number
+        if way == "ticker" or apart != 1 or before.seen < _SEEN_END:
+            return latest.begin + (latest.begin - before.begin) / apart
+        return latest.end + (latest.begin - before.end)
 
     @property
     def pass_period(self) -> float | None:
         """How far apart the latest pass and the next begin, the better way of telling."""
-        if len(self._passes) < 2:
-            return None
+        if len(self._passes) < 2 or not self._samples:
+            return None  # passes nobody saw may lie between those seen: no count without samples
         due = self._next_begin(self._way())
-        between = None if due is None else due - self._passes[-1][1]
+        between = None if due is None else due - self._passes[-1].begin
         return between if between is not None and between > _PASS_GAP else None
 
     def _way(self) -> str:
@@ -235,30 +261,30 @@ class RowClock:
         later: from the passes seen and the way they follow each other (None: `at` fell in
         no pass seen)."""
         passes, gap = self._passes, _PASS_GAP
-        home = next((p for p in passes if p[1] - gap <= at <= p[2] + gap), None)
+        home = next((p for p in passes if p.begin - gap <= at <= p.end + gap), None)
         period = self.pass_period
         if home is None or period is None:
             return None
-        target = home[0] + cycles
+        target = home.number + cycles
         latest = passes[-1]
-        if target <= latest[0]:
-            seen = next((p for p in passes if p[0] == target), None)
+        if target <= latest.number:
+            seen = next((p for p in passes if p.number == target), None)
             if seen is not None:
-                return seen[1] - home[1]
-            before = max((p for p in passes if p[0] < target), key=lambda p: p[0])
-            after = min((p for p in passes if p[0] > target), key=lambda p: p[0])
-            each = (after[1] - before[1]) / (after[0] - before[0])  # passes nobody saw
-            return before[1] + (target - before[0]) * each - home[1]
+                return seen.begin - home.begin
+            before = max((p for p in passes if p.number < target), key=lambda p: p.number)
+            after = min((p for p in passes if p.number > target), key=lambda p: p.number)
+            each = (after.begin - before.begin) / (after.number - before.number)  # nobody saw
+            return before.begin + (target - before.number) * each - home.begin
         due = self._next_begin(self._way())
         assert due is not None
-        return due + (target - latest[0] - 1) * period - home[1]
+        return due + (target - latest.number - 1) * period - home.begin
 
     def next_pass(self, after: float, period: float) -> float | None:
         """The earliest time from `after` at which a pass refreshes rows: `after` itself while
         one is under way (as long as the latest whole one took), else when the next begins."""
         if not self._passes:
             return None
-        began = self._passes[-1][1]
+        began = self._passes[-1].begin
         cycles = math.floor((after - began) / period)
         start = began + cycles * period
         if after <= start + self._span():
@@ -269,8 +295,8 @@ class RowClock:
         """How long the latest whole pass took to refresh the rows seen."""
         if len(self._passes) < 2:
             return 0.0
-        _, begin, end = self._passes[-2]
-        return end - begin
+        whole = self._passes[-2]
+        return whole.end - whole.begin
 
     def may_probe(self, track: object, now: float) -> bool:
         """Whether `track` may look again soon to learn the gateway's kind (a few do)."""
@@ -317,9 +343,11 @@ class RowTrack:
 
     __slots__ = (
         "_ahead",
+        "_answered",
         "_checking",
         "_estimate",
         "_fall",
+        "_first_answered",
         "_guessed",
         "_high",
         "_looks",
@@ -329,7 +357,6 @@ class RowTrack:
         "_row",
         "_searching",
         "_seen",
-        "_since",
         "_stale_said",
         "early",
         "last_sent",
@@ -338,7 +365,8 @@ class RowTrack:
 
     def __init__(self) -> None:
         self._row: tuple[object, ...] | None = None
-        self._since = 0.0  # when the first look that showed this row was sent
+        self._first_answered = 0.0  # when the first look that showed this row was answered
+        self._answered = 0.0  # when the latest look was answered
         self._estimate: float | None = None
         self._stale_said = False
         #: When the latest look was sent.
@@ -383,7 +411,8 @@ class RowTrack:
         """A look sent at `sent` and answered at `now` showed `row` (what a watcher sees)."""
         self._looks += 1
         if self._row is None:
-            self._row, self._since, self.last_sent, self._estimate = row, sent, sent, estimate
+            self._row, self.last_sent, self._estimate = row, sent, estimate
+            self._answered = self._first_answered = now
             return
         if row == self._row:
             self._unchanged(clock, sent, now, estimate)
@@ -392,12 +421,12 @@ class RowTrack:
 
     def _unchanged(self, clock: RowClock, sent: float, now: float, estimate: float | None) -> None:
         counting = estimate is not None and estimate >= _COUNTING
-        if counting and not self._stale_said and sent - self._since >= _STALE_SPAN:
+        if counting and not self._stale_said and sent - self._first_answered >= _STALE_SPAN:
             self._stale_said = True  # one sign per row: a long wait is no stronger evidence
             clock.sign(now, True)
         if self._ahead or self._searching:
             self.early += 1
-        self.last_sent = sent
+        self.last_sent, self._answered = sent, now
 
     def _period(self, clock: RowClock, period: float | None) -> float | None:
         """The time to this row's next refresh: its own latest period where measured, else the
@@ -424,15 +453,20 @@ class RowTrack:
         estimate: float | None,
         period: float | None,
     ) -> None:
-        gap = sent - self.last_sent
+        # The two answers were made between their requests and their arrivals.
+        shortest, longest = sent - self._answered, now - self.last_sent
         fell = None
         if estimate is not None and self._estimate is not None:
             fell = self._estimate - estimate
-            if 0.8 <= gap <= _SHORT:
-                if fell > 2 * gap + 2:
-                    clock.sign(now, True)  # fell by far more than the time between: a refresh
-                elif _LIVE_LOW * gap - 0.5 <= fell <= _LIVE_HIGH * gap + 1 and not self._stale_said:
-                    clock.sign(now, False)  # fell as time passed: read live
+            if fell > 2 * longest + 2 and shortest >= _SHORT_LOOK:
+                clock.sign(now, True)  # fell by far more than the time between: a refresh
+            elif (
+                shortest >= _SHORT_LOOK
+                and longest <= min(_SHORT, shortest + _SHORT_LOOK)
+                and _LIVE_LOW * shortest - 0.5 <= fell <= _LIVE_HIGH * longest + 1
+                and not self._stale_said
+            ):
+                clock.sign(now, False)  # fell as time passed: read live
         own = self._period(clock, period)
         low, high = self.last_sent, now  # after the last look that missed it, by this one
         cycles = self._count(fell, low, high, own)
@@ -465,7 +499,8 @@ class RowTrack:
         self._low, self._high = (None, None) if math.isnan(low) else (low, high)
         if self._pinned is None and estimate is not None and not math.isnan(low):
             self._pinned = (low, high, estimate)
-        self._row, self._since, self.last_sent, self._estimate = row, sent, sent, estimate
+        self._row, self.last_sent, self._estimate = row, sent, estimate
+        self._answered = self._first_answered = now
         self._stale_said = False
         # Fewer refreshes than the look went after: the one it expected is still to come.
         self._ahead = max(0, self._ahead - cycles)
@@ -535,15 +570,18 @@ class RowTrack:
         end may come, one look every `search` seconds from where passes fall.
         Then one look just after each refresh that may hold the end (at or
         after `earliest_end`), skipping those that cannot; a refresh known only
-        roughly is halved first. While the `period` is only `assumed`, a few
-        waits (scouts) step through the passes to measure it.
+        roughly is halved first. While the `period` is only `assumed` (or no
+        pass was seen yet), a few waits (scouts) step through the passes to
+        measure it.
         """
         if assumed and clock.may_scout(self, now):
             # Steps short enough that the refreshes they find tell where passes fall.
             self._ahead = 0
-            return self.last_sent + min(search, 0.9 * _MEASURED)
+            return self._step(now, min(search, 0.9 * _MEASURED))
         own = self._period(clock, period)
-        if own is None or self._low is None or self._high is None:
+        if own is None or self._low is None or self._high is None or assumed:
+            # Not placed yet, or the period only assumed (then a place says little of the
+            # next): look for the refreshes.
             self._ahead = 0
             return self._search(clock, now, period, earliest_end, search)
         if self._checking:
@@ -552,7 +590,7 @@ class RowTrack:
             # Does it still refresh? A look a moment later shows the same row if so.
             self._checking = True
             clock.checking(now)
-            return max(now, self._since + _STALE_SPAN)
+            return max(now, self._first_answered + _STALE_SPAN)
         drift = clock.spread
         cycle = 1
         if earliest_end is not None:
@@ -571,7 +609,7 @@ class RowTrack:
         self._ahead = cycle
         if self.last_sent >= first:
             if self.last_sent >= last:  # came later than it could: it is late; look again soon
-                return self.last_sent + self._retry(clock, search)
+                return self._step(now, self._retry(clock, search))
             first = self.last_sent
         if self._guessed and self.last_sent < first - _MARGIN and cycle == self._ahead:
             # The row's refresh was placed by prediction alone: a look just before the next
@@ -584,6 +622,11 @@ class RowTrack:
             # This refresh may hold the end: step through its window, so that none is late.
             return first + min(_AIM_STEP, max(_RETRY, own / _AIM_SHARE))
         return (first + last) / 2
+
+    def _step(self, now: float, step: float) -> float:
+        """`step` after the latest look was sent; soon after `now` if its answer came late (it
+        waited its turn for a while, say)."""
+        return max(self.last_sent + step, now + min(step, _RETRY))
 
     def _retry(self, clock: RowClock, search: float) -> float:
         """How soon to look again for a refresh that is late: soon at first, then less so."""
@@ -604,13 +647,15 @@ class RowTrack:
         if earliest_end is not None and period is not None:
             # Nothing to learn before a period or so ahead of the end that those looks miss.
             begin = max(now, earliest_end - 1.5 * period)
+        near = earliest_end is None or period is None or earliest_end <= now + period
         if self._searching and self.early and begin <= now + search:
             # Looked where a pass was due and the row had not changed: step on, in shorter
             # steps once the end may come.
-            near = earliest_end is None or period is None or earliest_end <= now + period
-            return self.last_sent + (min(search, _AIM_STEP) if near else search)
+            return self._step(now, min(search, _AIM_STEP) if near else search)
         due = None if period is None else clock.next_pass(max(begin, self.last_sent), period)
         if due is not None:
             self._searching, self.early = True, 0
             return max(now, due)
-        return max(begin, self.last_sent + (period or _PRIOR_PERIOD))
+        # No pass seen yet: the scouts look for one; the others wait for them, unless the end
+        # may come first (then as a plain loop would).
+        return max(begin, self._step(now, search if near else period or _PRIOR_PERIOD))

@@ -102,7 +102,8 @@ class _RowTable:
         self._gens: dict[str, _Gen] = {}  # in creation order
         self._next_pass: float | None = None
         self._pass: deque[tuple[float, _Gen]] = deque()
-        self.passes = 0
+        #: When each pass began.
+        self.began: list[float] = []
 
     def add(self, gen: _Gen) -> None:
         """A task was created: its row shows it as created until a pass reaches it."""
@@ -122,7 +123,7 @@ class _RowTable:
             if self._pass or self._next_pass is None or self._next_pass > now:
                 return
             start = self._next_pass
-            self.passes += 1
+            self.began.append(start)
             due = [
                 gen
                 for gen in self._gens.values()

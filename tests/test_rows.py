@@ -1,0 +1,382 @@
+"""Gateways that serve their own rows: the learner on a fake clock, and waits end to end.
+
+The unit tests drive the real poll engine with plain numbers against the same
+row model as `FakeDeerAPI(refresh=...)`: no sockets, no sleeping. The end-to-end
+tests run waits and batches over a real socket against the fake server.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import deerluma
+from deerluma import Generation, GenerationState, PollPolicy
+from deerluma._engine import Engine, PollTracker, Verdict
+from deerluma._history import TimingHistory
+from deerluma._rows import Kind, RowClock, RowTrack
+from deerluma.testing import FakeClock, FakeDeerAPI
+from deerluma.testing._server import _Gen, _RowTable
+
+START = 1000.0
+RTT = 0.03
+
+
+def _gen(index: int, duration: float, bias: float, hinted: bool = True) -> _Gen:
+    return _Gen(
+        id=f"t{index}",
+        prompt="",
+        started=START,
+        pending_for=duration * 0.2,
+        duration=duration,
+        failure_reason=None,
+        estimate=hinted,
+        estimate_bias=bias,
+        shape="web",
+        created_wall=datetime.now(UTC),
+        video_bytes=0,
+    )
+
+
+def _generation(gen: _Gen, at: float) -> Generation:
+    """What a GET shows of `gen` as of `at` (a live gateway: now; a refreshed one: its row)."""
+    state = gen.state(at)
+    estimate = None
+    if state in ("pending", "processing") and gen.estimate:
+        estimate = float(round((gen.finishes_at() - at) * gen.estimate_bias))
+    return Generation(id=gen.id, state=GenerationState(state), estimate_wait_seconds=estimate)
+
+
+Shows = Callable[[_Gen, float], float]
+"""As of which time a GET sent at a time shows a generation."""
+
+
+def _drive(
+    gens: list[_Gen],
+    shows: Shows,
+    rows: RowClock,
+    *,
+    policy: PollPolicy | None = None,
+    batch: bool = False,
+    ends: Callable[[_Gen], float] | None = None,
+) -> tuple[list[int], list[float]]:
+    """Wait on `gens` (single waits, or one batch) as a Session would; polls and lags, where
+    lag counts from `ends(gen)` (when a GET first shows it ended)."""
+    policy = policy or PollPolicy(timeout=None)
+    history = TimingHistory()
+
+    def engine() -> Engine:
+        return Engine(policy, START, random.Random(0), history, rows=rows)
+
+    shared = engine()
+    engines = [shared if batch else engine() for _ in gens]
+    trackers: list[PollTracker | None] = [None] * len(gens)
+    polls, lags = [0] * len(gens), [math.nan] * len(gens)
+    due = [(START, index) for index in range(len(gens))]
+    while due:
+        sent, index = heapq.heappop(due)
+        gen = gens[index]
+        generation = _generation(gen, shows(gen, sent))
+        polls[index] += 1
+        now = sent + RTT
+        step, trackers[index] = engines[index].seen(trackers[index], gen.id, now, generation, sent)
+        if step.verdict is Verdict.SLEEP:
+            heapq.heappush(due, (now + step.delay, index))
+        else:
+            assert step.result is not None and step.result.is_completed
+            lags[index] = now - (ends(gen) if ends else gen.finishes_at())
+    return polls, lags
+
+
+def _live(gen: _Gen, at: float) -> float:
+    return at
+
+
+def _refreshed(table: _RowTable) -> Shows:
+    def shows(gen: _Gen, at: float) -> float:
+        table.advance(at)
+        return table.refreshed_at[gen.id]
+
+    return shows
+
+
+def _rows_of(gens: list[_Gen], period: float, gap: float = 0.05, first: float = 7.0) -> _RowTable:
+    table = _RowTable(period, gap)
+    for gen in gens:
+        table.add(gen)
+    table._next_pass = START + first
+    return table
+
+
+def _batch(count: int, seed: int = 1, hinted: bool = True) -> list[_Gen]:
+    rng = random.Random(seed)
+    return [
+        _gen(index, rng.uniform(20, 60), rng.uniform(0.7, 1.3), hinted) for index in range(count)
+    ]
+
+
+def _plain_loop(ends: list[float]) -> tuple[float, float]:
+    """Mean polls and p95 lag of a loop looking every 3 s from the start."""
+    looks = [math.ceil((end - START) / 3.0 - 1e-9) + 1 for end in ends]
+    lags = sorted(START + (n - 1) * 3.0 - end for n, end in zip(looks, ends, strict=True))
+    return sum(looks) / len(looks), lags[math.ceil(0.95 * len(lags)) - 1]
+
+
+def _p95(values: list[float]) -> float:
+    return sorted(values)[math.ceil(0.95 * len(values)) - 1]
+
+
+# -- telling the kinds apart ------------------------------------------------------------
+
+
+def test_a_live_gateway_is_told_live_and_waited_on_as_before() -> None:
+    gens = _batch(20)
+    rows = RowClock()
+    polls, lags = _drive(gens, _live, rows)
+    assert rows.kind(START + 60) is Kind.LIVE
+    # As a Session that knows nothing of rows waits: the estimate, then closing in.
+    plain_polls, plain_lags = _drive(
+        gens, _live, RowClock(), policy=PollPolicy(timeout=None, refresh="live")
+    )
+    assert max(lags) <= max(plain_lags) + 0.5
+    assert sum(polls) <= sum(plain_polls) + len(gens)  # at most the one look that told
+
+
+def test_a_refreshed_gateway_is_told_and_its_period_learned() -> None:
+    gens = _batch(40)
+    table = _rows_of(gens, 15.0)
+    rows = RowClock()
+    polls, lags = _drive(gens, _refreshed(table), rows, ends=lambda g: table.final_at[g.id])
+    assert rows.kind(START + 60) is Kind.REFRESHED
+    assert rows.period is not None and 14.0 <= rows.period <= 18.0  # 15 s rest + a 2 s pass
+    mean_polls, plain_p95 = _plain_loop([table.final_at[g.id] for g in gens])
+    assert sum(polls) / len(polls) <= 0.5 * mean_polls
+    assert _p95(lags) <= plain_p95
+
+
+def test_a_stale_estimate_counts_from_its_refresh_not_from_the_look() -> None:
+    # A slow gateway (a pass a minute) refreshed the row 50 s before the first look, when 55 s
+    # were left: the generation ends 5 s after the look, and its row shows it 10 s after.
+    gen = _gen(0, 65.0, 1.0)
+    gen.started = START - 60.0
+    table = _rows_of([gen], 60.0, first=-50.0)
+    ends = lambda g: table.final_at[g.id]  # noqa: E731
+
+    def knowing() -> RowClock:  # a Session that met this gateway before
+        rows = RowClock()
+        rows.sign(START - 30.0, True)
+        rows.measured(START - 50.0, 60.0)
+        rows.refreshed(START - 50.0)
+        return rows
+
+    polls, lags = _drive([gen], _refreshed(table), knowing(), ends=ends)
+    assert lags[0] <= 1.0 and polls[0] <= 3
+    # Taken as measured at the look, the estimate would have put the next look 40 s on.
+    table = _rows_of([gen], 60.0, first=-50.0)
+    trusting = PollPolicy(timeout=None, refresh="live")
+    _, lags = _drive([gen], _refreshed(table), knowing(), policy=trusting, ends=ends)
+    assert lags[0] >= 20.0
+
+
+def test_a_period_that_drifts_as_the_pass_shrinks_is_followed() -> None:
+    # 200 rows 0.05 s apart: the first passes take 10 s, later ones less as rows finish, and
+    # new-api rests 15 s after each: the period falls from about 25 s towards 15 s.
+    gens = _batch(200, seed=3)
+    table = _rows_of(gens, 15.0)
+    rows = RowClock()
+    learned: list[tuple[float, float]] = []  # (what the Session says, what the gateway did)
+    shows = _refreshed(table)
+
+    def watching(gen: _Gen, at: float) -> float:
+        began = table.began
+        if len(began) >= 3 and (not learned or learned[-1][1] != began[-1] - began[-2]):
+            assert rows.period is not None
+            learned.append((rows.period, began[-1] - began[-2]))
+        return shows(gen, at)
+
+    _, lags = _drive(gens, watching, rows, batch=True, ends=lambda g: table.final_at[g.id])
+    truths = [truth for _, truth in learned]
+    print(learned)
+    assert truths[0] - truths[-1] >= 4.0  # the model drifts as described
+    assert all(abs(said - truth) <= 3.0 for said, truth in learned)
+    assert learned[0][0] - learned[-1][0] >= 3.0  # and the Session followed
+    assert max(lags) < 15.0  # never a whole period late
+
+
+def test_a_gateway_that_switches_kind_is_learned_again() -> None:
+    rows = RowClock()
+    first = _batch(20, seed=4)
+    table = _rows_of(first, 15.0)
+    _drive(first, _refreshed(table), rows, ends=lambda g: table.final_at[g.id])
+    assert rows.kind(START + 70) is Kind.REFRESHED
+    # The same Session later meets a live gateway (the user moved base_url, or the gateway
+    # changed): its waits read it live again within a few minutes, then wait as on one.
+    later = START + 400.0
+    live = [_gen(index, 40.0, 1.0) for index in range(10)]
+    for gen in live:
+        gen.started = later
+    polls, lags = _drive_from(later, live, _live, rows)
+    assert rows.kind(later + 60) is Kind.LIVE
+    assert max(lags) <= 1.5
+    # ... and back: a refreshed one is told at its first stale rows.
+    again = START + 800.0
+    refreshed = [_gen(index, 40.0, 1.0) for index in range(10)]
+    for gen in refreshed:
+        gen.started = again
+    table = _rows_of(refreshed, 15.0, first=again - START + 5.0)
+    _drive_from(again, refreshed, _refreshed(table), rows, ends=lambda g: table.final_at[g.id])
+    assert rows.kind(again + 30) is Kind.REFRESHED
+
+
+def _drive_from(
+    start: float,
+    gens: list[_Gen],
+    shows: Shows,
+    rows: RowClock,
+    ends: Callable[[_Gen], float] | None = None,
+) -> tuple[list[int], list[float]]:
+    global START
+    saved, START = START, start
+    try:
+        return _drive(gens, shows, rows, ends=ends)
+    finally:
+        START = saved
+
+
+def test_rows_without_an_estimate_are_polled_as_a_plain_loop_would() -> None:
+    gens = _batch(40, hinted=False)
+    table = _rows_of(gens, 15.0)
+    rows = RowClock()
+    polls, lags = _drive(
+        gens, _refreshed(table), rows, batch=True, ends=lambda g: table.final_at[g.id]
+    )
+    mean_polls, plain_p95 = _plain_loop([table.final_at[g.id] for g in gens])
+    assert sum(polls) / len(polls) <= mean_polls * 1.01
+    assert _p95(lags) <= plain_p95 * 1.05
+
+
+def test_the_user_can_say_which_kind_the_gateway_is() -> None:
+    rows = RowClock()
+    assert rows.kind(START) is Kind.UNKNOWN
+    assert rows.kind(START, 15.0) is Kind.REFRESHED and rows.period_for(15.0) == 15.0
+    assert rows.kind(START, "live") is Kind.LIVE
+    gens = _batch(20, seed=5)
+    table = _rows_of(gens, 15.0)
+    policy = PollPolicy(timeout=None, refresh=timedelta(seconds=15))
+    polls, lags = _drive(
+        gens, _refreshed(table), RowClock(), policy=policy, ends=lambda g: table.final_at[g.id]
+    )
+    mean_polls, plain_p95 = _plain_loop([table.final_at[g.id] for g in gens])
+    assert sum(polls) / len(polls) <= 0.6 * mean_polls
+    assert _p95(lags) <= plain_p95
+
+
+def test_a_row_track_brackets_refreshes_between_looks() -> None:
+    rows, track = RowClock(), RowTrack()
+    track.look(rows, 0.0, 0.1, ("processing", 40.0, None), 40.0, None)
+    track.look(rows, 3.0, 3.1, ("processing", 40.0, None), 40.0, None)  # the same over 3 s
+    assert rows.kind(3.1) is Kind.REFRESHED and track.refreshed_at is None
+    track.look(rows, 4.0, 4.1, ("processing", 25.0, None), 25.0, 15.0)  # fell 15 in 1 s
+    assert track.refreshed_at == pytest.approx(3.55)
+    assert track.unfinished_at == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, "often", math.inf, True])
+def test_poll_policy_refuses_a_refresh_that_is_no_period(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="refresh"):
+        PollPolicy(refresh=bad)  # type: ignore[arg-type]
+
+
+# -- end to end, over a real socket ------------------------------------------------------
+
+
+async def test_the_fake_serves_rows_refreshed_in_passes() -> None:
+    clock = FakeClock()
+    async with FakeDeerAPI(clock=clock, refresh=15.0, refresh_gap=1.0) as fake:
+        first = fake.add_generation("a", duration=10.0)
+        second = fake.add_generation("b", duration=40.0)
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url, clock=clock) as s:
+            clock.advance(12.0)
+            assert (await s.get_generation(first)).state is GenerationState.PENDING
+            clock.advance(3.5)  # the pass began at 15 s: "a" at once, "b" a second later
+            assert (await s.get_generation(first)).state is GenerationState.COMPLETED
+            assert (await s.get_generation(second)).state is GenerationState.PENDING
+            clock.advance(1.0)
+            assert (await s.get_generation(second)).state is GenerationState.PROCESSING
+        assert fake.shows_final_at(first) == pytest.approx(clock() - 16.5 + 15.0)
+        assert fake.body_of(second)["estimate_wait_seconds"] == 24  # as of 16 s, not now
+
+
+async def test_a_wait_behind_refreshed_rows_finds_the_refresh_that_holds_the_end() -> None:
+    clock = FakeClock()
+    async with FakeDeerAPI(clock=clock, refresh=15.0, refresh_gap=0.05) as fake:
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            task_id = fake.add_generation(duration=50.0, estimate_bias=0.9)
+            g = await s.wait_until_completed(task_id)
+        assert g.is_completed
+        lag = clock() - fake.shows_final_at(task_id)
+        assert 0 <= lag <= 3.0
+        assert fake.polls[task_id] <= 20  # a plain 3 s loop: 22
+
+
+async def test_a_batch_behind_refreshed_rows_reports_each_soon_after_its_row_ends() -> None:
+    clock = FakeClock()
+    async with FakeDeerAPI(clock=clock, refresh=5.0, refresh_gap=0.05) as fake:
+        rng = random.Random(2)
+        ids = [
+            fake.add_generation(duration=rng.uniform(20, 40), estimate_bias=rng.uniform(0.8, 1.2))
+            for _ in range(12)
+        ]
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            results = [result async for result in s.as_completed(ids)]
+        assert all(result.ok for result in results)
+        # When the server first answered each terminal (the fake clock moves on as the batch's
+        # other polls sleep, so the time a result is read says less).
+        lags = [fake.completed_at[i] - fake.shows_final_at(i) for i in ids]
+        assert len(results) == 12 and sorted(lags)[6] <= 1.5 and max(lags) <= 5.5
+        plain = sum(math.ceil(fake.shows_final_at(i) / 3.0) + 1 for i in ids)
+        assert sum(fake.polls.values()) <= plain
+
+
+async def test_a_deadline_behind_refreshed_rows_still_ends_with_a_last_look() -> None:
+    clock = FakeClock()
+    async with FakeDeerAPI(clock=clock, refresh=15.0) as fake:
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            task_id = fake.add_generation(duration=120.0)
+            with pytest.raises(deerluma.WaitTimeout) as caught:
+                await s.wait_until_completed(task_id, timeout=40.0)
+        assert 39.0 <= clock() - 1000.0 <= 40.0 + 1e-6
+        assert caught.value.last is not None
+
+
+async def test_a_user_who_says_live_gets_no_row_learning() -> None:
+    clock = FakeClock()
+    async with FakeDeerAPI(clock=clock) as fake:
+        async with deerluma.Session(
+            api_key=fake.api_key,
+            base_url=fake.url,
+            clock=clock,
+            sleep=clock.sleep,
+            policy=PollPolicy(refresh="live"),
+        ) as s:
+            task_id = fake.add_generation(duration=40.0)
+            await s.wait_until_completed(task_id)
+        assert fake.polls[task_id] <= 6  # the estimate, trusted as live
+
+
+def test_fake_refuses_a_refresh_that_is_no_period() -> None:
+    with pytest.raises(ValueError, match="refresh"):
+        FakeDeerAPI(refresh=0)
+    with pytest.raises(ValueError, match="refresh_gap"):
+        FakeDeerAPI(refresh=15, refresh_gap=-1)
