@@ -263,15 +263,20 @@ class PollTracker:
         )
         # Until the period is measured (or said) and a pass seen, a few waits scout for them.
         assumed = (policy.refresh is None and not rows.measuring) or not rows.passes_seen
-        target = row.next_look(rows, now, period, self._earliest_end(row), find, assumed=assumed)
+        target = row.next_look(
+            rows, now, period, self._earliest_end(row, period), find, assumed=assumed
+        )
         return min(max(0.0, target - now), policy.max_interval)
 
-    def _earliest_end(self, row: RowTrack) -> float | None:
+    def _earliest_end(self, row: RowTrack, period: float | None) -> float | None:
         """The earliest clock time the generation may end, as its row's estimate (counted from
-        the row's refresh, not from the look) or the history says."""
+        the row's refresh, not from the look: a row not placed yet may be a `period` old) or
+        the history says."""
         policy = self.policy
         if self._estimate is not None:
-            since = row.refreshed_at if row.refreshed_at is not None else self._estimate[0]
+            since = row.refreshed_at
+            if since is None:
+                since = self._estimate[0] - (period or 0.0)
             return since + max(0.0, self._estimate[1] - 0.5) / row.fastest(policy.hint_error)
         plan = (
             None

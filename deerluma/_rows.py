@@ -21,6 +21,7 @@ numbers out, no I/O and no clock of its own.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import statistics
 from collections import deque
@@ -85,12 +86,16 @@ _RATE_SPAN = 10.0
 _SCOUTS = 4
 _PROBERS = 8
 _SCOUT_HOLD = 20.0
+#: What the passes say of a row's next refresh is taken within these shares of its period.
+_SANE = (0.7, 1.3)
 #: Passes remembered, and how far apart two refreshes are at least to belong to two passes.
 _PASSES = 8
 _PASS_GAP = 3.0
 _WAYS = ("ticker", "rest")
+#: How much the latest pass counts in judging the two ways.
+_JUDGE_WEIGHT = 0.5
 #: A pass seen refresh fewer rows than this tells little of when it ended.
-_SEEN_END = 4
+_SEEN_END = 8
 #: Behind a refreshing gateway, a look that checks it is still one comes this often.
 _CHECK_EVERY = 30.0
 
@@ -123,7 +128,7 @@ class RowClock:
         self._signs: deque[tuple[float, bool]] = deque(maxlen=_SIGNS)  # (when, refreshed?)
         self._samples: deque[tuple[float, float]] = deque(maxlen=_SAMPLES)  # (when, seconds)
         self._passes: deque[_Pass] = deque(maxlen=_PASSES)
-        self._misses = dict.fromkeys(_WAYS, 0.0)  # how far each way was off, lately
+        self._misses: dict[str, float] = {}  # how far each way was off, lately
         self._scouts: dict[int, float] = {}
         self._probers: dict[int, float] = {}
         #: How far a refresh may come either way of its prediction, per period.
@@ -222,7 +227,9 @@ class RowClock:
             for way in _WAYS:
                 due = self._next_begin(way)
                 if due is not None:
-                    self._misses[way] += _TREND_WEIGHT * (abs(at - due) - self._misses[way])
+                    miss = abs(at - due)
+                    before = self._misses.get(way, miss)
+                    self._misses[way] = before + _JUDGE_WEIGHT * (miss - before)
             # Passes nobody saw in between count too: as many as the measured period fits.
             number = 0
             if passes:
@@ -240,9 +247,17 @@ class RowClock:
             return None
         before, latest = self._passes[-2], self._passes[-1]
         apart = latest.number - before.number
-        if way == "ticker" or apart != 1 or before.seen < _SEEN_END:
+        if way == "ticker":
             return latest.begin + (latest.begin - before.begin) / apart
-        return latest.end + (latest.begin - before.end)
+        rests = [
+            after.begin - first.end
+            for first, after in itertools.pairwise(self._passes)
+            if after.number - first.number == 1 and first.seen >= _SEEN_END
+        ]
+        if not rests:
+            return None
+        # A pass is seen to end no later than it did: the shortest rest seen is the truest.
+        return latest.end + min(rests)
 
     @property
     def pass_period(self) -> float | None:
@@ -254,7 +269,8 @@ class RowClock:
         return between if between is not None and between > _PASS_GAP else None
 
     def _way(self) -> str:
-        return min(_WAYS, key=lambda way: self._misses[way])
+        """The way that told the latest passes' beginnings best (a ticker, until judged)."""
+        return min(self._misses, key=self._misses.__getitem__, default="ticker")
 
     def shift(self, at: float, cycles: int) -> float | None:
         """How long after a refresh at `at` the same row is refreshed again `cycles` passes
@@ -442,7 +458,9 @@ class RowTrack:
         the passes seen say, else `cycles` of its period."""
         at = self.refreshed_at
         shift = None if at is None else clock.shift(at, cycles)
-        return cycles * own if shift is None else shift
+        if shift is None or not _SANE[0] * own <= shift / cycles <= _SANE[1] * own:
+            return cycles * own  # the passes seen say nothing (or nonsense) of this row's
+        return shift
 
     def _changed(
         self,
