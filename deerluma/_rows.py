@@ -308,11 +308,9 @@ class RowClock:
         return start + period
 
     def _span(self) -> float:
-        """How long the latest whole pass took to refresh the rows seen."""
-        if len(self._passes) < 2:
-            return 0.0
-        whole = self._passes[-2]
-        return whole.end - whole.begin
+        """How long a pass takes to refresh the rows seen (the longest seen: a pass is seen
+        in part)."""
+        return max((seen.end - seen.begin for seen in self._passes), default=0.0)
 
     def may_probe(self, track: object, now: float) -> bool:
         """Whether `track` may look again soon to learn the gateway's kind (a few do)."""
