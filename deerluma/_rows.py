@@ -221,8 +221,11 @@ class RowClock:
     def refreshed(self, at: float) -> None:
         """A pass was under way at `at` (some row was refreshed then)."""
         passes = self._passes
-        gap = min(_PASS_GAP, (self.period or _PRIOR_PERIOD) / 4)
-        if not passes or at > passes[-1].end + gap:
+        period = self.period or _PRIOR_PERIOD
+        gap = min(_PASS_GAP, period / 4)
+        # A new pass: a while after the latest refresh seen, and well after the pass began
+        # (rows of one pass are seen seconds apart when few of them are looked at).
+        if not passes or (at > passes[-1].end + gap and at > passes[-1].begin + period / 2):
             # A new pass: judge the two ways of telling when it would begin.
             for way in _WAYS:
                 due = self._next_begin(way)
@@ -297,7 +300,7 @@ class RowClock:
 
     def next_pass(self, after: float, period: float) -> float | None:
         """The earliest time from `after` at which a pass refreshes rows: `after` itself while
-        one is under way (as long as the latest whole one took), else when the next begins."""
+        one may be under way (as long as the longest seen took), else when the next begins."""
         if not self._passes:
             return None
         began = self._passes[-1].begin
