@@ -15,6 +15,7 @@ from ._jobs import Job, JobResult
 from ._ledger import JobState, Ledger
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy, Seconds
+from ._rows import GatewayView
 from ._session import PolicyTimeout, Session
 from ._stream import Updates
 from ._sync import SyncSession, SyncUpdates
@@ -64,6 +65,7 @@ __all__ = [
     "DestinationError",
     "DestinationExists",
     "DownloadError",
+    "GatewayView",
     "Generation",
     "GenerationFailed",
     "GenerationState",

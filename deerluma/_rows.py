@@ -29,7 +29,7 @@ from typing import Literal
 
 import attrs
 
-__all__ = ["Kind", "Refresh", "RowClock", "RowTrack"]
+__all__ = ["GatewayView", "Kind", "Refresh", "RowClock", "RowTrack"]
 
 #: What `PollPolicy.refresh` may say: a period in seconds, "live", or None (learn it).
 Refresh = float | Literal["live"] | None
@@ -100,6 +100,19 @@ _SEEN_END = 8
 _CHECK_EVERY = 30.0
 
 
+@attrs.frozen
+class GatewayView:
+    """What a Session learned of how its gateway answers a GET, for logs and displays."""
+
+    #: "live" (every GET asks the upstream), "refreshed" (GETs read a row that a background
+    #: pass refreshes) or "unknown" (not learned yet; waits poll as for a live one).
+    kind: str
+    #: How far apart the passes that refresh the rows begin, in seconds (None: not known).
+    period: float | None
+    #: Whether the period was measured (False: assumed, or said by the policy).
+    measured: bool
+
+
 class Kind(enum.Enum):
     """Which kind of gateway answers a Session's GETs."""
 
@@ -140,6 +153,12 @@ class RowClock:
     def __repr__(self) -> str:
         period = "?" if self.period is None else f"{self.period:.1f}s"
         return f"RowClock(period={period}, drift={self.drift:.2f}s, signs={len(self._signs)})"
+
+    def view(self, now: float) -> GatewayView:
+        """What this Session learned, as of `now`."""
+        kind = self.kind(now)
+        period = self.period if kind is Kind.REFRESHED else None
+        return GatewayView(kind.value, period, bool(self._samples) and period is not None)
 
     def sign(self, now: float, refreshed: bool) -> None:
         """A pair of looks said the rows are refreshed (True) or live (False)."""

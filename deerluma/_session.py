@@ -29,7 +29,7 @@ from ._ledger import Ledger
 from ._models import Generation
 from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, seconds_of
-from ._rows import RowClock
+from ._rows import GatewayView, RowClock
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
 from ._validate import check_api_key, check_base_url, check_batch, check_task_id
@@ -140,6 +140,13 @@ class Session:
         earlier run learned (``s.history.durations``).
         """
         return self._history
+
+    @property
+    def gateway(self) -> GatewayView:
+        """How the gateway answers a GET, as this Session learned from the answers: "live"
+        (it asks Luma each time) or "refreshed" (it serves its own rows, refreshed every
+        `period` seconds, as new-api does), or "unknown". See docs/waiting.md."""
+        return self._rows.view(self._clock())
 
     @property
     def rate(self) -> RateView:

@@ -23,6 +23,7 @@ from ._gate import RateView
 from ._history import TimingHistory
 from ._policy import PollPolicy, Seconds
 from ._portal import LoopThread
+from ._rows import GatewayView
 from ._session import Session
 from ._stream import Updates
 from ._transport import Clock, Sleep
@@ -213,6 +214,11 @@ class SyncSession:
     def rate(self) -> RateView:
         """The request rate sent at now, its cap, and the 429 count (see Session.rate)."""
         return self.session.rate
+
+    @property
+    def gateway(self) -> GatewayView:
+        """How the gateway answers a GET, as learned (see Session.gateway)."""
+        return self.session.gateway
 
     @property
     def rate_limited_count(self) -> int:

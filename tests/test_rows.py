@@ -306,8 +306,10 @@ async def test_a_wait_behind_refreshed_rows_finds_the_refresh_that_holds_the_end
         async with deerluma.Session(
             api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
         ) as s:
+            assert s.gateway == deerluma.GatewayView("unknown", None, measured=False)
             task_id = fake.add_generation(duration=50.0, estimate_bias=0.9)
             g = await s.wait_until_completed(task_id)
+            assert s.gateway.kind == "refreshed"
         assert g.is_completed
         lag = clock() - fake.shows_final_at(task_id)
         assert 0 <= lag <= 3.0
@@ -370,3 +372,11 @@ def test_fake_refuses_a_refresh_that_is_no_period() -> None:
         FakeDeerAPI(refresh=0)
     with pytest.raises(ValueError, match="refresh_gap"):
         FakeDeerAPI(refresh=15, refresh_gap=-1)
+
+
+def test_a_sync_session_shows_what_it_learned_of_its_gateway() -> None:
+    with (
+        FakeDeerAPI().in_thread() as fake,
+        deerluma.SyncSession(api_key=fake.api_key, base_url=fake.url) as s,
+    ):
+        assert s.gateway.kind == "unknown" and s.gateway.period is None

@@ -55,6 +55,10 @@ What it does:
   ``clock`` in real time (use a ScaledClock, not a FakeClock);
   ``callback_loss`` loses a share of them and ``callback_duplicates`` sends a
   share twice; ``callbacks`` records each (``SentCallback``).
+- Rows: with ``refresh`` (seconds), a GET answers from the gateway's own row,
+  as new-api and its forks do: a background pass refreshes the unfinished
+  rows oldest first, ``refresh_gap`` seconds apart, then rests ``refresh``
+  seconds; ``shows_final_at(task_id)`` is when a row turned final.
 - It records what it saw: ``requests`` (method, path, whether a key was sent,
   status, clock time), ``polls[task_id]``, ``completed_at[task_id]`` (clock
   time of the first answer showing it terminal) and ``max_in_flight``; set
