@@ -23,8 +23,7 @@ import attrs
 import deerluma
 from deerluma.testing import FakeDeerAPI, ScaledClock
 
-from .bench_wait import NAIVE_INTERVAL, Outcome, naive_wait
-from .common import percentile
+from .bench_wait import NAIVE_INTERVAL, Outcome, naive_wait, table
 
 GAP = 0.05
 
@@ -112,19 +111,7 @@ async def run_waiter(
 
 
 def report(case: Case, outcomes: dict[str, Outcome]) -> None:
-    print(f"\n{case.name}")
-    print(
-        f"  {'waiter':<10} {'polls/task':>10} {'lag p50':>8} {'lag p95':>8}"
-        f" {'lost':>5} {'wrong':>6}"
-    )
-    rows: dict[str, tuple[float, float, float]] = {}
-    for kind, o in outcomes.items():
-        polls = sum(o.polls) / max(1, len(o.polls))
-        p50, p95 = percentile(o.lags, 50), percentile(o.lags, 95)
-        rows[kind] = (polls, p95, p50)
-        print(
-            f"  {kind:<10} {polls:>10.2f} {p50:>7.2f}s {p95:>7.2f}s {o.lost:>5} {o.misreported:>6}"
-        )
+    rows = table(case.name, outcomes)
     ours, plain = rows["deerluma"], rows["naive"]
     ratios = tuple(a / b if b else float("nan") for a, b in zip(ours, plain, strict=True))
     names = ("polls", "lag p95", "lag p50")

@@ -134,8 +134,9 @@ async def run_scenario(
     return outcomes
 
 
-def report(scenario: Scenario, outcomes: dict[str, Outcome]) -> None:
-    print(f"\n{scenario.name}")
+def table(name: str, outcomes: dict[str, Outcome]) -> dict[str, tuple[float, float, float]]:
+    """Print each waiter's polls, lags and losses; return (polls, lag p95, lag p50) by waiter."""
+    print(f"\n{name}")
     print(
         f"  {'waiter':<10} {'polls/task':>10} {'lag p50':>8} {'lag p95':>8}"
         f" {'lost':>5} {'wrong':>6}"
@@ -144,11 +145,16 @@ def report(scenario: Scenario, outcomes: dict[str, Outcome]) -> None:
     for kind, o in outcomes.items():
         polls = sum(o.polls) / max(1, len(o.polls))
         p50, p95 = percentile(o.lags, 50), percentile(o.lags, 95)
-        rows[kind] = (polls, p95)
+        rows[kind] = (polls, p95, p50)
         print(
             f"  {kind:<10} {polls:>10.2f} {p50:>7.2f}s {p95:>7.2f}s {o.lost:>5} {o.misreported:>6}"
         )
-    (polls, p95), (naive_polls, naive_p95) = rows["deerluma"], rows["naive"]
+    return rows
+
+
+def report(scenario: Scenario, outcomes: dict[str, Outcome]) -> None:
+    rows = table(scenario.name, outcomes)
+    (polls, p95, _), (naive_polls, naive_p95, _) = rows["deerluma"], rows["naive"]
     polls_ratio, lag_ratio = polls / naive_polls, p95 / naive_p95
     line = f"  deerluma / naive: polls {ratio(polls, naive_polls)}, lag p95 {ratio(p95, naive_p95)}"
     line += f", product {polls_ratio * lag_ratio:.2f}"

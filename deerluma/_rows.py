@@ -336,25 +336,11 @@ class RowClock:
 
     def may_probe(self, track: object, now: float) -> bool:
         """Whether `track` may look again soon to learn the gateway's kind (a few do)."""
-        for key, since in list(self._probers.items()):
-            if since < now - _SCOUT_HOLD:
-                del self._probers[key]
-        key = id(track)
-        if key in self._probers or len(self._probers) < _PROBERS:
-            self._probers[key] = now
-            return True
-        return False
+        return _take_place(self._probers, track, now, _PROBERS)
 
     def may_scout(self, track: object, now: float) -> bool:
         """Whether `track` may look for the first pass now (a few waits do, not all)."""
-        for key, since in list(self._scouts.items()):
-            if since < now - _SCOUT_HOLD:
-                del self._scouts[key]
-        key = id(track)
-        if key in self._scouts or len(self._scouts) < _SCOUTS:
-            self._scouts[key] = now
-            return True
-        return False
+        return _take_place(self._scouts, track, now, _SCOUTS)
 
     def checking(self, now: float) -> None:
         """A wait took the check that is due: the others need not."""
@@ -364,6 +350,18 @@ class RowClock:
         """Whether a wait should check that the gateway still refreshes its rows (no pair of
         looks has said so for a while)."""
         return now - self._last_check >= _CHECK_EVERY
+
+
+def _take_place(places: dict[int, float], track: object, now: float, most: int) -> bool:
+    """Whether `track` holds one of `most` places (held while used, for `_SCOUT_HOLD`)."""
+    for key, since in list(places.items()):
+        if since < now - _SCOUT_HOLD:
+            del places[key]
+    key = id(track)
+    if key in places or len(places) < most:
+        places[key] = now
+        return True
+    return False
 
 
 class RowTrack:
