@@ -42,6 +42,8 @@ class Case:
     gap: float = 0.05
     #: Answers come this long after their request at most (a rate gate's queue, say).
     wait: float = 0.0
+    #: Passes begin every `refresh` seconds (not `refresh` seconds after the last ended).
+    ticker: bool = False
 
 
 CASES = (
@@ -50,6 +52,7 @@ CASES = (
     Case("R3 40 ids batch, 5 s", 40, 5.0, batch=True),
     Case("R4 40 ids batch, no estimate", 40, 15.0, hinted=False, batch=True),
     Case("R5 40 ids batch, 5 s, answers late", 40, 5.0, batch=True, wait=3.0),
+    Case("R2t R2, passes on a 15 s ticker", 200, 15.0, batch=True, ticker=True),
 )
 
 
@@ -66,7 +69,7 @@ def _body(gen: _Gen, at: float) -> bytes:
 def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], list[float]]:
     """Polls and lags of deerluma's waits, then of a plain loop's, on one seed's rows."""
     rng = random.Random(seed)
-    table = _RowTable(case.refresh, case.gap)
+    table = _RowTable(case.refresh, case.gap, ticker=case.ticker)
     start = 1000.0 + rng.uniform(0, case.refresh)  # passes fall anywhere against the waits
     table._next_pass = None
     gens = []

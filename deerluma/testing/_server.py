@@ -87,16 +87,18 @@ class _RowTable:
 
     A GET shows a task's row as of its last refresh. A pass over the unfinished rows,
     oldest first and at most `_PASS_LIMIT`, refreshes them one after the other, `gap`
-    seconds apart; the next pass starts `period` seconds after one ends, so the cadence
-    drifts as the pass grows or shrinks. Passes are played lazily up to the clock a
-    request reads: no background task, so any clock drives it.
+    seconds apart; the next pass starts `period` seconds after one ends (new-api sleeps
+    after each), so the cadence drifts as the pass grows or shrinks; with `ticker`, every
+    `period` seconds (or at once, when a pass took longer). Passes are played lazily up to
+    the clock a request reads: no background task, so any clock drives it.
     """
 
     _PASS_LIMIT = 1000
 
-    def __init__(self, period: float, gap: float) -> None:
+    def __init__(self, period: float, gap: float, *, ticker: bool = False) -> None:
         self.period = period
         self.gap = gap
+        self.ticker = ticker
         self.refreshed_at: dict[str, float] = {}
         self.final_at: dict[str, float] = {}
         self._gens: dict[str, _Gen] = {}  # in creation order
@@ -119,7 +121,9 @@ class _RowTable:
                 at, gen = self._pass.popleft()
                 self._apply(at, gen)
                 if not self._pass:
-                    self._next_pass = at + self.period
+                    self._next_pass = (
+                        max(at, self.began[-1] + self.period) if self.ticker else at + self.period
+                    )
             if self._pass or self._next_pass is None or self._next_pass > now:
                 return
             start = self._next_pass
