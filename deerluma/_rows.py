@@ -60,6 +60,10 @@ _FOUND = 3.5
 #: A refresh known within this many seconds is aimed at from just after its latest possible
 #: time; a wider one is halved first (a look in the middle, and another if it came early).
 _AIM_WIDTH = 1.0
+#: The share of first steps through a window that may find the refresh come already, and how
+#: fast the lead before a window follows them.
+_LATE_SHARE = 0.2
+_LEAD_STEP = 0.5
 #: A refresh that may hold the end, known only roughly, is looked for this often.
 _AIM_STEP = 1.5
 #: ... or a share of the period, when that is shorter (short periods are cheap to step through).
@@ -148,6 +152,8 @@ class RowClock:
         self.drift = _DRIFT_START
         #: How much longer each row's period lately came out than predicted (negative: shorter).
         self.trend = 0.0
+        #: How long before a window that may hold the end its first step goes (learned).
+        self.lead = 0.0
         self._last_check = -math.inf
 
     def __repr__(self) -> str:
@@ -342,6 +348,12 @@ class RowClock:
         """Whether `track` may look for the first pass now (a few waits do, not all)."""
         return _take_place(self._scouts, track, now, _SCOUTS)
 
+    def led(self, late: bool, period: float | None) -> None:
+        """The first step through a window found the refresh come already (`late`) or not:
+        follow how early to begin, so that about `_LATE_SHARE` of first steps are late."""
+        step = _LEAD_STEP * ((1 - _LATE_SHARE) if late else -_LATE_SHARE)
+        self.lead = max(0.0, min((period or _PRIOR_PERIOD) / 3, self.lead + step))
+
     def checking(self, now: float) -> None:
         """A wait took the check that is due: the others need not."""
         self._last_check = now
@@ -384,6 +396,7 @@ class RowTrack:
         "_first_answered",
         "_guessed",
         "_high",
+        "_leading",
         "_looks",
         "_low",
         "_own_period",
@@ -413,6 +426,7 @@ class RowTrack:
         self._pinned: tuple[float, float, float] | None = None  # first known (low, high, estimate)
         self._ahead = 0  # the refresh the next look goes after: this many after the row's
         self._looks = 0
+        self._leading = False  # the latest look was the first step through a window
         self._guessed = 0  # refreshes since the last one the looks alone bracketed
         self._checking = False
         self._searching = False  # looking where a pass is due, for this row's phase
@@ -444,6 +458,9 @@ class RowTrack:
     ) -> None:
         """A look sent at `sent` and answered at `now` showed `row` (what a watcher sees)."""
         self._looks += 1
+        if self._leading and self._row is not None:
+            self._leading = False
+            clock.led(row != self._row, period)
         if self._row is None:
             self._row, self.last_sent, self._estimate = row, sent, estimate
             self._answered = self._first_answered = now
@@ -655,8 +672,13 @@ class RowTrack:
         if last - first <= _AIM_WIDTH:
             return last + _MARGIN
         if earliest_end is None or last + _MARGIN >= earliest_end:
-            # This refresh may hold the end: step through its window, so that none is late.
-            return first + min(_AIM_STEP, max(_RETRY, own / _AIM_SHARE))
+            # This refresh may hold the end: step through its window, so that none is late,
+            # from a little before it as refreshes lately came sooner than predicted.
+            step = min(_AIM_STEP, max(_RETRY, own / _AIM_SHARE))
+            if self.last_sent < first:
+                self._leading = True
+                return max(now, first - clock.lead + step)
+            return first + step
         return (first + last) / 2
 
     def _step(self, now: float, step: float) -> float:
