@@ -64,6 +64,8 @@ _AIM_WIDTH = 1.0
 #: fast the lead before a window follows them.
 _LATE_SHARE = 0.2
 _LEAD_STEP = 0.5
+#: ... at most this many steps before it.
+_LEAD_STEPS = 2
 #: A refresh that may hold the end, known only roughly, is looked for this often.
 _AIM_STEP = 1.5
 #: ... or a share of the period, when that is shorter (short periods are cheap to step through).
@@ -677,7 +679,9 @@ class RowTrack:
             step = min(_AIM_STEP, max(_RETRY, own / _AIM_SHARE))
             if self.last_sent < first:
                 self._leading = True
-                return max(now, first - clock.lead + step)
+                # (beyond what the window already allows for straying either way)
+                lead = min(max(0.0, clock.lead - cycle * drift), _LEAD_STEPS * step)
+                return max(now, first - lead + step)
             return first + step
         return (first + last) / 2
 
