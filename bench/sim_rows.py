@@ -21,9 +21,9 @@ import attrs
 
 from deerluma._decode import decode_generation
 from deerluma._engine import Engine, PollTracker, Verdict
+from deerluma._gateway import RowClock
 from deerluma._history import TimingHistory
 from deerluma._policy import PollPolicy
-from deerluma._rows import RowClock
 from deerluma.testing._server import _Gen, _RowTable
 
 from .common import percentile

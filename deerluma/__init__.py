@@ -10,12 +10,12 @@ from ._create import AspectRatio, CreateOptions
 from ._decode import decode_generation
 from ._download import Asset, OnProgress
 from ._gate import RateView
+from ._gateway import GatewayView
 from ._history import TimingHistory
 from ._jobs import Job, JobResult
 from ._ledger import JobState, Ledger
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy, Seconds
-from ._rows import GatewayView
 from ._session import PolicyTimeout, Session
 from ._stream import Updates
 from ._sync import SyncSession, SyncUpdates

@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
+from ._gateway import Kind, RowClock
 from ._history import Plan, TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
-from ._rows import Kind, RowClock, RowTrack
+from ._rows import Look, RowTrack
 from .exceptions import (
     DeadlineExceeded,
     DeerLumaError,
@@ -171,14 +172,9 @@ class PollTracker:
         """Show the row what a poll saw (finished or not)."""
         if self._row is not None and self._rows is not None:
             estimate = generation.estimate_wait_seconds
-            self._row.look(
-                self._rows,
-                now if sent is None else sent,
-                now,
-                (generation.state.value, estimate, generation.queue_state),
-                estimate,
-                self._rows.period_for(self.policy.refresh),
-            )
+            row = (generation.state.value, estimate, generation.queue_state)
+            seen = Look(now if sent is None else sent, now, row, estimate)
+            self._row.look(self._rows, seen, self._rows.period_for(self.policy.refresh))
 
     def _refreshed(self, now: float) -> bool:
         """Whether the gateway serves its own rows, as far as this Session knows."""

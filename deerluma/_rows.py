@@ -1,38 +1,21 @@
-"""Gateways that serve their own rows: telling them from live ones, and when a row changes next.
+"""One task's row behind a gateway that serves its own rows: when it changed, and when to look next.
 
-new-api and its forks answer a task's GET from their own database row, which a
-background pass refreshes every ~15 s (their service/task_polling.go); other
-gateways ask the upstream on every GET. Nothing says which kind a gateway is,
-so a Session learns it from the answers alone:
-
-- a row is *stale* when the same estimate comes back over seconds: a live
-  estimate counts down as time passes;
-- it *jumped* when, between two looks a moment apart, the estimate fell by far
-  more than the time between them: a refresh came in between;
-- it is *live* when it fell by about the time between two looks a moment apart.
-
-Behind a refreshing gateway a row changes only at its refreshes, so a wait
-looks just after each one that may hold the end, and at nothing in between.
-`RowClock` is what a Session learned (the kind, the period, where passes fall,
-how far refreshes drift); `RowTrack` is one task's row. Pure: numbers in,
-numbers out, no I/O and no clock of its own.
+Behind such a gateway (see `_gateway`) a row changes only at its refreshes. A
+`RowTrack` brackets each refresh between two looks, says what the pair of looks
+tells of the gateway's kind (a stale estimate, one that jumped, one that fell as
+time passed), places the row in the Session's passes, and plans the next look:
+just after each refresh that may hold the end, at nothing in between. Pure:
+numbers in, numbers out, no I/O and no clock of its own.
 """
 
 from __future__ import annotations
 
-import enum
-import itertools
 import math
-import statistics
-from collections import deque
-from typing import Literal
+from typing import NamedTuple
 
-import attrs
+from ._gateway import PRIOR_PERIOD, RowClock
 
-__all__ = ["GatewayView", "Kind", "Refresh", "RowClock", "RowTrack"]
-
-#: What `PollPolicy.refresh` may say: a period in seconds, "live", or None (learn it).
-Refresh = float | Literal["live"] | None
+__all__ = ["Look", "RowTrack"]
 
 #: The same estimate (of at least `_COUNTING` s) over this many seconds: the row is stale.
 _STALE_SPAN = 2.5
@@ -44,15 +27,6 @@ _SHORT_LOOK = 0.8
 #: A live estimate falls this many seconds a second, or so (whole seconds: ±1 over a pair).
 _LIVE_LOW = 0.6
 _LIVE_HIGH = 1.6
-#: Signs older than this are forgotten: a gateway that changes kind is learned again.
-_MEMORY = 180.0
-#: One sign in this many saying "refreshed" is enough to say so.
-_STALE_SHARE = 10
-_SIGNS = 40
-#: The period assumed until one is measured: new-api's (its task poller's Interval()).
-_PRIOR_PERIOD = 15.0
-#: Period samples the median is taken over (the period drifts as a pass grows or shrinks).
-_SAMPLES = 16
 #: A refresh bracketed within this many seconds is known well enough to measure the period.
 _MEASURED = 2.0
 #: A refresh known within this many seconds tells where passes fall.
@@ -60,23 +34,12 @@ _FOUND = 3.5
 #: A refresh known within this many seconds is aimed at from just after its latest possible
 #: time; a wider one is halved first (a look in the middle, and another if it came early).
 _AIM_WIDTH = 1.0
-#: The share of first steps through a window that may find the refresh come already, and how
-#: fast the lead before a window follows them.
-_LATE_SHARE = 0.2
-_LEAD_STEP = 0.5
-#: ... at most this many steps before it.
-_LEAD_STEPS = 2
-#: A refresh that may hold the end, known only roughly, is looked for this often.
+#: A refresh that may hold the end, known only roughly, is looked for this often (from a
+#: learned lead before its window, at most this many steps)...
 _AIM_STEP = 1.5
+_LEAD_STEPS = 2
 #: ... or a share of the period, when that is shorter (short periods are cheap to step through).
 _AIM_SHARE = 8
-#: Each predicted refresh may come this far either way of its prediction (learned, from here).
-_DRIFT_START = 0.4
-_DRIFT_MIN = 0.1
-#: How fast the trend follows what the latest periods say.
-_TREND_WEIGHT = 0.3
-#: ... and while the period is only assumed (new-api's passes take longer as they grow).
-_PRIOR_SPREAD = 3.0
 #: A look aimed just after a refresh goes this long after its latest possible time.
 _MARGIN = 0.05
 #: After a look that found an overdue refresh still to come, the next comes this soon
@@ -88,294 +51,18 @@ _TWO_CYCLES = 1.41
 _UNMEASURED_SKIP = 2
 #: Two rows whose refreshes are at least this far apart measure how fast the estimate falls.
 _RATE_SPAN = 10.0
-#: While no pass has been seen, at most this many waits look for one; the rest wait for them.
-_SCOUTS = 4
-_PROBERS = 8
-_SCOUT_HOLD = 20.0
 #: What the passes say of a row's next refresh is taken within these shares of its period.
 _SANE = (0.7, 1.3)
-#: Passes remembered, and how far apart two refreshes are at least to belong to two passes.
-_PASSES = 8
-_PASS_GAP = 3.0
-_WAYS = ("ticker", "rest")
-#: How much the latest pass counts in judging the two ways.
-_JUDGE_WEIGHT = 0.5
-#: A pass seen refresh fewer rows than this tells little of when it ended.
-_SEEN_END = 8
-#: Behind a refreshing gateway, a look that checks it is still one comes this often.
-_CHECK_EVERY = 30.0
 
 
-@attrs.frozen
-class GatewayView:
-    """What a Session learned of how its gateway answers a GET, for logs and displays."""
+class Look(NamedTuple):
+    """One look at a row: when its request was sent and its answer came, and what it showed."""
 
-    #: "live" (every GET asks the upstream), "refreshed" (GETs read a row that a background
-    #: pass refreshes) or "unknown" (not learned yet; waits poll as for a live one).
-    kind: str
-    #: How far apart the passes that refresh the rows begin, in seconds (None: not known).
-    period: float | None
-    #: Whether the period was measured (False: assumed, or said by the policy).
-    measured: bool
-
-
-class Kind(enum.Enum):
-    """Which kind of gateway answers a Session's GETs."""
-
-    UNKNOWN = "unknown"  #: not learned yet: waits poll as for a live one
-    LIVE = "live"  #: every GET asks the upstream
-    REFRESHED = "refreshed"  #: GETs read a row that a background pass refreshes
-
-
-@attrs.define
-class _Pass:
-    """A pass over the rows, as the rows it refreshed showed it."""
-
-    number: int  #: counted from the first seen (a pass nobody saw is counted in too)
-    begin: float  #: the earliest refresh seen in it
-    end: float  #: the latest
-    seen: int = 1  #: how many refreshes were seen in it
-
-    def saw(self, at: float) -> None:
-        self.begin, self.end, self.seen = min(self.begin, at), max(self.end, at), self.seen + 1
-
-
-class RowClock:
-    """What a Session learned about its gateway's rows, shared by every wait and batch in it."""
-
-    def __init__(self) -> None:
-        self._signs: deque[tuple[float, bool]] = deque(maxlen=_SIGNS)  # (when, refreshed?)
-        self._samples: deque[tuple[float, float]] = deque(maxlen=_SAMPLES)  # (when, seconds)
-        self._passes: deque[_Pass] = deque(maxlen=_PASSES)
-        self._misses: dict[str, float] = {}  # how far each way was off, lately
-        self._scouts: dict[int, float] = {}
-        self._probers: dict[int, float] = {}
-        #: How far a refresh may come either way of its prediction, per period.
-        self.drift = _DRIFT_START
-        #: How much longer each row's period lately came out than predicted (negative: shorter).
-        self.trend = 0.0
-        #: How long before a window that may hold the end its first step goes (learned).
-        self.lead = 0.0
-        self._last_check = -math.inf
-
-    def __repr__(self) -> str:
-        period = "?" if self.period is None else f"{self.period:.1f}s"
-        return f"RowClock(period={period}, drift={self.drift:.2f}s, signs={len(self._signs)})"
-
-    def view(self, now: float) -> GatewayView:
-        """What this Session learned, as of `now`."""
-        kind = self.kind(now)
-        period = self.period if kind is Kind.REFRESHED else None
-        return GatewayView(kind.value, period, bool(self._samples) and period is not None)
-
-    def sign(self, now: float, refreshed: bool) -> None:
-        """A pair of looks said the rows are refreshed (True) or live (False)."""
-        self._signs.append((now, refreshed))
-        self._last_check = now
-
-    def kind(self, now: float, fixed: Refresh = None) -> Kind:
-        """The kind of gateway, as the signs of the last few minutes say (or as `fixed`)."""
-        if fixed == "live":
-            return Kind.LIVE
-        if fixed is not None:
-            return Kind.REFRESHED
-        while self._signs and self._signs[0][0] < now - _MEMORY:
-            self._signs.popleft()
-        refreshed = sum(1 for _, sign in self._signs if sign)
-        live = len(self._signs) - refreshed
-        # A live row never shows a stale estimate; a refreshed one shows some, however short
-        # its period (and pairs that straddle a refresh can read live).
-        if refreshed and refreshed * _STALE_SHARE >= len(self._signs):
-            return Kind.REFRESHED
-        if live >= 3 and refreshed * 20 <= len(self._signs):
-            return Kind.LIVE
-        return Kind.UNKNOWN
-
-    def period_for(self, fixed: Refresh) -> float | None:
-        """The refresh period: the user's, else the median of the latest samples."""
-        if fixed is not None and fixed != "live":
-            return fixed
-        return self.period
-
-    @property
-    def period(self) -> float | None:
-        """The learned refresh period (None: no refreshing gateway seen yet)."""
-        if self.pass_period is not None:
-            return self.pass_period
-        sampled = self._sampled()
-        if sampled is not None:
-            return sampled
-        return _PRIOR_PERIOD if self._signs else None
-
-    def _sampled(self) -> float | None:
-        """The period as rows measured it lately (those of the latest pass: a pass grows and
-        shrinks with the rows it refreshes)."""
-        if not self._samples:
-            return None
-        latest = self._samples[-1][0]
-        recent = [value for at, value in self._samples if at >= latest - value / 2]
-        return float(statistics.median(recent))
-
-    @property
-    def passes_seen(self) -> bool:
-        """Whether some row's refresh told where passes fall."""
-        return bool(self._passes)
-
-    @property
-    def measuring(self) -> bool:
-        """Whether the period was measured (not only assumed)."""
-        return bool(self._samples)
-
-    @property
-    def spread(self) -> float:
-        """How far a refresh may come either way of its prediction (wider while the period is
-        only assumed)."""
-        return self.drift if self._samples else max(self.drift, _PRIOR_SPREAD)
-
-    def measured(self, at: float, seconds: float) -> None:
-        """One row's refreshes were this far apart, the latest at `at`."""
-        if seconds > 0:
-            self._samples.append((at, seconds))
-
-    def missed(self, residual: float, period: float) -> None:
-        """A row's period came out `residual` seconds longer than predicted: follow which way
-        periods move (the trend) and how far they stray from it (the drift: twice the mean, so
-        that most fall within)."""
-        self.trend += _TREND_WEIGHT * (residual - self.trend)
-        miss = abs(residual - self.trend)
-        self.drift = min(period / 4, max(_DRIFT_MIN, 0.8 * self.drift + 0.4 * miss))
-
-    def refreshed(self, at: float) -> None:
-        """A pass was under way at `at` (some row was refreshed then)."""
-        passes = self._passes
-        period = self.period or _PRIOR_PERIOD
-        gap = min(_PASS_GAP, period / 4)
-        # A new pass: a while after the latest refresh seen, and well after the pass began
-        # (rows of one pass are seen seconds apart when few of them are looked at).
-        if not passes or (at > passes[-1].end + gap and at > passes[-1].begin + period / 2):
-            # A new pass: judge the two ways of telling when it would begin.
-            for way in _WAYS:
-                due = self._next_begin(way)
-                if due is not None:
-                    miss = abs(at - due)
-                    before = self._misses.get(way, miss)
-                    self._misses[way] = before + _JUDGE_WEIGHT * (miss - before)
-            # Passes nobody saw in between count too: as many as the measured period fits.
-            number = 0
-            if passes:
-                each = self._sampled()
-                skipped = 1 if each is None else max(1, round((at - passes[-1].begin) / each))
-                number = passes[-1].number + skipped
-            passes.append(_Pass(number, at, at))
-        elif at >= passes[-1].begin - gap:
-            passes[-1].saw(at)
-
-    def _next_begin(self, way: str) -> float | None:
-        """When the pass after the latest begins: a fixed time after the one before began (a
-        ticker), or a fixed rest after the one before ended (new-api sleeps 15 s after each)."""
-        if len(self._passes) < 2:
-            return None
-        before, latest = self._passes[-2], self._passes[-1]
-        apart = latest.number - before.number
-        if way == "ticker":
-            return latest.begin + (latest.begin - before.begin) / apart
-        rests = [
-            after.begin - first.end
-            for first, after in itertools.pairwise(self._passes)
-            if after.number - first.number == 1 and first.seen >= _SEEN_END
-        ]
-        if not rests:
-            return None
-        # A pass is seen to end no later than it did: the shortest rest seen is the truest.
-        return latest.end + min(rests)
-
-    @property
-    def pass_period(self) -> float | None:
-        """How far apart the latest pass and the next begin, the better way of telling."""
-        if len(self._passes) < 2 or not self._samples:
-            return None  # passes nobody saw may lie between those seen: no count without samples
-        due = self._next_begin(self._way())
-        between = None if due is None else due - self._passes[-1].begin
-        return between if between is not None and between > _PASS_GAP else None
-
-    def _way(self) -> str:
-        """The way that told the latest passes' beginnings best (a ticker, until judged)."""
-        return min(self._misses, key=self._misses.__getitem__, default="ticker")
-
-    def shift(self, at: float, cycles: int) -> float | None:
-        """How long after a refresh at `at` the same row is refreshed again `cycles` passes
-        later: from the passes seen and the way they follow each other (None: `at` fell in
-        no pass seen)."""
-        passes, gap = self._passes, _PASS_GAP
-        home = next((p for p in passes if p.begin - gap <= at <= p.end + gap), None)
-        period = self.pass_period
-        if home is None or period is None:
-            return None
-        target = home.number + cycles
-        latest = passes[-1]
-        if target <= latest.number:
-            seen = next((p for p in passes if p.number == target), None)
-            if seen is not None:
-                return seen.begin - home.begin
-            before = max((p for p in passes if p.number < target), key=lambda p: p.number)
-            after = min((p for p in passes if p.number > target), key=lambda p: p.number)
-            each = (after.begin - before.begin) / (after.number - before.number)  # nobody saw
-            return before.begin + (target - before.number) * each - home.begin
-        due = self._next_begin(self._way())
-        assert due is not None
-        return due + (target - latest.number - 1) * period - home.begin
-
-    def next_pass(self, after: float, period: float) -> float | None:
-        """The earliest time from `after` at which a pass refreshes rows: `after` itself while
-        one may be under way (as long as the longest seen took), else when the next begins."""
-        if not self._passes:
-            return None
-        began = self._passes[-1].begin
-        cycles = math.floor((after - began) / period)
-        start = began + cycles * period
-        if after <= start + self._span():
-            return after
-        return start + period
-
-    def _span(self) -> float:
-        """How long a pass takes to refresh the rows seen (the longest seen: a pass is seen
-        in part)."""
-        return max((seen.end - seen.begin for seen in self._passes), default=0.0)
-
-    def may_probe(self, track: object, now: float) -> bool:
-        """Whether `track` may look again soon to learn the gateway's kind (a few do)."""
-        return _take_place(self._probers, track, now, _PROBERS)
-
-    def may_scout(self, track: object, now: float) -> bool:
-        """Whether `track` may look for the first pass now (a few waits do, not all)."""
-        return _take_place(self._scouts, track, now, _SCOUTS)
-
-    def led(self, late: bool, period: float | None) -> None:
-        """The first step through a window found the refresh come already (`late`) or not:
-        follow how early to begin, so that about `_LATE_SHARE` of first steps are late."""
-        step = _LEAD_STEP * ((1 - _LATE_SHARE) if late else -_LATE_SHARE)
-        self.lead = max(0.0, min((period or _PRIOR_PERIOD) / 3, self.lead + step))
-
-    def checking(self, now: float) -> None:
-        """A wait took the check that is due: the others need not."""
-        self._last_check = now
-
-    def check_due(self, now: float) -> bool:
-        """Whether a wait should check that the gateway still refreshes its rows (no pair of
-        looks has said so for a while)."""
-        return now - self._last_check >= _CHECK_EVERY
-
-
-def _take_place(places: dict[int, float], track: object, now: float, most: int) -> bool:
-    """Whether `track` holds one of `most` places (held while used, for `_SCOUT_HOLD`)."""
-    for key, since in list(places.items()):
-        if since < now - _SCOUT_HOLD:
-            del places[key]
-    key = id(track)
-    if key in places or len(places) < most:
-        places[key] = now
-        return True
-    return False
+    sent: float
+    answered: float
+    #: What a watcher sees of the row: (state, estimate, queue state).
+    row: tuple[object, ...]
+    estimate: float | None
 
 
 class RowTrack:
@@ -449,16 +136,9 @@ class RowTrack:
             return None
         return (self._low + self._high) / 2
 
-    def look(
-        self,
-        clock: RowClock,
-        sent: float,
-        now: float,
-        row: tuple[object, ...],
-        estimate: float | None,
-        period: float | None,
-    ) -> None:
-        """A look sent at `sent` and answered at `now` showed `row` (what a watcher sees)."""
+    def look(self, clock: RowClock, seen: Look, period: float | None) -> None:
+        """A look was answered: what it showed, and when (`period`: the Session's)."""
+        sent, now, row, estimate = seen
         self._looks += 1
         if self._leading and self._row is not None:
             self._leading = False
@@ -468,11 +148,12 @@ class RowTrack:
             self._answered = self._first_answered = now
             return
         if row == self._row:
-            self._unchanged(clock, sent, now, estimate)
+            self._unchanged(clock, seen)
         else:
-            self._changed(clock, sent, now, row, estimate, period)
+            self._changed(clock, seen, period)
 
-    def _unchanged(self, clock: RowClock, sent: float, now: float, estimate: float | None) -> None:
+    def _unchanged(self, clock: RowClock, seen: Look) -> None:
+        sent, now, _, estimate = seen
         counting = estimate is not None and estimate >= _COUNTING
         if counting and not self._stale_said and sent - self._first_answered >= _STALE_SPAN:
             self._stale_said = True  # one sign per row: a long wait is no stronger evidence
@@ -499,15 +180,8 @@ class RowTrack:
             return cycles * own  # the passes seen say nothing (or nonsense) of this row's
         return shift
 
-    def _changed(
-        self,
-        clock: RowClock,
-        sent: float,
-        now: float,
-        row: tuple[object, ...],
-        estimate: float | None,
-        period: float | None,
-    ) -> None:
+    def _changed(self, clock: RowClock, seen: Look, period: float | None) -> None:
+        sent, now, row, estimate = seen
         # The two answers were made between their requests and their arrivals.
         shortest, longest = sent - self._answered, now - self.last_sent
         fell = None
@@ -525,7 +199,7 @@ class RowTrack:
         own = self._period(clock, period)
         low, high = self.last_sent, now  # after the last look that missed it, by this one
         cycles = self._count(fell, low, high, own)
-        seen = (low, high)  # what the looks alone say, for measuring
+        bracket = (low, high)  # what the looks alone say, for measuring
         if self._low is not None and self._high is not None and own is not None:
             drift = clock.spread * cycles
             move = self._move(clock, cycles, own)
@@ -536,14 +210,14 @@ class RowTrack:
                 clock.missed((high - (first + last) / 2) / cycles, own)
             else:
                 low, high = max(low, first), min(high, max(low, last))
-        if seen[1] - seen[0] <= _MEASURED:
-            clock.refreshed((seen[0] + seen[1]) / 2)  # a pass was under way then
-        if seen[1] - seen[0] <= _FOUND:
-            self._measure(clock, seen, cycles, own)
+        if bracket[1] - bracket[0] <= _MEASURED:
+            clock.refreshed((bracket[0] + bracket[1]) / 2)  # a pass was under way then
+        if bracket[1] - bracket[0] <= _FOUND:
+            self._measure(clock, bracket, cycles, own)
             self._guessed = 0
         else:
             self._guessed += cycles  # placed as predicted, not as seen
-        self._seen = seen
+        self._seen = bracket
         if period is not None and high - low > period / 2:
             low = high = math.nan  # somewhere in a long stretch: the phase is still to be found
         if fell is not None and fell > 0 and self._low is not None:
@@ -720,4 +394,4 @@ class RowTrack:
             return max(now, due)
         # No pass seen yet: the scouts look for one; the others wait for them, unless the end
         # may come first (then as a plain loop would).
-        return max(begin, self._step(now, search if near else period or _PRIOR_PERIOD))
+        return max(begin, self._step(now, search if near else period or PRIOR_PERIOD))

@@ -23,13 +23,13 @@ from ._create import CreateOptions, build_create_body
 from ._decode import decode_generation
 from ._download import Asset, Downloads, OnProgress, download_generation
 from ._gate import RateView
+from ._gateway import GatewayView, RowClock
 from ._history import TimingHistory
 from ._jobs import Job, JobResult, run_jobs
 from ._ledger import Ledger
 from ._models import Generation
 from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, seconds_of
-from ._rows import GatewayView, RowClock
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
 from ._validate import check_api_key, check_base_url, check_batch, check_task_id

@@ -20,10 +20,10 @@ import yarl
 
 from ._callbacks import CallbackView
 from ._gate import RateView
+from ._gateway import GatewayView
 from ._history import TimingHistory
 from ._policy import PollPolicy, Seconds
 from ._portal import LoopThread
-from ._rows import GatewayView
 from ._session import Session
 from ._stream import Updates
 from ._transport import Clock, Sleep

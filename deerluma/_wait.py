@@ -19,10 +19,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never
 
 from ._callbacks import CallbackHub, Listening, sleep_or_wake
 from ._engine import TOLERANCE, Engine, PollTracker, Step, Verdict, changed, utcnow
+from ._gateway import RowClock
 from ._history import TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
-from ._rows import RowClock
 from .exceptions import DeerLumaError, GenerationFailed
 
 __all__ = [

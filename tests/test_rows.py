@@ -19,8 +19,9 @@ import pytest
 import deerluma
 from deerluma import Generation, GenerationState, PollPolicy
 from deerluma._engine import Engine, PollTracker, Verdict
+from deerluma._gateway import Kind, RowClock
 from deerluma._history import TimingHistory
-from deerluma._rows import Kind, RowClock, RowTrack
+from deerluma._rows import Look, RowTrack
 from deerluma.testing import FakeClock, FakeDeerAPI, ScaledClock
 from deerluma.testing._server import _Gen, _RowTable
 
@@ -271,10 +272,10 @@ def test_the_user_can_say_which_kind_the_gateway_is() -> None:
 
 def test_a_row_track_brackets_refreshes_between_looks() -> None:
     rows, track = RowClock(), RowTrack()
-    track.look(rows, 0.0, 0.1, ("processing", 40.0, None), 40.0, None)
-    track.look(rows, 3.0, 3.1, ("processing", 40.0, None), 40.0, None)  # the same over 3 s
+    track.look(rows, Look(0.0, 0.1, ("processing", 40.0, None), 40.0), None)
+    track.look(rows, Look(3.0, 3.1, ("processing", 40.0, None), 40.0), None)  # same over 3 s
     assert rows.kind(3.1) is Kind.REFRESHED and track.refreshed_at is None
-    track.look(rows, 4.0, 4.1, ("processing", 25.0, None), 25.0, 15.0)  # fell 15 in 1 s
+    track.look(rows, Look(4.0, 4.1, ("processing", 25.0, None), 25.0), 15.0)  # fell 15 in 1 s
     assert track.refreshed_at == pytest.approx(3.55)
     assert track.unfinished_at == pytest.approx(3.0)
 
