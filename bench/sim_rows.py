@@ -29,6 +29,9 @@ from deerluma.testing._server import _Gen, _RowTable
 from .common import percentile
 
 RTT = 0.03
+#: A rate gate: requests at most this often (per second). None here (the real gate grows its
+#: rate as a batch wants more: bench_rows runs it); a lower one shows what a key's limit does.
+RATE = math.inf
 NAIVE = 3.0
 
 
@@ -105,14 +108,19 @@ def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], 
     lags = [math.nan] * len(gens)
     due = [(1000.0, index) for index in range(len(gens))]
     heapq.heapify(due)
+    free = 0.0  # the Session's rate gate lets the next request through then
     while due:
         sent, index = heapq.heappop(due)
+        served, free = max(sent, free), max(sent, free) + 1 / RATE
         gen = gens[index]
-        table.advance(sent)
+        table.advance(served)
         generation = decode_generation(200, {}, _body(gen, table.refreshed_at[gen.id]))
         polls[index] += 1
-        now = sent + RTT + rng.uniform(0, case.wait)
-        step, trackers[index] = engines[index].seen(trackers[index], gen.id, now, generation, sent)
+        now = served + RTT + rng.uniform(0, case.wait)
+        # The Session reads when the rate gate let the request go (`request_sent`).
+        step, trackers[index] = engines[index].seen(
+            trackers[index], gen.id, now, generation, served
+        )
         if step.verdict is Verdict.SLEEP:
             heapq.heappush(due, (now + step.delay, index))
         else:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import NamedTuple, TypeVar
 
 import aiohttp
@@ -39,7 +41,11 @@ from .exceptions import (
     TransportError,
 )
 
-__all__ = ["Clock", "RawResponse", "Sleep", "StopBefore", "Transport"]
+__all__ = ["Clock", "RawResponse", "Sleep", "StopBefore", "Transport", "request_sent"]
+
+#: When this task's latest request left the rate gate (clock time): a caller that measured
+#: when it asked reads here when the request really went out (the gate may have held it).
+request_sent: ContextVar[float] = ContextVar("deerluma_request_sent", default=-math.inf)
 
 log = logging.getLogger("deerluma")
 
@@ -200,6 +206,7 @@ class Transport:
         sent = self.gate.try_pass()
         if sent is None:
             sent = await self.gate.acquire(deadline)
+        request_sent.set(self.clock())
         timeout = self.timeout
         client_timeout = self._client_timeout
         if deadline is not None:

@@ -23,6 +23,7 @@ from ._gateway import RowClock
 from ._history import TimingHistory
 from ._models import Generation, GenerationState
 from ._policy import PollPolicy
+from ._transport import request_sent
 from .exceptions import DeerLumaError, GenerationFailed
 
 __all__ = [
@@ -222,6 +223,7 @@ async def poll(
         return engine.timed_out(tracker, task_id, sent), tracker, False
     try:
         generation = await fetch(task_id, engine.deadline)
+        sent = max(sent, request_sent.get())  # the rate gate may have held it back
     except DeerLumaError as exc:
         young = None if created is None else created.young_until(task_id)
         step, tracker = engine.failed(tracker, task_id, clock(), exc, sent, young_until=young)

@@ -22,6 +22,7 @@ from deerluma._engine import Engine, PollTracker, Verdict
 from deerluma._gateway import Kind, RowClock
 from deerluma._history import TimingHistory
 from deerluma._rows import Look, RowTrack
+from deerluma._transport import request_sent
 from deerluma.testing import FakeClock, FakeDeerAPI, ScaledClock
 from deerluma.testing._server import _Gen, _RowTable
 
@@ -386,3 +387,21 @@ def test_a_sync_session_shows_what_it_learned_of_its_gateway() -> None:
         deerluma.SyncSession(api_key=fake.api_key, base_url=fake.url) as s,
     ):
         assert s.gateway.kind == "unknown" and s.gateway.period is None
+
+
+async def test_a_look_held_by_the_rate_gate_counts_from_when_it_went_out() -> None:
+    # A row is seen as of when its GET reached the gateway: a look the gate held back brackets
+    # a refresh from then, not from when the wait asked.
+    clock = FakeClock()
+    async with (
+        FakeDeerAPI(clock=clock) as fake,
+        deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep, max_rps=1.0
+        ) as s,
+    ):
+        task_id = fake.add_generation(duration=100.0)
+        await s.get_generation(task_id)
+        await s.get_generation(task_id)
+        asked = clock()
+        await s.get_generation(task_id)  # the gate holds it about a second
+        assert request_sent.get() >= asked + 0.5
