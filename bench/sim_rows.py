@@ -47,6 +47,8 @@ class Case:
     wait: float = 0.0
     #: Passes begin every `refresh` seconds (not `refresh` seconds after the last ended).
     ticker: bool = False
+    #: The first pass begins a period after the tasks were created (as in FakeDeerAPI).
+    aligned: bool = False
 
 
 CASES = (
@@ -56,6 +58,7 @@ CASES = (
     Case("R4 40 ids batch, no estimate", 40, 15.0, hinted=False, batch=True),
     Case("R5 40 ids batch, 5 s, answers late", 40, 5.0, batch=True, wait=3.0),
     Case("R2t R2, passes on a 15 s ticker", 200, 15.0, batch=True, ticker=True),
+    Case("R3a R3, first pass 5 s after the creates", 40, 5.0, batch=True, aligned=True),
 )
 
 
@@ -73,7 +76,8 @@ def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], 
     """Polls and lags of deerluma's waits, then of a plain loop's, on one seed's rows."""
     rng = random.Random(seed)
     table = _RowTable(case.refresh, case.gap, ticker=case.ticker)
-    start = 1000.0 + rng.uniform(0, case.refresh)  # passes fall anywhere against the waits
+    # Passes fall anywhere against the waits, or (`aligned`) the first a period after them.
+    start = 1000.0 + (case.refresh if case.aligned else rng.uniform(0, case.refresh))
     table._next_pass = None
     gens = []
     for index in range(case.tasks):
