@@ -30,6 +30,9 @@ _MEMORY = 180.0
 #: One sign in this many saying "refreshed" is enough to say so; this many are kept.
 _STALE_SHARE = 10
 _SIGNS = 40
+#: "Live" takes this many signs saying so, and fewer than one in this many saying otherwise.
+_LIVE_SIGNS = 3
+_LIVE_SHARE = 20
 #: The period assumed until one is measured: new-api's (its task poller's Interval()).
 PRIOR_PERIOD = 15.0
 #: Period samples the median is taken over (the period drifts as a pass grows or shrinks).
@@ -146,7 +149,7 @@ class RowClock:
         # its period (and pairs that straddle a refresh can read live).
         if refreshed and refreshed * _STALE_SHARE >= len(self._signs):
             return Kind.REFRESHED
-        if live >= 3 and refreshed * 20 <= len(self._signs):
+        if live >= _LIVE_SIGNS and refreshed * _LIVE_SHARE <= len(self._signs):
             return Kind.LIVE
         return Kind.UNKNOWN
 
