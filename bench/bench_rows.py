@@ -142,23 +142,32 @@ async def run_case(case: Case, scale: float, seed: int) -> dict[str, Outcome]:
     return {"deerluma": ours, "naive": plain}
 
 
-async def main(scale: float, seed: int, only: str | None) -> None:
+async def main(scale: float, seed: int, rounds: int, only: str | None) -> None:
     print(
         f"bench_rows: a gateway that serves its own rows ({GAP:g} s between rows in a pass),"
-        f" deerluma beside a plain {NAIVE_INTERVAL:g} s loop, time scaled x{scale:g}"
+        f" deerluma beside a plain {NAIVE_INTERVAL:g} s loop, time scaled x{scale:g},"
+        f" {rounds} rounds of each case (other tasks, a fresh Session each) pooled"
     )
     for case in CASES:
         if only is None or case.name.startswith(only):
-            report(case, await run_case(case, scale, seed))
+            pooled = {"deerluma": Outcome(), "naive": Outcome()}
+            for round_ in range(rounds):
+                for kind, outcome in (await run_case(case, scale, seed + round_)).items():
+                    pooled[kind].polls += outcome.polls
+                    pooled[kind].lags += outcome.lags
+                    pooled[kind].lost += outcome.lost
+                    pooled[kind].misreported += outcome.misreported
+            report(case, pooled)
 
 
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=10.0, help="virtual seconds per real second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each case, pooled")
     parser.add_argument("--only", help="run the cases whose name starts with this")
     args = parser.parse_args(argv)
-    asyncio.run(main(args.scale, args.seed, args.only))
+    asyncio.run(main(args.scale, args.seed, args.rounds, args.only))
 
 
 if __name__ == "__main__":
