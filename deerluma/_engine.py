@@ -231,21 +231,16 @@ class PollTracker:
             kind = rows.kind(now, policy.refresh)
             if kind is Kind.REFRESHED:
                 return self._row_delay(now, rows, self._row)
-            if kind is Kind.UNKNOWN and self._probes(self._row):
+            if kind is Kind.UNKNOWN and self._probes(now, rows, self._row):
                 return min(policy.unhinted_interval, self._live_delay(now))
         return self._live_delay(now)
 
-    def _probes(self, row: RowTrack) -> bool:
+    def _probes(self, now: float, rows: RowClock, row: RowTrack) -> bool:
         """Whether this wait looks again soon to learn the gateway's kind (while nobody knows
         it): it met a long estimate, which a live gateway counts down and a row keeps."""
         estimate = None if self._estimate is None else self._estimate[1]
         long = estimate is not None and estimate >= _PROBE_FROM * self.policy.unhinted_interval
-        return (
-            long
-            and row.looks <= _PROBES
-            and self._rows is not None
-            and self._rows.may_probe(row, self.survived or 0.0)
-        )
+        return long and row.looks <= _PROBES and rows.may_probe(row, now)
 
     def _row_delay(self, now: float, rows: RowClock, row: RowTrack) -> float:
         """Behind a gateway that serves its own rows: look just after the refreshes that may

@@ -82,7 +82,8 @@ class PollPolicy:
     history says nothing (as a plain loop would). `expected_duration` states a
     prior for a Session with no history yet; `learn=False` neither reads nor
     feeds the history. Behind a gateway that serves its own rows (see
-    `refresh`), a wait looks just after each refresh that may hold the end.
+    `refresh`), a wait looks just after each refresh that may hold the end;
+    `refresh="live"` turns that learning off (`learn=False` does not).
     No sleep ends past the deadline, and the last poll happens just before it.
     """
 
