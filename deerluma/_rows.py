@@ -312,7 +312,7 @@ class RowTrack:
             # Not placed yet, or the period only assumed (then a place says little of the
             # next): look for the refreshes.
             self._ahead = 0
-            return self._search(clock, now, period, earliest_end, search)
+            return self._search(clock, now, period, earliest_end, search, assumed=assumed)
         if self._checking:
             self._checking = False
         elif clock.check_due(now) and not self.early:
@@ -377,6 +377,8 @@ class RowTrack:
         period: float | None,
         earliest_end: float | None,
         search: float,
+        *,
+        assumed: bool,
     ) -> float:
         """Look for a refresh of this row: where the next pass is due, then a step at a time."""
         begin = now
@@ -388,10 +390,14 @@ class RowTrack:
             # Looked where a pass was due and the row had not changed: step on, in shorter
             # steps once the end may come.
             return self._step(now, min(search, _AIM_STEP) if near else search)
+        if near and self.refreshed_at is None:
+            # The end may come before this row is placed: as a plain loop would.
+            return self._step(now, search)
         due = None if period is None else clock.next_pass(max(begin, self.last_sent), period)
         if due is not None:
             self._searching, self.early = True, 0
             return max(now, due)
-        # No pass seen yet: the scouts look for one; the others wait for them, unless the end
-        # may come first (then as a plain loop would).
-        return max(begin, self._step(now, search if near else period or PRIOR_PERIOD))
+        # No pass seen yet: the scouts look for one; the others wait a period for them, unless
+        # the end may come first or the period is only assumed (then as a plain loop would).
+        wait = search if near or assumed or period is None else period
+        return max(begin, self._step(now, wait))
