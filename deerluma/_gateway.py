@@ -51,7 +51,7 @@ _TREND_WEIGHT = 0.3
 #: While no pass has been seen, at most this many waits look for one (scouts); while the kind
 #: is unknown, at most this many look again soon (probers); a wait holds its place while it
 #: uses it, and this long after.
-_SCOUTS = 4
+_SCOUTS = 2
 _PROBERS = 8
 _SCOUT_HOLD = 20.0
 #: Passes remembered, and how far apart two refreshes are at least to belong to two passes.

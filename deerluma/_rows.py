@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from ._gateway import PRIOR_PERIOD, RowClock
+from ._gateway import RowClock
 
 __all__ = ["Look", "RowTrack"]
 
@@ -42,6 +42,9 @@ _LEAD_STEPS = 2
 _AIM_SHARE = 8
 #: A look aimed just after a refresh goes this long after its latest possible time.
 _MARGIN = 0.05
+#: A row not placed in its passes when its end may come is looked at this share of the plain
+#: interval apart (as a plain loop would: a little sooner, so that its lag is not the loop's).
+_UNPLACED = 0.9
 #: After a look that found an overdue refresh still to come, the next comes this soon
 #: (doubling while it stays away, up to the search step).
 _RETRY = 0.5
@@ -391,8 +394,8 @@ class RowTrack:
             # steps once the end may come.
             return self._step(now, min(search, _AIM_STEP) if near else search)
         if near and self.refreshed_at is None:
-            # The end may come before this row is placed: as a plain loop would.
-            return self._step(now, search)
+            # The end may come before this row is placed: as a plain loop would, a little sooner.
+            return self._step(now, _UNPLACED * search)
         due = None if period is None else clock.next_pass(max(begin, self.last_sent), period)
         if due is not None:
             self._searching, self.early = True, 0
