@@ -206,7 +206,7 @@ class Transport:
         sent = self.gate.try_pass()
         if sent is None:
             sent = await self.gate.acquire(deadline)
-        request_sent.set(self.clock())
+        request_sent.set(sent)
         timeout = self.timeout
         client_timeout = self._client_timeout
         if deadline is not None:
