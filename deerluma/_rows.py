@@ -52,8 +52,10 @@ _RETRY = 0.5
 #: refresh is not measured); and so until it is, a look skips at most one refresh.
 _TWO_CYCLES = 1.41
 _UNMEASURED_SKIP = 2
-#: Two rows whose refreshes are at least this far apart measure how fast the estimate falls.
+#: Two rows whose refreshes are at least this far apart measure how fast the estimate falls
+#: (taken as no slower than this, per second).
 _RATE_SPAN = 10.0
+_SLOWEST = 0.2
 #: What the passes say of a row's next refresh is taken within these shares of its period.
 _SANE = (0.7, 1.3)
 
@@ -264,7 +266,10 @@ class RowTrack:
         """How many refreshes a change spans: by how far the estimate fell, else by time."""
         if fell is not None and fell > 0 and period is not None:
             if self._fall:
-                return max(1, round(fell / self._fall))
+                # No more refreshes than the time between the looks can hold (a short period
+                # is at least half the one predicted).
+                most = int((high - low) / (period / 2)) + 1
+                return max(1, min(most, round(fell / self._fall)))
             # Not measured yet: the estimate falls 0.7-1.3 s a second, so one refresh takes
             # 0.7-1.3 periods off it, two 1.4-2.6.
             return 1 if fell < _TWO_CYCLES * period else max(2, round(fell / period))
@@ -281,10 +286,10 @@ class RowTrack:
         if pinned is None or low is None or high is None or estimate is None:
             return fastest
         span = low - pinned[1]  # the shortest time the two refreshes can be apart
-        if span < _RATE_SPAN:
-            return fastest
+        if span < _RATE_SPAN or estimate > pinned[2]:
+            return fastest  # too close to tell, or the estimate went up (queued again, say)
         # Whole-second estimates: each may be half a second off.
-        return min(fastest, (pinned[2] - estimate + 1.0) / span)
+        return min(fastest, max(_SLOWEST, (pinned[2] - estimate + 1.0) / span))
 
     def next_look(
         self,

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import deerluma
 from deerluma import Generation, GenerationState, PollPolicy
@@ -407,3 +409,40 @@ async def test_a_look_held_by_the_rate_gate_counts_from_when_it_went_out() -> No
         asked = clock()
         await s.get_generation(task_id)  # the gate holds it about a second
         assert request_sent.get() >= asked + 0.5
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 40.0),  # seconds to the next look
+            st.floats(0.0, 3.0),  # how late its answer comes
+            st.sampled_from(["pending", "processing", "queued", "dreaming", "weird"]),
+            st.one_of(st.none(), st.integers(0, 400).map(float)),  # the estimate, up or down
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([None, 5.0, 15.0, "live"]),
+)
+def test_any_answers_give_a_finite_next_look(looks: list[tuple], refresh: object) -> None:
+    # Rows that jump back and forth, estimates that go up, answers that come late, states
+    # nobody knows: the engine always names a sleep, never a crash or a negative one.
+    rows = RowClock()
+    for _ in range(3):
+        rows.sign(START, True)  # a Session that believes its gateway serves rows
+    policy = PollPolicy(timeout=None, refresh=refresh)  # type: ignore[arg-type]
+    engine = Engine(policy, START, random.Random(0), TimingHistory(), rows=rows)
+    tracker: PollTracker | None = None
+    now = START
+    for gap, late, state, estimate in looks:
+        sent = now + gap
+        now = sent + late
+        generation = Generation(
+            id="t",
+            state=GenerationState(state) if state != "weird" else GenerationState.UNKNOWN,
+            estimate_wait_seconds=estimate,
+        )
+        step, tracker = engine.seen(tracker, "t", now, generation, sent)
+        assert step.verdict is Verdict.SLEEP
+        assert 0.0 <= step.delay <= policy.max_interval and math.isfinite(step.delay)
