@@ -446,3 +446,16 @@ def test_any_answers_give_a_finite_next_look(looks: list[tuple], refresh: object
         step, tracker = engine.seen(tracker, "t", now, generation, sent)
         assert step.verdict is Verdict.SLEEP
         assert 0.0 <= step.delay <= policy.max_interval and math.isfinite(step.delay)
+
+
+def test_an_estimate_that_goes_up_is_no_measure_of_how_fast_it_falls() -> None:
+    rows, track = RowClock(), RowTrack()
+    track.look(rows, Look(0.0, 0.1, ("processing", 40.0, None), 40.0), 15.0)
+    track.look(rows, Look(3.0, 3.1, ("processing", 40.0, None), 40.0), 15.0)
+    track.look(rows, Look(4.0, 4.1, ("processing", 25.0, None), 25.0), 15.0)  # placed
+    track.look(rows, Look(18.9, 19.0, ("processing", 25.0, None), 25.0), 15.0)
+    # Queued again upstream: the row comes back with a longer wait (by one second, which
+    # measured as a fall of nothing: the earliest end was divided by zero).
+    track.look(rows, Look(19.5, 19.6, ("processing", 26.0, None), 26.0), 15.0)
+    assert track.refreshed_at is not None
+    assert track.fastest(0.3) == pytest.approx(1.3)
