@@ -27,6 +27,9 @@ _SHORT_LOOK = 0.8
 #: A live estimate falls this many seconds a second, or so (whole seconds: ±1 over a pair).
 _LIVE_LOW = 0.6
 _LIVE_HIGH = 1.6
+#: No period is taken to be shorter than this (a gateway refreshing its rows that often is as
+#: good as live).
+_SHORTEST_PERIOD = 1.0
 #: A refresh bracketed within this many seconds is known well enough to measure the period.
 _MEASURED = 2.0
 #: A refresh known within this many seconds tells where passes fall.
@@ -174,7 +177,7 @@ class RowTrack:
         if period is None:
             return None
         own = self._own_period if self._own_period is not None else period
-        return max(own / 2, own + clock.trend)
+        return max(own / 2, own + clock.trend, _SHORTEST_PERIOD)
 
     def _move(self, clock: RowClock, cycles: int, own: float) -> float:
         """How long after this row's refresh it is refreshed again `cycles` passes later: as
@@ -256,6 +259,8 @@ class RowTrack:
         if before is None or before[1] - before[0] > _FOUND:
             return
         sample = ((seen[0] + seen[1]) - (before[0] + before[1])) / 2 / cycles
+        if sample < _SHORTEST_PERIOD:
+            return  # two brackets of one refresh (looks that close say nothing of a period)
         clock.measured(seen[1], sample)
         self._own_period = sample  # the latest: a row's period drifts as the pass before it shrinks
         narrow = max(seen[1] - seen[0], before[1] - before[0]) <= _MEASURED

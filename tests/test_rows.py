@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import deerluma
@@ -411,7 +411,16 @@ async def test_a_look_held_by_the_rate_gate_counts_from_when_it_went_out() -> No
         assert request_sent.get() >= asked + 0.5
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None)
+@example(  # looks at the same instant: a period of zero was measured, then divided by
+    [
+        (0.0, 0.0, "processing", None),
+        (0.0, 0.0, "pending", None),
+        (0.0, 0.0, "processing", None),
+        (0.0, 1.0, "pending", None),
+    ],
+    None,
+)
 @given(
     st.lists(
         st.tuples(
