@@ -343,7 +343,7 @@ async def test_a_batch_behind_refreshed_rows_reports_each_soon_after_its_row_end
         assert len(results) == 12 and all(result.ok for result in results)
         # From the row turning final to the server's first answer showing it.
         lags = sorted(fake.completed_at[i] - fake.shows_final_at(i) for i in ids)
-        assert lags[6] <= 1.5 and lags[-1] <= 4.0
+        assert lags[6] <= 1.5 and lags[-1] <= 5.5  # at worst a refresh late (and a loaded host)
         # A fresh Session learns the gateway on these few ids (its scouts and probes are a
         # good share of a dozen waits); beside a plain 3 s loop's polls:
         plain = sum(math.ceil((fake.shows_final_at(i) - start) / 3.0) + 1 for i in ids)

@@ -31,7 +31,9 @@ async def test_wait_returns_completed_generation_soon_after_it_finishes(
     g = await session.wait_until_completed(task_id)
     assert g.is_completed and g.id == task_id
     assert 0 <= clock() - fake.finishes_at(task_id) <= session.policy.min_interval
-    assert fake.polls[task_id] <= 6
+    # A plain 3 s loop polls 14 times; a fresh Session's long wait may look again after 3 s,
+    # twice, while it learns whether its gateway serves rows (docs/waiting.md).
+    assert fake.polls[task_id] <= 8
 
 
 async def test_wait_raises_generation_failed_with_reason(
