@@ -1,14 +1,16 @@
 """Gateways that serve their own rows: deerluma beside a plain 3 s loop, behind a refreshed row.
 
 new-api and its forks answer a task's GET from their own database row, which a
-background pass refreshes (service/task_polling.go): every `refresh` seconds a
-pass walks the unfinished rows, oldest first, `refresh_gap` seconds apart.
-`FakeDeerAPI(refresh=..., refresh_gap=...)` is that gateway. Each waiter gets
-its own fake, with the same tasks at the same times, so neither one's rows
-lengthen the other's passes; both run at once in the same process, with a
-fresh Session each (nothing learned). Lag counts from the moment the row turned
-final: nobody can know sooner. Time is scaled (see --scale); lags are in
-virtual seconds. The live rows of the same comparison are `bench_wait`'s.
+background pass refreshes (service/task_polling.go): a pass walks the
+unfinished rows, oldest first, `refresh_gap` seconds apart, then rests
+`refresh` seconds. `FakeDeerAPI(refresh=..., refresh_gap=...)` is that
+gateway. Each waiter gets its own fake, with the same tasks at the same times,
+so neither one's rows lengthen the other's passes; both run at once in the same
+process, with a fresh Session each (nothing learned). Each case runs in two
+rounds (other tasks), pooled: a 40-task p95 is one lag. Lag counts from the
+moment the row turned final: nobody can know sooner. Time is scaled (see
+--scale); lags are in virtual seconds. The live rows of the same comparison are
+`bench_wait`'s.
 """
 
 from __future__ import annotations

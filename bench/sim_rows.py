@@ -1,6 +1,6 @@
 """The poll engine behind a gateway that serves its own rows, on a fake clock, over many seeds.
 
-`bench_rows` runs the real thing over sockets in scaled time: one seed, some
+`bench_rows` runs the real thing over sockets in scaled time: two rounds, some
 noise. This drives the same `Engine` (no sockets, a fixed round trip) against
 the same row model as `FakeDeerAPI(refresh=...)` (new-api's poller: a pass
 over the unfinished rows, oldest first, `gap` seconds apart, then a 15 s
