@@ -88,11 +88,13 @@ class RowTrack:
         "_ahead",
         "_answered",
         "_checking",
+        "_early",
         "_estimate",
         "_fall",
         "_first_answered",
         "_guessed",
         "_high",
+        "_last_sent",
         "_leading",
         "_looks",
         "_low",
@@ -102,8 +104,6 @@ class RowTrack:
         "_searching",
         "_seen",
         "_stale_said",
-        "early",
-        "last_sent",
         "unfinished_at",
     )
 
@@ -113,8 +113,7 @@ class RowTrack:
         self._answered = 0.0  # when the latest look was answered
         self._estimate: float | None = None
         self._stale_said = False
-        #: When the latest look was sent.
-        self.last_sent = 0.0
+        self._last_sent = 0.0  # when the latest look was sent
         self._low: float | None = None  # the current row's refresh lies in [_low, _high]
         self._high: float | None = None
         self._own_period: float | None = None
@@ -129,8 +128,7 @@ class RowTrack:
         self._searching = False  # looking where a pass is due, for this row's phase
         #: When the latest row that showed the task unfinished was refreshed (or first seen).
         self.unfinished_at: float | None = None
-        #: Looks in a row that found the refresh they went after still to come.
-        self.early = 0
+        self._early = 0  # looks in a row that found the refresh they went after still to come
 
     @property
     def looks(self) -> int:
@@ -152,7 +150,7 @@ class RowTrack:
             self._leading = False
             clock.led(row != self._row, period)
         if self._row is None:
-            self._row, self.last_sent, self._estimate = row, sent, estimate
+            self._row, self._last_sent, self._estimate = row, sent, estimate
             self._answered = self._first_answered = now
             return
         if row == self._row:
@@ -167,8 +165,8 @@ class RowTrack:
             self._stale_said = True  # one sign per row: a long wait is no stronger evidence
             clock.sign(now, True)
         if self._ahead or self._searching:
-            self.early += 1
-        self.last_sent, self._answered = sent, now
+            self._early += 1
+        self._last_sent, self._answered = sent, now
 
     def _period(self, clock: RowClock, period: float | None) -> float | None:
         """The time to this row's next refresh: its own latest period where measured, else the
@@ -191,7 +189,7 @@ class RowTrack:
     def _changed(self, clock: RowClock, seen: Look, period: float | None) -> None:
         sent, now, row, estimate = seen
         # The two answers were made between their requests and their arrivals.
-        shortest, longest = sent - self._answered, now - self.last_sent
+        shortest, longest = sent - self._answered, now - self._last_sent
         fell = None
         if estimate is not None and self._estimate is not None:
             fell = self._estimate - estimate
@@ -205,7 +203,7 @@ class RowTrack:
             ):
                 clock.sign(now, False)  # fell as time passed: read live
         own = self._period(clock, period)
-        low, high = self.last_sent, now  # after the last look that missed it, by this one
+        low, high = self._last_sent, now  # after the last look that missed it, by this one
         cycles = self._count(fell, low, high, own)
         bracket = (low, high)  # what the looks alone say, for measuring
         if self._low is not None and self._high is not None and own is not None:
@@ -232,22 +230,22 @@ class RowTrack:
             per = fell / cycles
             self._fall = per if self._fall is None else (self._fall + per) / 2
         if self._row is not None and self._row[0] not in ("completed", "failed"):
-            self.unfinished_at = self.refreshed_at if self._low is not None else self.last_sent
+            self.unfinished_at = self.refreshed_at if self._low is not None else self._last_sent
         self._low, self._high = (None, None) if math.isnan(low) else (low, high)
         if self._pinned is None and estimate is not None and not math.isnan(low):
             self._pinned = (low, high, estimate)
-        self._row, self.last_sent, self._estimate = row, sent, estimate
+        self._row, self._last_sent, self._estimate = row, sent, estimate
         self._answered = self._first_answered = now
         self._stale_said = False
         # Fewer refreshes than the look went after: the one it expected is still to come.
         self._ahead = max(0, self._ahead - cycles)
-        self.early = 1 if self._ahead else 0
+        self._early = 1 if self._ahead else 0
         if self._searching and self._low is not None:
             self._searching = False
         elif self._searching:
             # A look where a pass was due found the row changed since a look long ago: that
             # may be the pass before. The next change, a step away, tells.
-            self.early = 1
+            self._early = 1
 
     def _measure(
         self, clock: RowClock, seen: tuple[float, float], cycles: int, own: float | None
@@ -328,32 +326,29 @@ class RowTrack:
             return self._search(clock, now, period, earliest_end, search, assumed=assumed)
         if self._checking:
             self._checking = False
-        elif clock.check_due(now) and not self.early:
+        elif clock.check_due(now) and not self._early:
             # Does it still refresh? A look a moment later shows the same row if so.
             self._checking = True
             clock.checking(now)
             return max(now, self._first_answered + _STALE_SPAN)
         drift = clock.spread
         cycle = 1
+        move = self._move(clock, cycle, own)
         if earliest_end is not None:
             # A row shows the end at the first refresh after it: skip the ones before, while
             # a skip can be told from how far the estimate falls.
             most = _UNMEASURED_SKIP if self._fall is None else math.inf
-            while (
-                cycle < most
-                and self._high + self._move(clock, cycle, own) + cycle * drift + _MARGIN
-                < earliest_end
-            ):
+            while cycle < most and self._high + move + cycle * drift + _MARGIN < earliest_end:
                 cycle += 1
-        move = self._move(clock, cycle, own)
+                move = self._move(clock, cycle, own)
         first = self._low + move - cycle * drift
         last = self._high + move + cycle * drift
         self._ahead = cycle
-        if self.last_sent >= first:
-            if self.last_sent >= last:  # came later than it could: it is late; look again soon
+        if self._last_sent >= first:
+            if self._last_sent >= last:  # came later than it could: it is late; look again soon
                 return self._step(now, self._retry(clock, search))
-            first = self.last_sent
-        if self._guessed and self.last_sent < first - _MARGIN and cycle == self._ahead:
+            first = self._last_sent
+        if self._guessed and self._last_sent < first - _MARGIN:
             # The row's refresh was placed by prediction alone: a look just before the next
             # may come shows whether the predictions still hold (and measures them again).
             self._guessed = 0
@@ -364,7 +359,7 @@ class RowTrack:
             # This refresh may hold the end: step through its window, so that none is late,
             # from a little before it as refreshes lately came sooner than predicted.
             step = min(_AIM_STEP, max(_RETRY, own / _AIM_SHARE))
-            if self.last_sent < first:
+            if self._last_sent < first:
                 self._leading = True
                 # (beyond what the window already allows for straying either way)
                 lead = min(max(0.0, clock.lead - cycle * drift), _LEAD_STEPS * step)
@@ -375,13 +370,13 @@ class RowTrack:
     def _step(self, now: float, step: float) -> float:
         """`step` after the latest look was sent; soon after `now` if its answer came late (it
         waited its turn for a while, say)."""
-        return max(self.last_sent + step, now + min(step, _RETRY))
+        return max(self._last_sent + step, now + min(step, _RETRY))
 
     def _retry(self, clock: RowClock, search: float) -> float:
         """How soon to look again for a refresh that is late: soon at first, then less so."""
         if not clock.measuring:
             return search
-        return min(search, _RETRY * 2.0 ** max(0, self.early - 1))
+        return min(search, _RETRY * 2.0 ** max(0, self._early - 1))
 
     def _search(
         self,
@@ -399,16 +394,16 @@ class RowTrack:
             # Nothing to learn before a period or so ahead of the end that those looks miss.
             begin = max(now, earliest_end - 1.5 * period)
         near = earliest_end is None or period is None or earliest_end <= now + period
-        if self._searching and self.early and begin <= now + search:
+        if self._searching and self._early and begin <= now + search:
             # Looked where a pass was due and the row had not changed: step on, in shorter
             # steps once the end may come.
             return self._step(now, min(search, _AIM_STEP) if near else search)
         if near and self.refreshed_at is None:
             # The end may come before this row is placed: as a plain loop would, a little sooner.
             return self._step(now, _UNPLACED * search)
-        due = None if period is None else clock.next_pass(max(begin, self.last_sent), period)
+        due = None if period is None else clock.next_pass(max(begin, self._last_sent), period)
         if due is not None:
-            self._searching, self.early = True, 0
+            self._searching, self._early = True, 0
             return max(now, due)
         # No pass seen yet: the scouts look for one; the others wait a period for them, unless
         # the end may come first or the period is only assumed (then as a plain loop would).
