@@ -63,13 +63,8 @@ CASES = (
 
 
 def _body(gen: _Gen, at: float) -> bytes:
-    state = gen.state(at)
-    estimate = None
-    if state in ("pending", "processing") and gen.estimate:
-        estimate = round((gen.finishes_at() - at) * gen.estimate_bias)
-    return json.dumps(
-        {"id": gen.id, "state": state, "estimate_wait_seconds": estimate, "video": None}
-    ).encode()
+    body = {"id": gen.id, "state": gen.state(at), "estimate_wait_seconds": gen.estimate_at(at)}
+    return json.dumps({**body, "video": None}).encode()
 
 
 def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], list[float]]:

@@ -50,11 +50,12 @@ def _gen(index: int, duration: float, bias: float, hinted: bool = True) -> _Gen:
 
 def _generation(gen: _Gen, at: float) -> Generation:
     """What a GET shows of `gen` as of `at` (a live gateway: now; a refreshed one: its row)."""
-    state = gen.state(at)
-    estimate = None
-    if state in ("pending", "processing") and gen.estimate:
-        estimate = float(round((gen.finishes_at() - at) * gen.estimate_bias))
-    return Generation(id=gen.id, state=GenerationState(state), estimate_wait_seconds=estimate)
+    estimate = gen.estimate_at(at)
+    return Generation(
+        id=gen.id,
+        state=GenerationState(gen.state(at)),
+        estimate_wait_seconds=None if estimate is None else float(estimate),
+    )
 
 
 Shows = Callable[[_Gen, float], float]

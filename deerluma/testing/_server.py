@@ -81,6 +81,12 @@ class _Gen:
     def finishes_at(self) -> float:
         return self.started + self.duration
 
+    def estimate_at(self, now: float) -> int | None:
+        """`estimate_wait_seconds` as of `now`: whole seconds, skewed by the bias, while it runs."""
+        if not self.estimate or self.state(now) not in ("pending", "processing"):
+            return None
+        return round((self.finishes_at() - now) * self.estimate_bias)
+
 
 class _RowTable:
     """A gateway's own rows, as new-api and its forks keep them (service/task_polling.go).
@@ -632,9 +638,7 @@ class FakeDeerAPI:
 
     def _body(self, gen: _Gen, now: float) -> dict[str, object]:
         state = gen.state(now)
-        estimate: int | None = None
-        if state in ("pending", "processing") and gen.estimate:
-            estimate = round((gen.finishes_at() - now) * gen.estimate_bias)
+        estimate = gen.estimate_at(now)
         done = state == "completed"
         if gen.shape == "luma":
             return {
