@@ -177,6 +177,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="with --serve: seconds each generation takes (default 5)",
     )
+    demo.add_argument(
+        "--refresh",
+        type=float,
+        help="with --serve: answer from rows refreshed every S seconds, as new-api does "
+        "(default: answer live)",
+    )
 
     get = _command(commands, "get", "show one generation", "deerluma get TASK_ID --json")
     get.add_argument("task_id", metavar="ID", help="the task id")
@@ -772,12 +778,18 @@ async def cmd_demo(app: App) -> int:
     from ._render import summary_table
     from .testing import FakeDeerAPI, ScaledClock
 
-    duration = app.args.duration
+    duration, refresh = app.args.duration, app.args.refresh
     if app.args.serve:
         duration = 5.0 if duration is None else duration
-        return await _serve_fake(app, seconds_of("--duration", duration, zero=True))
+        return await _serve_fake(
+            app,
+            seconds_of("--duration", duration, zero=True),
+            None if refresh is None else seconds_of("--refresh", refresh),
+        )
     if duration is not None:
         raise ValueError("--duration goes with --serve (the demo's generations take 3-13 s)")
+    if refresh is not None:
+        raise ValueError("--refresh goes with --serve (the demo's fake answers live)")
     prompts = _DEMO_PROMPTS[: app.args.tasks]
 
     def script(body: Any) -> dict[str, object]:
@@ -819,12 +831,13 @@ async def cmd_demo(app: App) -> int:
     return EXIT_OK if failed == EXIT_FAILED else failed
 
 
-async def _serve_fake(app: App, duration: float) -> int:
+async def _serve_fake(app: App, duration: float, refresh: float | None) -> int:
     """Serve a fake DeerAPI on this machine (real time: each generation takes `duration`
-    seconds) until Ctrl-C; print the two variables that point every other command at it."""
+    seconds; rows refreshed every `refresh` seconds, if given) until Ctrl-C; print the two
+    variables that point every other command at it."""
     from .testing import FakeDeerAPI
 
-    async with FakeDeerAPI(create_duration=duration) as fake:
+    async with FakeDeerAPI(create_duration=duration, refresh=refresh, refresh_gap=0.05) as fake:
         fake.record_requests = False  # it may serve for hours
         print(
             f"a fake DeerAPI serves at {fake.url} (no network, no cost); Ctrl-C stops it.\n"

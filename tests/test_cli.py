@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -615,15 +617,17 @@ async def test_messages_name_flags_not_python_arguments(argv: list[str], said: s
         assert python not in err
 
 
-async def test_demo_serve_lets_run_and_status_be_tried_with_no_key(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def served(*options: str) -> AsyncIterator[list[str]]:
+    """`deerluma demo --serve` in its own process; yields the options that point at it, and
+    stops it with Ctrl-C (exit 130)."""
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "deerluma",
         "demo",
         "--serve",
-        "--duration",
-        "0",
+        *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -633,16 +637,51 @@ async def test_demo_serve_lets_run_and_status_be_tried_with_no_key(tmp_path: Pat
         variables = dict(
             pair.split("=", 1) for pair in lines[2].split("export", 1)[1].split()
         )  # "  export DEERAPI_BASE_URL=... DEERAPI_API_KEY=..."
+        yield [
+            "--api-key",
+            variables["DEERAPI_API_KEY"],
+            "--base-url",
+            variables["DEERAPI_BASE_URL"],
+        ]
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C stops it
+        assert await asyncio.wait_for(server.wait(), timeout=10) == 130
+
+
+async def test_demo_serve_lets_run_and_status_be_tried_with_no_key(tmp_path: Path) -> None:
+    async with served("--duration", "0") as point:
         jobs = tmp_path / "jobs.jsonl"
         jobs.write_text('{"key": "clip-001", "prompt": "a deer"}\n{"prompt": "a fox"}\n')
-        point = ["--api-key", variables["DEERAPI_API_KEY"], "--base-url"]
-        point.append(variables["DEERAPI_BASE_URL"])
         code, out, err = await run(None, *point, "run", str(jobs), "--out", str(tmp_path / "v"))
         assert code == 0, err
         assert out.count("\tdone\t") == 2
         assert (tmp_path / "v" / "clip-001.mp4").stat().st_size > 0
         code, _, err = await run(None, "status", str(tmp_path / "v"))
         assert (code, "2 jobs: 2 done" in err) == (0, True)
-    finally:
-        server.send_signal(signal.SIGINT)  # Ctrl-C stops it
-        assert await asyncio.wait_for(server.wait(), timeout=10) == 130
+
+
+async def test_demo_serve_with_refresh_serves_rows_a_wait_finds() -> None:
+    # Generations end after half a second, but a GET answers from rows refreshed every 3 s:
+    # until its row's first refresh a generation still shows as created (a live fake would
+    # say completed a second on); then a wait finds it done.
+    async with served("--duration", "0.5", "--refresh", "3") as point:
+        code, out, err = await run(None, *point, "create", "a deer", "--json")
+        assert code == 0, err
+        task_id = json.loads(out)["task_id"]
+        await asyncio.sleep(1.0)
+        code, out, err = await run(None, *point, "get", task_id, "--json")
+        assert (code, json.loads(out)["state"]) == (0, "pending"), err
+        code, out, err = await run(None, *point, "wait", task_id, "--json")
+        assert (code, json.loads(out)["state"]) == (0, "completed"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["demo", "--refresh", "5"], "--refresh goes with --serve"),
+        (["demo", "--serve", "--refresh", "0"], "--refresh must be more than 0 seconds"),
+    ],
+)
+async def test_demo_refresh_is_checked(argv: list[str], said: str) -> None:
+    code, _, err = await run(None, *argv)
+    assert code == 2 and said in err
