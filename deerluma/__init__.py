@@ -12,8 +12,6 @@ from ._download import Asset, OnProgress
 from ._gate import RateView
 from ._gateway import GatewayView
 from ._history import TimingHistory
-from ._jobs import Job, JobResult
-from ._ledger import JobState, Ledger
 from ._models import Generation, GenerationState, Media, Video
 from ._policy import PollPolicy, Seconds
 from ._session import PolicyTimeout, Session
@@ -39,6 +37,7 @@ from .exceptions import (
     TransportError,
     WaitTimeout,
 )
+from .jobs import Job, JobConflict, JobResult, JobState, Ledger, RunStats
 
 # A library logs; the application decides where the records go.
 logging.getLogger("deerluma").addHandler(logging.NullHandler())
@@ -71,6 +70,7 @@ __all__ = [
     "GenerationState",
     "InvalidTaskId",
     "Job",
+    "JobConflict",
     "JobResult",
     "JobState",
     "Ledger",
@@ -82,6 +82,7 @@ __all__ = [
     "PollPolicy",
     "RateLimitError",
     "RateView",
+    "RunStats",
     "Seconds",
     "ServerError",
     "Session",

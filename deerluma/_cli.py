@@ -20,14 +20,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from . import __version__
 from ._batch import CONCURRENCY
 from ._create import ASPECT_RATIOS, CreateOptions
 from ._download import Asset, destination, into
-from ._jobs import JobResult, JobsFileError
-from ._ledger import LEDGER_FILE, JobState
 from ._models import Generation
 from ._policy import seconds_of
 from ._session import Session
@@ -40,6 +38,7 @@ from .exceptions import (
     GenerationFailed,
     WaitTimeout,
 )
+from .jobs import LEDGER_FILE, WAIT_TIMEOUT, JobResult, JobsFileError, JobState, RunStats
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,10 +48,12 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR, EXIT_LOCAL = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED, EXIT_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE, as shells report them
+# 128 + SIGINT, 128 + SIGPIPE, 128 + SIGTERM, as shells report them
+EXIT_INTERRUPTED, EXIT_PIPE, EXIT_TERMINATED = 130, 141, 143
 EXIT_CODES = (
     "Exit codes: 0 ok, 1 a generation failed, 2 usage, 3 timeout, 4 API/auth/network error, "
-    "5 local file error, 130 interrupted (Ctrl-C), 141 output closed early."
+    "5 local file error, 130 interrupted (Ctrl-C), 141 output closed early, 143 terminated "
+    "(SIGTERM)."
 )
 ASSET_CHOICES = ("video", "video_raw", "thumbnail", "last_frame")
 
@@ -292,6 +293,22 @@ def _parser() -> argparse.ArgumentParser:
         help="generations running at once, across all workers (default 10)",
     )
     run.add_argument(
+        "--creates-in-flight",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="creates sent at once by this worker (default 1, the safe choice: a kill leaves "
+        "at most N jobs whose outcome is unknown)",
+    )
+    run.add_argument(
+        "--wait-timeout",
+        type=_positive_seconds,
+        default=WAIT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"a generation not ended by then is reported timed out and its slot freed; a "
+        f"re-run waits on it again (default {WAIT_TIMEOUT:g})",
+    )
+    run.add_argument(
         "--resubmit-unknown",
         action="store_true",
         help="create again the jobs whose earlier create may have gone through (may be charged "
@@ -312,6 +329,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--ledger", metavar="URL", help="a postgresql://... ledger instead")
     status.add_argument("--json", action="store_true", help="one JSON line per job")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -863,22 +890,32 @@ def _job_line(result: JobResult) -> dict[str, object]:
 
 
 async def cmd_run(app: App) -> int:
-    from ._jobs import load_jobs
+    from .jobs import load_jobs
 
     a = app.args
     text = await asyncio.to_thread(_read_text, a.jobs, "jobs")
     jobs = load_jobs(text.splitlines(), a.jobs)
     counts: dict[JobState, int] = {}
     settled: list[JobResult] = []
+    stats = RunStats()
     started = time.monotonic()
+    # Lines go to stdout unless it is the terminal that shows the status line.
+    lines = a.json or not (app.live and _is_terminal(app.out))
 
     def line() -> str:
         rate = len(settled) / max(1e-9, time.monotonic() - started)
         left = len(jobs) - len(settled)
         eta = f", about {_duration(left / rate)} left" if rate > 0 and left else ""
         parts = [f"{n} {state.value}" for state, n in sorted(counts.items())]
+        running = stats.active - stats.creating - stats.waiting_to_create
+        now = [f"{stats.creating} creating", f"{max(0, running)} running"] if stats.active else []
+        if stats.waiting_to_create:
+            now.append(
+                f"{stats.waiting_to_create} waiting to be created: creates are the bottleneck "
+                "(--creates-in-flight)"
+            )
         return (
-            f"{len(settled)}/{len(jobs)} settled ({', '.join(parts) or 'starting'}); "
+            f"{len(settled)}/{len(jobs)} settled ({', '.join(parts + now) or 'starting'}); "
             f"{rate * 60:.1f} jobs/min{eta}"
         )
 
@@ -888,23 +925,51 @@ async def cmd_run(app: App) -> int:
             out=a.out,
             ledger=a.ledger,
             max_active=a.max_active,
+            creates_in_flight=a.creates_in_flight,
+            wait_timeout=a.wait_timeout,
             resubmit_unknown=a.resubmit_unknown,
             retry_failed=a.retry_failed,
+            stats=stats,
         )
         with contextlib.ExitStack() as stack:
             status = stack.enter_context(app.console.status(line())) if app.live else None
-            async with runs as results:
-                async for result in results:
-                    settled.append(result)
-                    counts[result.state] = counts.get(result.state, 0) + 1
-                    if a.json:
-                        app.emit(_job_line(result))
-                    elif not app.live:
-                        where = result.path or result.error or ""
-                        print(f"{result.key}\t{result.state.value}\t{where}", file=app.out)
-                    if status is not None:
-                        status.update(line())
-    return _run_summary(app, settled)
+            ticking = asyncio.ensure_future(_tick(status, line)) if status else None
+            try:
+                async with runs as results:
+                    async for result in results:
+                        settled.append(result)
+                        counts[result.state] = counts.get(result.state, 0) + 1
+                        if a.json:
+                            app.emit(_job_line(result))
+                        elif lines:
+                            where = result.path or result.error or ""
+                            print(f"{result.key}\t{result.state.value}\t{where}", file=app.out)
+                        if status is not None:
+                            status.update(line())
+            except DeerLumaError:  # it stopped the run: what settled first, then why
+                if ticking is not None:
+                    ticking.cancel()
+                stack.close()
+                _run_summary(app, settled, app.console.file, stopped=True)
+                raise
+            finally:
+                if ticking is not None:
+                    ticking.cancel()
+    return _run_summary(app, settled, app.console.file)
+
+
+async def _tick(status: Any, line: Callable[[], str]) -> None:
+    """The status line, kept fresh between results (jobs running, creates queued)."""
+    while True:
+        await asyncio.sleep(0.5)
+        status.update(line())
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _duration(seconds: float) -> str:
@@ -912,34 +977,42 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
-def _run_summary(app: App, results: Sequence[JobResult]) -> int:
+def _run_summary(
+    app: App, results: Sequence[JobResult], file: IO[str], *, stopped: bool = False
+) -> int:
     """Counts by state, then each job that needs a person; the exit code."""
     counts: dict[str, int] = {}
     for result in results:
         counts[result.state.value] = counts.get(result.state.value, 0) + 1
-    print(
-        f"{len(results)} jobs: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())),
-        file=app.console.file,
-    )
+    said = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    if stopped:
+        print(f"stopped after {len(results)} jobs settled{': ' if said else ''}{said}", file=file)
+    else:
+        print(f"{len(results)} jobs: {said}", file=file)
     failed = [r for r in results if r.state is JobState.FAILED]
     unknown = [r for r in results if r.state is JobState.UNKNOWN]
+    late = [r for r in results if r.state is JobState.TIMED_OUT]
     for r in failed:
-        print(f"  failed: {r.key}: {r.error}", file=app.console.file)
+        print(f"  failed: {r.key}: {r.error}", file=file)
     for r in unknown:
-        print(f"  outcome unknown (may be charged): {r.key}: {r.error}", file=app.console.file)
+        print(f"  outcome unknown (may be charged): {r.key}: {r.error}", file=file)
+    for r in late:
+        print(f"  timed out: {r.key} ({r.task_id}): a re-run waits on it again", file=file)
     if unknown:
         print(
             "  a person should check these in the provider's dashboard; --resubmit-unknown "
             "creates them again",
-            file=app.console.file,
+            file=file,
         )
     if failed:
-        print("  --retry-failed creates the failed ones again", file=app.console.file)
+        print("  --retry-failed creates the failed ones again", file=file)
+    if late:
+        return EXIT_TIMEOUT
     return EXIT_FAILED if failed or unknown else EXIT_OK
 
 
 async def cmd_status(app: App) -> int:
-    from ._ledger import Ledger
+    from .jobs import Ledger
 
     a = app.args
     if (a.out is None) == (a.ledger is None):
@@ -947,16 +1020,22 @@ async def cmd_status(app: App) -> int:
     where = a.ledger or a.out
     if a.ledger is None and not (Path(a.out) / LEDGER_FILE).exists():
         raise ValueError(f"no ledger in {a.out}: was `deerluma run ... --out {a.out}` run?")
-    ledger = await asyncio.to_thread(Ledger.open, where)
-    try:
-        rows = await asyncio.to_thread(ledger.rows)
-    finally:
-        ledger.close()
+    async with await Ledger.open(where) as ledger:
+        rows = await ledger.rows()
     results = [JobResult.of(row) for row in rows]
     if a.json:
         for result in results:
             app.emit(_job_line(result))
-    _run_summary(app, results)
+        _run_summary(app, results, app.console.file)
+    else:
+        _run_summary(app, results, app.out)
+    sending = [r for r in rows if r.state is JobState.SUBMITTING]
+    for row in sending:  # only a worker killed mid-create leaves these; a run reaps them
+        print(
+            f"  outcome unknown (may be charged): {row.key}: its worker stopped while sending "
+            "its create (or is sending it now)",
+            file=app.console.file if a.json else app.out,
+        )
     return EXIT_OK
 
 
@@ -1019,10 +1098,13 @@ def main(
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
     app = App(args, stdout, stderr)
     try:
-        return asyncio.run(_COMMANDS[args.command](app))
+        return asyncio.run(_until_terminated(_COMMANDS[args.command](app)))
     except KeyboardInterrupt:
         print("interrupted", file=stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print("terminated", file=stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly, as Unix tools do
         _quiet(stdout)
         return EXIT_PIPE
@@ -1051,6 +1133,38 @@ def main(
         return EXIT_LOCAL
 
 
+class _Terminated(Exception):
+    """SIGTERM (docker stop, systemd) stopped the command, as Ctrl-C would."""
+
+
+async def _until_terminated(command: Coroutine[Any, Any, int]) -> int:
+    """Run `command`; SIGTERM cancels it as Ctrl-C does (its cleanup runs: a durable run
+    gives creates in flight their grace), then raises _Terminated."""
+    import signal
+
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # Windows; a thread
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _quiet(stdout: TextIO) -> None:
     """Send what is left for a closed stdout nowhere (Python would complain at exit)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -1071,6 +1185,7 @@ _FLAGS = {
     "Session(max_rps=...)": "--max-rps",
     "loop=True": "--loop",
     "overwrite=True": "--overwrite",
+    "retry_failed=True": "--retry-failed",
     " (None: no deadline)": "",
     **{
         name: "--" + name.replace("_", "-")

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import EllipsisType, TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -25,8 +25,6 @@ from ._download import Asset, Downloads, OnProgress, download_generation
 from ._gate import RateView
 from ._gateway import GatewayView, RowClock
 from ._history import TimingHistory
-from ._jobs import Job, JobResult, run_jobs
-from ._ledger import Ledger
 from ._models import Generation
 from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, seconds_of
@@ -39,10 +37,14 @@ from .exceptions import (
     DeadlineExceeded,
     DecodeError,
     DeerLumaError,
+    DestinationExists,
     ServerError,
     TransportError,
     is_transient,
 )
+
+if TYPE_CHECKING:
+    from .jobs import Job, JobResult, Ledger, RunStats
 
 __all__ = ["DEFAULT_BASE_URL", "Session"]
 
@@ -488,33 +490,54 @@ class Session:
         out: str | os.PathLike[str],
         ledger: Ledger | str | os.PathLike[str] | None = None,
         max_active: int = 10,
+        creates_in_flight: int = 1,
+        wait_timeout: Seconds | None = 3600.0,
         resubmit_unknown: bool = False,
         retry_failed: bool = False,
+        stats: RunStats | None = None,
     ) -> Updates[JobResult]:
         """Make each job's video, durably: yield each job's JobResult as it settles.
 
         `jobs` are `Job`s or mappings (``{"key": ..., "prompt": ..., **create
         options}``; without a key, a digest of the request). Videos land as
-        ``OUT/<key>.mp4``. The `ledger` (a `Ledger`, a ``postgresql://`` URL, a
-        folder or file; None: a SQLite file in `out`) records each state change
-        before the next step, so a run that stops, however it stops, continues
-        where it was when run again, and never creates a job twice: a create
-        whose answer never got recorded is UNKNOWN (it may have been charged)
-        and is sent again only with `resubmit_unknown`; failed generations are
-        created again only with `retry_failed`. At most `max_active`
-        generations run at once (across every worker on the ledger). Several
-        workers (processes, machines) on one ledger share the jobs. See
-        docs/jobs.md.
+        ``OUT/<key>.mp4``; an `out` that cannot be written raises
+        DestinationError before anything is sent. The `ledger` (a `Ledger`, a
+        ``postgresql://`` URL, a folder or file; None: a SQLite file in `out`)
+        records each state change before the next step, so a run that stops,
+        however it stops, continues where it was when run again, and never
+        creates a job twice. A run works only on the jobs it is given: several
+        lists may share a ledger. A key already sent with another request
+        raises JobConflict before anything is sent (a job never sent takes its
+        edited request; with `retry_failed`, a failed one too).
+
+        A create whose answer never got recorded is UNKNOWN (it may have been
+        charged) and is sent again only with `resubmit_unknown`; failed
+        generations are created again only with `retry_failed`. At most
+        `max_active` generations run at once (across every worker on the
+        ledger), and at most `creates_in_flight` creates are in flight per
+        worker (a kill leaves at most that many UNKNOWN). A generation not ended
+        within `wait_timeout` is TIMED_OUT (a re-run waits on it again). When
+        the API cannot be reached, refuses the key, or a create gets no answer,
+        the run stops with that error, leaving what it did not send NEW.
+        `stats` (a `RunStats`) shows what the run is doing while it goes.
+        Several workers (processes, machines) on one ledger share the jobs.
+        See docs/jobs.md.
         """
+        from .jobs import run_jobs
+
+        bound = None if wait_timeout is None else seconds_of("wait_timeout", wait_timeout)
         return Updates(
             run_jobs(
-                self,
+                _JobsClient(self),
                 jobs,
                 ledger=ledger,
                 out=out,
                 max_active=max_active,
+                creates_in_flight=creates_in_flight,
+                wait_timeout=bound,
                 resubmit_unknown=resubmit_unknown,
                 retry_failed=retry_failed,
+                stats=stats,
             )
         )
 
@@ -601,3 +624,24 @@ class Session:
         if "token" in url.query:
             return callback_url
         return str(url.update_query(token=self._callback_token))
+
+
+class _JobsClient:
+    """What a durable run needs of a Session (`jobs.Client`): create, wait, download."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def create(self, request: Mapping[str, Any]) -> Generation:
+        options = dict(request)
+        prompt = str(options.pop("prompt"))
+        return await self._session.create_generation(prompt, **options)
+
+    async def wait(self, task_id: str, timeout: float | None) -> Generation:
+        return await self._session.wait_until_completed(task_id, timeout=timeout)
+
+    async def download(self, target: Generation | str, path: Path) -> Path:
+        try:
+            return await self._session.download(target, path, skip_complete=True)
+        except DestinationExists:  # ours, from before, but not the whole video
+            return await self._session.download(target, path, overwrite=True)

@@ -656,8 +656,8 @@ async def test_demo_serve_lets_run_and_status_be_tried_with_no_key(tmp_path: Pat
         assert code == 0, err
         assert out.count("\tdone\t") == 2
         assert (tmp_path / "v" / "clip-001.mp4").stat().st_size > 0
-        code, _, err = await run(None, "status", str(tmp_path / "v"))
-        assert (code, "2 jobs: 2 done" in err) == (0, True)
+        code, out, err = await run(None, "status", str(tmp_path / "v"))
+        assert (code, "2 jobs: 2 done" in out) == (0, True), err  # on stdout
 
 
 async def test_demo_serve_with_refresh_serves_rows_a_wait_finds() -> None:

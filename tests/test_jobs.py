@@ -23,8 +23,8 @@ import attrs
 import pytest
 
 import deerluma
-from deerluma._jobs import Job, load_jobs
-from deerluma._ledger import JobState, Ledger
+from deerluma.jobs import Job, JobState, Ledger, load_jobs
+from deerluma.jobs.store import LedgerRow, Move, SQLiteLedger
 from deerluma.testing import FakeClock, FakeDeerAPI, Fault
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -37,6 +37,25 @@ def _jobs(count: int, prefix: str = "clip") -> list[dict[str, Any]]:
 async def _run(session: deerluma.Session, jobs: Any, out: Path, **kwargs: Any) -> list[Any]:
     async with session.run(jobs, out=out, **kwargs) as results:
         return [r async for r in results]
+
+
+async def _run_until_stopped(
+    session: deerluma.Session, jobs: Any, out: Path, **kwargs: Any
+) -> tuple[list[Any], BaseException]:
+    """A run that a fault stops: what it settled first, and the fault."""
+    settled = []
+    try:
+        async with session.run(jobs, out=out, **kwargs) as results:
+            async for result in results:
+                settled.append(result)
+    except Exception as exc:  # each caller checks which
+        return settled, exc
+    raise AssertionError(f"the run was not stopped: {settled}")
+
+
+async def _rows(where: Any) -> list[LedgerRow]:
+    async with await Ledger.open(where) as ledger:
+        return await ledger.rows()
 
 
 def _creates(fake: FakeDeerAPI) -> collections.Counter[str]:
@@ -85,19 +104,18 @@ async def test_a_run_puts_every_video_on_disk_and_a_rerun_sends_nothing(
 async def test_a_jobs_end_is_written_with_the_next_create_when_one_goes(
     fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
 ) -> None:
-    from deerluma._ledger import LedgerRow, SQLiteLedger
-
     fake.create_duration = 0.0  # each video is ready while the next job is being sent
     writes: list[list[JobState]] = []
 
     class Counting(SQLiteLedger):
-        def write(self, owner: str, rows: Any) -> None:
-            writes.append([row.state for row in rows])
-            super().write(owner, rows)
+        async def write(self, owner: str, moves: Any, *, durable: bool = False) -> None:
+            writes.append([move.row.state for move in moves])
+            await super().write(owner, moves, durable=durable)
 
-    with Counting(tmp_path / "jobs.sqlite") as ledger:
+    async with Counting(tmp_path / "jobs.sqlite") as ledger:
+        await ledger._migrate()
         results = await _run(session, _jobs(20), tmp_path, ledger=ledger)
-        rows: list[LedgerRow] = ledger.rows()
+        rows = await ledger.rows()
     assert {r.state for r in results} == {r.state for r in rows} == {JobState.DONE}
     assert any(JobState.DONE in w and JobState.SUBMITTING in w for w in writes)
     # Not two writes per job (20 SUBMITTING, 20 DONE): most ends ride (21-26 writes most
@@ -111,18 +129,18 @@ async def test_a_ledger_that_fails_stops_the_run_with_its_error(
 ) -> None:
     import sqlite3
 
-    from deerluma._ledger import SQLiteLedger
-
     class Failing(SQLiteLedger):
-        def write(self, owner: str, rows: Any) -> None:
-            if any(row.state is JobState.DONE for row in rows):
+        async def write(self, owner: str, moves: Any, *, durable: bool = False) -> None:
+            if any(move.row.state is JobState.DONE for move in moves):
                 raise sqlite3.OperationalError("disk I/O error")
-            super().write(owner, rows)
+            await super().write(owner, moves, durable=durable)
 
     fake.create_duration = 0.0
-    with Failing(tmp_path / "jobs.sqlite") as ledger, pytest.raises(sqlite3.OperationalError):
-        # Every driver hears of it: the run stops, rather than wait for a write that failed.
-        await asyncio.wait_for(_run(session, _jobs(6), tmp_path, ledger=ledger), timeout=10)
+    async with Failing(tmp_path / "jobs.sqlite") as ledger:
+        await ledger._migrate()
+        with pytest.raises(sqlite3.OperationalError):
+            # Every driver hears of it: the run stops, rather than wait for a write that failed.
+            await asyncio.wait_for(_run(session, _jobs(6), tmp_path, ledger=ledger), timeout=10)
 
 
 async def test_an_interrupted_run_continues_where_it_was(
@@ -132,8 +150,7 @@ async def test_an_interrupted_run_continues_where_it_was(
     async with session.run(jobs, out=tmp_path, max_active=3) as results:
         async for _ in results:
             break  # stopped after the first: the others are mid-way
-    with Ledger.open(tmp_path) as ledger:
-        rows = ledger.rows()
+    rows = await _rows(tmp_path)
     assert any(row.state is not JobState.DONE for row in rows)
     assert all(row.state is not JobState.SUBMITTING for row in rows)
     results = await _run(session, jobs, tmp_path)
@@ -147,15 +164,21 @@ async def test_a_create_whose_answer_is_lost_is_unknown_and_never_sent_again_una
 ) -> None:
     fake.inject(Fault.reset())  # the first create is sent, and its answer lost
     jobs = _jobs(3)
-    results = {r.key: r for r in await _run(session, jobs, tmp_path)}
-    unknown = [r for r in results.values() if r.state is JobState.UNKNOWN]
-    assert len(unknown) == 1 and "lost" in (unknown[0].error or "")
+    settled, error = await _run_until_stopped(session, jobs, tmp_path)
+    # The next create would fare no better: the run stops, and sends nothing more.
+    assert isinstance(error, deerluma.CreateOutcomeUnknown)
+    (unknown,) = settled
+    assert unknown.state is JobState.UNKNOWN and "lost" in (unknown.error or "")
+    assert [r.method for r in fake.requests] == ["POST"]  # one create sent, no more
+    assert {r.state for r in await _rows(tmp_path)} == {JobState.UNKNOWN, JobState.NEW}
+    await _run(session, jobs, tmp_path)  # the others now
     creates = sum(_creates(fake).values())
+    assert creates == 2
     again = {r.key: r for r in await _run(session, jobs, tmp_path)}
-    assert again[unknown[0].key].state is JobState.UNKNOWN
+    assert again[unknown.key].state is JobState.UNKNOWN
     assert sum(_creates(fake).values()) == creates  # not sent again
     resent = {r.key: r for r in await _run(session, jobs, tmp_path, resubmit_unknown=True)}
-    assert resent[unknown[0].key].state is JobState.DONE
+    assert resent[unknown.key].state is JobState.DONE
     assert sum(_creates(fake).values()) == creates + 1
 
 
@@ -204,16 +227,19 @@ async def test_no_more_than_max_active_generations_run_at_once(
 async def test_the_claims_of_a_worker_that_is_gone_go_to_the_others(
     fake: FakeDeerAPI, session: deerluma.Session, tmp_path: Path
 ) -> None:
+    from deerluma.jobs.store import _MACHINE
+
     jobs = _jobs(4)
-    ledger = Ledger.open(tmp_path)
-    ledger.add([(Job.of(j).key, Job.of(j).request) for j in jobs])
-    # A process of this machine that no longer runs held two, one of them mid-create;
-    # a worker elsewhere held one with a lease that runs out in a moment.
-    dead = f"{socket.gethostname()}:{_dead_pid()}:x"
-    held = ledger.claim(dead, 3600, max_active=2, batch=2)
-    ledger.write(dead, [attrs.evolve(held[0], state=JobState.SUBMITTING, creates=1)])
-    ledger.claim("elsewhere:1:y", 0.5, max_active=10, batch=1)
-    ledger.close()
+    keys = [Job.of(j).key for j in jobs]
+    async with await Ledger.open(tmp_path) as ledger:
+        await ledger.add({Job.of(j).key: Job.of(j).request for j in jobs})
+        # A process of this machine that no longer runs held two, one of them mid-create;
+        # a worker elsewhere held one with a lease that runs out in a moment.
+        dead = f"{socket.gethostname()}:{_dead_pid()}:{_MACHINE}:x"
+        held = await ledger.claim(dead, 3600, keys, running=2, max_active=2)
+        sending = attrs.evolve(held[0], state=JobState.SUBMITTING, creates=1)
+        await ledger.write(dead, [Move(JobState.NEW, sending)])
+        await ledger.claim("elsewhere:1:-:y", 0.5, keys, running=1, max_active=10)
     results = {r.key: r for r in await _run(session, jobs, tmp_path)}
     assert results[held[0].key].state is JobState.UNKNOWN  # it may have been created
     assert sorted(k for k, r in results.items() if r.state is JobState.DONE) == sorted(
@@ -265,12 +291,9 @@ async def test_two_workers_on_one_postgresql_ledger_share_the_jobs(
     assert sorted(done) == [j["key"] for j in jobs]
     for key, path in done.items():
         assert path is not None and Path(path).stat().st_size == fake.video_bytes, key
-    ledger = Ledger.open(pg_url)
-    try:
-        assert {row.state for row in ledger.rows()} == {JobState.DONE}
+    async with await Ledger.open(pg_url) as ledger:
+        assert {row.state for row in await ledger.rows()} == {JobState.DONE}
         assert "@" not in ledger.url or ":" not in ledger.url.split("@")[0].split("//")[1]
-    finally:
-        ledger.close()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="kill -9 is POSIX")
@@ -301,8 +324,7 @@ async def test_kill_9_at_random_moments_never_creates_a_job_twice(tmp_path: Path
         assert proc.stderr is not None
         said = (await proc.stderr.read()).decode()
         code = await proc.wait()
-    with Ledger.open(out) as ledger:
-        rows = {row.key: row for row in ledger.rows()}
+    rows = {row.key: row for row in await _rows(out)}
     unknown = [row for row in rows.values() if row.state is JobState.UNKNOWN]
     print(f"kills {kills}, unknown {len(unknown)}, creates {sum(_creates(fake).values())}")
     assert kills >= 2  # the runs really were cut short
@@ -327,8 +349,7 @@ async def test_a_wrong_key_stops_the_run_and_leaves_the_jobs_to_send(
     ) as s:
         with pytest.raises(deerluma.AuthenticationError):
             await asyncio.wait_for(_run(s, _jobs(5), tmp_path), timeout=10)
-    with Ledger.open(tmp_path) as ledger:
-        rows = ledger.rows()
+    rows = await _rows(tmp_path)
     assert {row.state for row in rows} == {JobState.NEW}  # nothing was created: send later
     assert all(row.creates == 0 for row in rows)
 
@@ -348,13 +369,19 @@ async def test_the_command_reports_each_job_that_needs_a_person_and_exits_alike_
         fake.inject(Fault.reset())  # the first create: sent, its answer lost
         argv = ["run", str(jobs_file), "--out", str(out), "--json"]
         code, stdout, stderr = await cli(fake, *argv)
+        # No answer: the next create would fare no better, so the run stops (exit 4).
+        assert code == 4, stderr
+        assert [json.loads(line)["state"] for line in stdout.splitlines()] == ["unknown"]
+        assert "stopped after 1 jobs settled: 1 unknown" in stderr
+        assert "outcome unknown (may be charged): clip-000" in stderr
+        assert [r.method for r in fake.requests if r.path.endswith("generations")] == ["POST"]
+        code, stdout, stderr = await cli(fake, *argv)  # the rest, now the API answers
         records = {r["key"]: r for r in map(json.loads, stdout.splitlines())}
         assert code == 1, stderr
         (unknown,) = [key for key, r in records.items() if r["state"] == "unknown"]
         assert f"outcome unknown (may be charged): {unknown}" in stderr
-        if unknown != "clip-002":
-            assert records["clip-002"]["state"] == "failed"
-            assert "failed: clip-002: the generation failed: moderation: blocked" in stderr
+        assert records["clip-002"]["state"] == "failed"
+        assert "failed: clip-002: the generation failed: moderation: blocked" in stderr
         done = [key for key, r in records.items() if r["state"] == "done"]
         assert all(records[key]["path"] == str(out / f"{key}.mp4") for key in done)
         creates = len(fake.created)
@@ -369,33 +396,38 @@ async def test_the_command_reports_each_job_that_needs_a_person_and_exits_alike_
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
-def test_a_worker_that_lost_its_claim_cannot_write_the_job(
+async def test_a_worker_that_lost_its_claim_cannot_write_the_job(
     tmp_path: Path, store: str, request: pytest.FixtureRequest
 ) -> None:
-    from deerluma._ledger import LostClaim
+    from deerluma.jobs import LostClaim
 
     where = tmp_path if store == "sqlite" else request.getfixturevalue("pg_url")
-    with Ledger.open(where) as ledger:
-        # A server's round trip is made from a thread: it must never hold the event loop.
-        assert ledger.inline is (store == "sqlite")
-        ledger.add([("a", {"prompt": "1"}), ("b", {"prompt": "2"})])
-        assert [r.key for r in ledger.claim("one", 0.0, max_active=5)] == ["a", "b"]
-        taken = ledger.claim("two", 60.0, max_active=5, now=10**10)  # one's lease ran out
-        assert [r.key for r in taken] == ["a", "b"]
-        sending = [attrs.evolve(r, state=JobState.SUBMITTING) for r in taken]
+    async with await Ledger.open(where) as ledger:
+        await ledger.add({"a": {"prompt": "1"}, "b": {"prompt": "2"}})
+        keys = ["a", "b"]
+        claimed = await ledger.claim("one", 0.0, keys, running=5, max_active=5)
+        assert [r.key for r in claimed] == keys
+        # one's lease ran out: two takes them (judged at a time given here)
+        taken = await ledger.claim("two", 60.0, keys, running=5, max_active=5, now=10**10)
+        assert [r.key for r in taken] == keys
+        sending = [Move(JobState.NEW, attrs.evolve(r, state=JobState.SUBMITTING)) for r in taken]
         with pytest.raises(LostClaim):
-            ledger.write("one", sending[:1])
+            await ledger.write("one", sending[:1])
+        stray = Move(JobState.NEW, attrs.evolve(sending[1].row, key="zz"))
         with pytest.raises(LostClaim):  # all or nothing
-            ledger.write("two", [sending[0], attrs.evolve(sending[1], key="zz")])
-        assert {r.state for r in ledger.rows()} == {JobState.NEW}
-        done = [attrs.evolve(sending[0], task_id="t-a", path="a.mp4"), sending[1]]
-        ledger.write("two", done)
-        assert [(r.state, r.task_id, r.path) for r in ledger.rows()] == [
-            (JobState.SUBMITTING, "t-a", "a.mp4"),
-            (JobState.SUBMITTING, None, None),
+            await ledger.write("two", [sending[0], stray])
+        seen_wrong = Move(JobState.SUBMITTING, attrs.evolve(taken[1], state=JobState.CREATED))
+        with pytest.raises(LostClaim):  # not where the writer saw it: nothing written
+            await ledger.write("two", [sending[0], seen_wrong])
+        assert {r.state for r in await ledger.rows()} == {JobState.NEW}
+        first = sending[0]._replace(row=attrs.evolve(sending[0].row, task_id="t-a"))
+        await ledger.write("two", [first, sending[1]], durable=True)
+        assert [(r.state, r.task_id) for r in await ledger.rows()] == [
+            (JobState.SUBMITTING, "t-a"),
+            (JobState.SUBMITTING, None),
         ]
-        assert ledger.renew("one", ["a", "b"], 60.0) == set()
-        assert ledger.renew("two", ["a", "b"], 60.0) == {"a", "b"}
+        assert await ledger.renew("one", keys, 60.0) == set()
+        assert await ledger.renew("two", keys, 60.0) == {"a", "b"}
 
 
 async def test_two_processes_on_one_ledger_create_each_job_once(
