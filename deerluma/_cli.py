@@ -89,6 +89,13 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--base-url", default=unset, help="API base URL (default: $DEERAPI_BASE_URL or DeerAPI)"
     )
     parser.add_argument(
+        "--request-timeout",
+        type=_positive_seconds,
+        default=unset,
+        metavar="SECONDS",
+        help="one request's limit, connecting to the last byte (default 30)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -408,6 +415,7 @@ class App:
         return Session(
             api_key=self.args.api_key,
             base_url=self.args.base_url,
+            timeout=self.args.request_timeout or 30.0,
             max_rps=max_rps,
             clock=self.clock,
             sleep=self.sleep,

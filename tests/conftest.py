@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import deerluma
 from deerluma.testing import FakeClock, FakeDeerAPI
 
 SAMPLES = Path(__file__).parent / "samples"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 #: The fake server's side of a connection: its handlers, and the loop accepting one that a
@@ -57,3 +59,16 @@ async def session(fake: FakeDeerAPI, clock: FakeClock) -> AsyncIterator[deerluma
         api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
     ) as s:
         yield s
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    name = f"deerluma_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -71,6 +71,7 @@ class _Gen:
     created_wall: datetime
     video_bytes: int
     request: Mapping[str, object] | None = None
+    has_video: bool = True
 
     def state(self, now: float) -> str:
         elapsed = now - self.started
@@ -175,6 +176,7 @@ class FakeDeerAPI:
         unknown_after_create: float = 0.0,
         refresh: float | None = None,
         refresh_gap: float = 0.0,
+        create_latency: float | tuple[float, float] = 0.0,
     ) -> None:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -186,6 +188,9 @@ class FakeDeerAPI:
         self.link_ttl = link_ttl
         self.create_duration = create_duration
         self.create_script = create_script
+        #: Seconds a create takes to answer (a range: drawn for each), real time: a real
+        #: gateway's POST waits for the upstream's answer (about a second).
+        self.create_latency = create_latency
         self.video_bytes = video_bytes
         self.requests: list[SeenRequest] = []
         self.polls: Counter[str] = Counter()
@@ -308,11 +313,13 @@ class FakeDeerAPI:
         video_bytes: int | None = None,
         request: Mapping[str, object] | None = None,
         created_at: datetime | None = None,
+        video: bool = True,
     ) -> str:
         """Add a generation that starts now and finishes after `duration` seconds; return its id.
 
         `estimate_bias` skews `estimate_wait_seconds` (1.3 = reports 30 % too long);
-        `created_at` overrides the creation time its body shows.
+        `created_at` overrides the creation time its body shows; `video=False` completes it
+        with no video (as a gateway sometimes answers).
         """
         task_id = task_id or str(uuid.uuid4())
         self._gens[task_id] = _Gen(
@@ -328,6 +335,7 @@ class FakeDeerAPI:
             created_wall=self._wall() if created_at is None else created_at,
             video_bytes=self.video_bytes if video_bytes is None else video_bytes,
             request=request,
+            has_video=video,
         )
         if self.rows is not None:
             self.rows.add(self._gens[task_id])
@@ -524,6 +532,11 @@ class FakeDeerAPI:
             **{"duration": self.create_duration, **script},  # type: ignore[arg-type]
         )
         gen = self._gens[task_id]
+        latency = self.create_latency
+        if isinstance(latency, tuple):
+            latency = self._random.uniform(*latency)
+        if latency > 0:  # made upstream; the answer is on its way
+            await asyncio.sleep(latency)
         callback_url = payload.get("callback_url")
         if isinstance(callback_url, str):
             if gen.pending_for < gen.duration:
@@ -667,7 +680,7 @@ class FakeDeerAPI:
                 "height": 1360,
                 "download_url": self._link(gen, "video", "mp4"),
             }
-            if done
+            if done and gen.has_video
             else None,
             "prompt": gen.prompt,
             "thumbnail": self._media(gen, "thumbnail", "jpg") if done else None,
