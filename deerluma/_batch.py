@@ -256,7 +256,7 @@ class _Scheduler:
     async def _first_look(self, task_id: str) -> BatchResult | None:
         """An id's first look: it needs a waiter of its own only if it goes on."""
         if self.fatal is not None:
-            return BatchResult(task_id, error=self.fatal)
+            return BatchResult(task_id, error=self._fatal_for(task_id))
         engine = self.engine
         created = self.poller.created
         step, tracker, _ = await poll(
@@ -286,7 +286,7 @@ class _Scheduler:
         engine = self.engine
         now = self.clock()
         if self.fatal is not None:  # a wrong key fails every id alike: send nothing more
-            step = Step(Verdict.GIVE_UP, error=self.fatal)
+            step = Step(Verdict.GIVE_UP, error=self._fatal_for(waiter.task_id))
             return self._then(waiter, step, now)
         if not waiter.ready(engine, now):
             assert waiter.listening is not None
@@ -299,6 +299,14 @@ class _Scheduler:
             raise
         self._answered(step)
         return await self._went_on(waiter, step)
+
+    def _fatal_for(self, task_id: str) -> AuthenticationError:
+        """The wrong key's error, as it would have come for `task_id` (named in it)."""
+        assert self.fatal is not None
+        fatal = self.fatal
+        return AuthenticationError(
+            fatal.status, fatal.code, fatal.message, fatal.body_excerpt, task_id=task_id
+        )
 
     def _answered(self, step: Step) -> None:
         """A poll came back: the key works, or (a wrong key) every id hears so at once."""

@@ -272,6 +272,9 @@ async def test_a_wrong_key_stops_the_batch_and_every_id_reports_it() -> None:
         async with deerluma.Session(api_key="wrong-key", base_url=fake.url) as s:
             results = await s.wait_many(ids, concurrency=64)
     assert all(isinstance(r, deerluma.AuthenticationError) for r in results.values())
+    for task_id, error in results.items():  # each names its own id, not the first one's
+        assert isinstance(error, deerluma.AuthenticationError)
+        assert error.task_id == task_id and task_id in str(error)
     assert len(fake.requests) <= 50
 
 

@@ -471,3 +471,97 @@ def test_a_bad_line_of_a_jobs_file_names_the_files_own_key(
     assert main(["--api-key", "k", "run", str(jobs), "--out", str(tmp_path / "v")]) == 2
     said = capsys.readouterr().err
     assert f"{jobs}, line 2: aspect_ratio '17:9'" in said and "--aspect-ratio" not in said
+
+
+def _force(ledger: Any, key: str, state: JobState, owner: str | None = None) -> None:
+    """Put a row in `state` (held by `owner`), as the test needs, past the state table."""
+    ledger._db.execute(
+        "UPDATE deerluma_jobs SET state = ?, owner = ?, lease_until = ? WHERE key = ?",
+        (state.value, owner, 1e18 if owner else 0, key),
+    )
+
+
+async def test_the_ledger_writes_every_move_of_the_state_table_and_no_other(
+    tmp_path: Path,
+) -> None:
+    from deerluma.jobs.state import MOVES, IllegalMove, check
+
+    async with await Ledger.open(tmp_path) as ledger:
+        await ledger.add({"k": {"prompt": "p"}})
+        (row,) = await ledger.rows()
+        for was in JobState:
+            for to in JobState:
+                _force(ledger, "k", was, owner="me")
+                move = Move(was, attrs.evolve(row, state=to))
+                if (was, to) in MOVES:
+                    await ledger.write("me", [move])
+                    assert [r.state for r in await ledger.rows()] == [to], (was, to)
+                else:
+                    with pytest.raises(IllegalMove):
+                        check(was, to)
+                    with pytest.raises(IllegalMove):
+                        await ledger.write("me", [move])
+                    assert [r.state for r in await ledger.rows()] == [was]
+    # Each state but DONE has a way on; DONE is the end.
+    assert {was for was, _ in MOVES} == set(JobState) - {JobState.DONE}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_leases_are_judged_on_the_databases_clock_and_claims_are_bounded(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    where = tmp_path if store == "sqlite" else request.getfixturevalue("pg_url")
+    async with await Ledger.open(where) as ledger:
+        keys = [f"k{i}" for i in range(10)]
+        await ledger.add({k: {"prompt": k} for k in keys})
+        one = await ledger.claim("one", 60.0, keys[:6], running=4, max_active=10)
+        assert [r.key for r in one] == keys[:4]  # what the worker can use, not more
+        # A worker whose own clock runs a day fast takes nothing held: the database says when.
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 86400)
+        two = await ledger.claim("two", 60.0, keys, running=10, max_active=10)
+        assert [r.key for r in two] == keys[4:]
+
+
+def test_a_worker_is_judged_gone_only_on_this_very_machine() -> None:
+    from deerluma.jobs.store import _MACHINE, _gone, new_owner
+
+    pid = _dead_pid()
+    host = socket.gethostname()
+    assert _gone(f"{host}:{pid}:{_MACHINE}:x")
+    # Another container with the same hostname: its processes are not ours to judge.
+    assert not _gone(f"{host}:{pid}:0123456789ab:x")
+    assert not _gone(f"{host}:{pid}:x")  # an owner of an older deerluma: its lease decides
+    assert not _gone(new_owner())  # this process
+
+
+async def test_an_old_sqlite_is_refused_clearly_and_an_old_ledger_is_brought_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    old = tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:  # as deerluma made it before schema versions
+        db.execute(
+            "CREATE TABLE deerluma_jobs (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
+            "state TEXT NOT NULL, task_id TEXT, error TEXT, path TEXT, owner TEXT, "
+            "lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, "
+            "creates INTEGER NOT NULL DEFAULT 0, updated_at DOUBLE PRECISION NOT NULL DEFAULT 0)"
+        )
+        db.execute(
+            "INSERT INTO deerluma_jobs (key, request, state, task_id) "
+            "VALUES ('a', '{\"prompt\": \"p\"}', 'created', 't-1')"
+        )
+    db.close()
+    async with await Ledger.open(old) as ledger:
+        assert [(r.key, r.state, r.task_id) for r in await ledger.rows()] == [
+            ("a", JobState.CREATED, "t-1")
+        ]
+    with sqlite3.connect(old) as db:
+        assert db.execute("SELECT version FROM deerluma_jobs_version").fetchall() == [(2,)]
+    db.close()
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    with pytest.raises(deerluma.ConfigurationError, match=r"SQLite 3\.35\.0 or newer"):
+        await Ledger.open(tmp_path / "new")
