@@ -104,9 +104,9 @@ async def test_a_jobs_end_is_written_with_the_next_create_when_one_goes(
     writes: list[list[JobState]] = []
 
     class Counting(SQLiteLedger):
-        async def write(self, owner: str, moves: Any, *, durable: bool = False) -> None:
+        async def write(self, owner: str, moves: Any) -> None:
             writes.append([move.row.state for move in moves])
-            await super().write(owner, moves, durable=durable)
+            await super().write(owner, moves)
 
     async with Counting(tmp_path / "jobs.sqlite") as ledger:
         await ledger._migrate()
@@ -126,10 +126,10 @@ async def test_a_ledger_that_fails_stops_the_run_with_its_error(
     import sqlite3
 
     class Failing(SQLiteLedger):
-        async def write(self, owner: str, moves: Any, *, durable: bool = False) -> None:
+        async def write(self, owner: str, moves: Any) -> None:
             if any(move.row.state is JobState.DONE for move in moves):
                 raise sqlite3.OperationalError("disk I/O error")
-            await super().write(owner, moves, durable=durable)
+            await super().write(owner, moves)
 
     fake.create_duration = 0.0
     async with Failing(tmp_path / "jobs.sqlite") as ledger:
@@ -409,7 +409,7 @@ async def test_a_worker_that_lost_its_claim_cannot_write_the_job(
             await ledger.write("two", [sending[0], seen_wrong])
         assert {r.state for r in await ledger.rows()} == {JobState.NEW}
         first = sending[0]._replace(row=attrs.evolve(sending[0].row, task_id="t-a"))
-        await ledger.write("two", [first, sending[1]], durable=True)
+        await ledger.write("two", [first, sending[1]])
         assert [(r.state, r.task_id) for r in await ledger.rows()] == [
             (JobState.SUBMITTING, "t-a"),
             (JobState.SUBMITTING, None),

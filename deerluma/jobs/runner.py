@@ -23,11 +23,12 @@ send NEW, and raises that error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -105,34 +106,41 @@ class _Halt(Exception):
 
 class _Writer:
     """The worker's writes to the ledger, grouped: moves asked for within a moment go in one
-    transaction, in order, one transaction at a time. A SUBMITTING goes at once (synced);
-    other moves wait up to `_RIDE` for one when creates are queued."""
+    transaction, in order, one transaction at a time. A SUBMITTING goes at once; other moves
+    wait up to `_RIDE` for one when creates are queued. On a local file (SQLite: a write
+    never waits on anything) the write is made in the caller's step, before `send` returns;
+    on a server, by a task of its own, so that a caller's cancellation cannot cut it."""
 
-    def __init__(self, ledger: Ledger, owner: str, creates_queued: Any) -> None:
+    def __init__(self, ledger: Ledger, owner: str, creates_queued: Callable[[], bool]) -> None:
         self.ledger = ledger
         self.owner = owner
         self.creates_queued = creates_queued
         self.pending: list[tuple[Move, asyncio.Future[None]]] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
         self.lock = asyncio.Lock()
         self.flushing: set[asyncio.Task[None]] = set()
 
-    async def write(self, *moves: Move) -> None:
-        """Record `moves`; returns once committed (LostClaim: another worker holds it)."""
+    def send(self, move: Move) -> asyncio.Future[None]:
+        """Record `move`: the future is done once it is committed (LostClaim: another worker
+        holds the job). The move is written even if nobody awaits the future."""
         loop = asyncio.get_running_loop()
-        futures = []
-        for move in moves:
-            future: asyncio.Future[None] = loop.create_future()
-            self.pending.append((move, future))
-            futures.append(future)
-        urgent = any(move.row.state is JobState.SUBMITTING for move in moves)
-        if urgent or self.timer is None:
+        future: asyncio.Future[None] = loop.create_future()
+        self.pending.append((move, future))
+        if move.row.state is JobState.SUBMITTING or not self.creates_queued():
             if self.timer is not None:
                 self.timer.cancel()
-            delay = 0.0 if urgent or not self.creates_queued() else _RIDE
-            self.timer = loop.call_later(delay, self._flush_soon)
-        for future in futures:
-            await future
+                self.timer = None
+            if self.ledger.inline and not self.lock.locked():
+                _at_once(self.flush())
+            else:
+                self.timer = loop.call_soon(self._flush_soon)
+        elif self.timer is None:
+            self.timer = loop.call_later(_RIDE, self._flush_soon)
+        return future
+
+    async def write(self, move: Move) -> None:
+        """`send`, and wait until it is committed."""
+        await asyncio.shield(self.send(move))
 
     def _flush_soon(self) -> None:
         self.timer = None
@@ -146,13 +154,12 @@ class _Writer:
             batch, self.pending = self.pending, []
             if not batch:
                 return
-            durable = any(m.row.state is JobState.SUBMITTING for m, _ in batch)
             try:
-                await self.ledger.write(self.owner, [m for m, _ in batch], durable=durable)
+                await self.ledger.write(self.owner, [m for m, _ in batch])
             except LostClaim:  # one at a time, to learn which
                 for move, future in batch:
                     try:
-                        await self.ledger.write(self.owner, [move], durable=durable)
+                        await self.ledger.write(self.owner, [move])
                     except Exception as exc:
                         _settle(future, exc)
                     else:
@@ -179,6 +186,30 @@ class _Writer:
                 assert exc is not None
                 if not isinstance(exc, LostClaim):
                     raise exc
+
+
+def _answer(
+    done: asyncio.Future[LedgerRow | None], written: asyncio.Future[None], row: LedgerRow | None
+) -> None:
+    """Tell a driver how its create went, once its row is written (or why it was not)."""
+    if done.done():
+        return
+    if written.cancelled():
+        done.cancel()
+    elif written.exception() is not None:
+        done.set_exception(written.exception())  # type: ignore[arg-type]
+    else:
+        done.set_result(row)
+
+
+def _at_once(step: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never waits (a local file's write) to its end, now."""
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
+    raise RuntimeError("a write to a local ledger waited")
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -214,13 +245,16 @@ class _Runner:
         self.stats = stats
         self.owner = new_owner()
         self.writer = _Writer(ledger, self.owner, lambda: stats.waiting_to_create > 0)
-        self.slots = asyncio.Semaphore(creates_in_flight)
+        self.creates_in_flight = creates_in_flight
+        self.to_create: collections.deque[tuple[LedgerRow, asyncio.Future[LedgerRow | None]]]
+        self.to_create = collections.deque()
+        self.senders: set[asyncio.Task[None]] = set()
         #: Temporary files of downloads a killed worker left, by the file they were for;
         #: each job's are removed when it is claimed (then no one else writes them).
         self.parts: dict[str, list[Path]] = {}
         self.downloads = asyncio.Semaphore(_DOWNLOADS)
         self.driving: dict[str, asyncio.Task[JobResult | None]] = {}
-        #: Drivers whose create is in flight: they get a grace when the run stops.
+        #: Senders whose create is in flight: they get a grace when the run stops.
         self.sending: set[asyncio.Task[Any]] = set()
         #: The error that stops the run (no create is sent after it).
         self.halt: BaseException | None = None
@@ -299,7 +333,7 @@ class _Runner:
             self.halt = asyncio.CancelledError()
         if self.sending:
             await asyncio.wait(list(self.sending), timeout=GRACE)
-        tasks = list(self.driving.values())
+        tasks = [*self.driving.values(), *self.senders]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -340,50 +374,79 @@ class _Runner:
             return None
 
     async def submit(self, row: LedgerRow) -> LedgerRow | None:
-        """Create this job when a slot is free; its row as it then is (CREATED, UNKNOWN,
-        FAILED), or None when the run stopped first (it stays NEW)."""
-        self.stats.waiting_to_create += 1
+        """Have a sender create this job; its row as it then is (CREATED, UNKNOWN, FAILED),
+        or None when the run stopped before it was sent (it stays NEW)."""
+        done: asyncio.Future[LedgerRow | None] = asyncio.get_running_loop().create_future()
+        self.to_create.append((row, done))
+        self.stats.waiting_to_create = len(self.to_create)
+        if len(self.senders) < self.creates_in_flight:
+            sender = asyncio.ensure_future(self.send_all())
+            self.senders.add(sender)
+            sender.add_done_callback(self.senders.discard)
+        return await done
+
+    async def send_all(self) -> None:
+        """One sender: one create in flight at a time, so `creates_in_flight` senders leave
+        at most that many UNKNOWN when killed. A job is SUBMITTING (committed) before its
+        create is sent, CREATED when the answer comes: committed with this sender's next
+        SUBMITTING when one waits (one write instead of two), else at once. Its driver goes
+        on once that is committed. A sender is in `sending` from its create until the
+        answer is recorded (a grace when the run stops)."""
+        answered: tuple[Move, asyncio.Future[LedgerRow | None]] | None = None
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            await self.slots.acquire()
-        finally:
-            self.stats.waiting_to_create -= 1
-        released = False
-        try:
-            if self.halt is not None:
-                return None
-            sending = attrs.evolve(row, state=JobState.SUBMITTING, creates=row.creates + 1)
-            written = asyncio.ensure_future(self.writer.write(Move(JobState.NEW, sending)))
-            try:
-                await asyncio.shield(written)
-            except asyncio.CancelledError:  # it may be committed still: then undo it
-                with contextlib.suppress(Exception):
-                    await written
-                    await self.writer.write(Move(JobState.SUBMITTING, row))
-                raise
-            if self.halt is not None:  # stopped while it was written: never sent
-                await self.writer.write(Move(JobState.SUBMITTING, row))
-                return None
-            task = asyncio.current_task()
-            assert task is not None
-            self.sending.add(task)  # from here until its answer is recorded: a grace
-            self.stats.creating += 1
-            try:
-                outcome = await self.create(sending)
-                # The slot goes to the next job now, so that its SUBMITTING and this answer
-                # are one write (never more SUBMITTING committed than slots).
-                self.slots.release()
-                released = True
-                await self.writer.write(Move(JobState.SUBMITTING, outcome))
-            finally:
+            while True:
+                if answered is not None and (not self.to_create or self.halt is not None):
+                    await self.record(*answered)
+                    answered = None
                 self.sending.discard(task)
-                self.stats.creating -= 1
-            if outcome.state is JobState.NEW:
-                assert self.halt is not None
-                return None
-            return outcome
+                if not self.to_create or self.halt is not None:
+                    return
+                row, done = self.to_create.popleft()
+                self.stats.waiting_to_create = len(self.to_create)
+                if done.done():
+                    continue  # its driver is gone
+                sending = attrs.evolve(row, state=JobState.SUBMITTING, creates=row.creates + 1)
+                ready = [self.writer.send(answered[0])] if answered else []
+                ready.append(self.writer.send(Move(JobState.NEW, sending)))  # one write, both
+                try:
+                    if not all(future.done() for future in ready):  # (a local file's are)
+                        await asyncio.shield(asyncio.gather(*ready, return_exceptions=True))
+                except asyncio.CancelledError:  # it may be committed still: then undo it
+                    with contextlib.suppress(Exception):
+                        await ready[-1]
+                        await self.writer.write(Move(JobState.SUBMITTING, row))
+                    raise
+                if answered is not None:
+                    _answer(answered[1], ready[0], answered[0].row)
+                    answered = None
+                    self.sending.discard(task)
+                if ready[-1].exception() is not None:  # taken over, or the ledger failed
+                    _answer(done, ready[-1], None)
+                    continue
+                if self.halt is not None:  # stopped while it was written: never sent
+                    await self.record(Move(JobState.SUBMITTING, row), done)
+                    return
+                self.sending.add(task)
+                self.stats.creating += 1
+                try:
+                    outcome = await self.create(sending)
+                finally:
+                    self.stats.creating -= 1
+                answered = (Move(JobState.SUBMITTING, outcome), done)
+                if outcome.state is not JobState.CREATED:  # at once: nothing rides with it
+                    await self.record(*answered)
+                    answered = None
         finally:
-            if not released:
-                self.slots.release()
+            self.sending.discard(task)
+
+    async def record(self, move: Move, done: asyncio.Future[LedgerRow | None]) -> None:
+        """Write a create's outcome; its driver hears the row (None: it went back to NEW)."""
+        written = self.writer.send(move)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(written)
+        _answer(done, written, None if move.row.state is JobState.NEW else move.row)
 
     async def create(self, row: LedgerRow) -> LedgerRow:
         """Send one SUBMITTING job's create, once: the row as it ends (not yet committed).
@@ -399,7 +462,7 @@ class _Runner:
                 JobState.SUBMITTING, attrs.evolve(row, state=JobState.UNKNOWN, error=stopped)
             )
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.writer.write(unknown))
+                await self.writer.write(unknown)
             raise
         except DeerLumaError as exc:
             if _stops_the_run(exc):  # it never left: nothing was created; send it later
