@@ -954,7 +954,7 @@ async def cmd_run(app: App) -> int:
                             print(f"{result.key}\t{result.state.value}\t{where}", file=app.out)
                         if status is not None:
                             status.update(line())
-            except DeerLumaError:  # it stopped the run: what settled first, then why
+            except (DeerLumaError, asyncio.CancelledError):  # stopped: what settled, then why
                 if ticking is not None:
                     ticking.cancel()
                 stack.close()

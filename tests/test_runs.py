@@ -18,10 +18,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from deerluma.jobs import Job, JobState, Ledger
-from deerluma.jobs.store import LedgerRow
+from deerluma.jobs.store import LedgerRow, Move
 from deerluma.testing import FakeDeerAPI
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and ttys")
@@ -76,17 +77,27 @@ async def test_a_run_works_only_on_the_jobs_of_its_own_file(tmp_path: Path, pg_u
     async def case(ledger: str, out: Path) -> None:
         async with await Ledger.open(ledger) as store:
             await store.add({Job.of(j).key: Job.of(j).request for j in a})
+            # Two of a's were created, then its run stopped: no worker holds them.
+            held = await store.claim("gone", 60.0, ["a-0", "a-1"], running=2, max_active=10)
+            for row in held:
+                sending = attrs.evolve(row, state=JobState.SUBMITTING, creates=1)
+                await store.write("gone", [Move(JobState.NEW, sending)])
+                created = attrs.evolve(sending, state=JobState.CREATED, task_id=f"t-{row.key}")
+                await store.write("gone", [Move(JobState.SUBMITTING, created)])
+            await store.release("gone")
         async with FakeDeerAPI(create_duration=0.1) as fake:
+            # --max-active 2: a's generations, held by no one, take none of b's room.
             code, stdout, stderr = await command(
-                fake, "run", str(b_file), "--out", str(out), "--ledger", ledger
-            )
+                fake, "run", str(b_file), "--out", str(out), "--ledger", ledger,
+                "--max-active", "2",
+            )  # fmt: skip
         assert code == 0, stderr
         assert sorted(str(body["prompt"]) for body in fake.created) == ["b 0", "b 1", "b 2"]
         assert sorted(line.split("\t")[0] for line in stdout.splitlines()) == ["b-0", "b-1", "b-2"]
         assert "3 jobs: 3 done" in stderr
         assert sorted(p.name for p in out.glob("*.mp4")) == ["b-0.mp4", "b-1.mp4", "b-2.mp4"]
         rows = await _rows(ledger)
-        assert {rows[j["key"]].state for j in a} == {JobState.NEW}  # a's, untouched
+        assert [rows[j["key"]].state for j in a] == [JobState.CREATED] * 2 + [JobState.NEW] * 2
 
     shared = tmp_path / "shared"
     await asyncio.gather(
@@ -258,3 +269,17 @@ async def test_run_into_a_file_on_a_terminal_writes_its_lines_there(tmp_path: Pa
     assert sorted(line.split("\t")[:2] for line in lines) == [
         [f"clip-{i}", "done"] for i in range(3)
     ]
+
+
+async def test_status_names_a_job_a_killed_worker_left_submitting(tmp_path: Path) -> None:
+    from .test_cli import run as cli
+
+    async with await Ledger.open(tmp_path) as store:
+        await store.add({"k": {"prompt": "p"}, "j": {"prompt": "q"}})
+        (row,) = await store.claim("killed", 60.0, ["k"], running=1, max_active=10)
+        sending = attrs.evolve(row, state=JobState.SUBMITTING, creates=1)
+        await store.write("killed", [Move(JobState.NEW, sending)])
+    code, out, _ = await cli(None, "status", str(tmp_path))
+    assert code == 0
+    assert "2 jobs: 1 new, 1 submitting" in out
+    assert "outcome unknown (may be charged): k:" in out

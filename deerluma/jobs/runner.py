@@ -495,9 +495,9 @@ class _Runner:
             said = f"not ended within the wait timeout ({self.wait_timeout:g} s)"
             return await self.end(row, JobState.TIMED_OUT, error=said), None
         except DeerLumaError as exc:
-            if _stops_the_run(exc):
-                raise _Halt(exc) from exc  # it stays CREATED: a re-run waits on it again
-            return await self.end(row, JobState.FAILED, error=str(exc)), None
+            # Anything else stops the run, the job CREATED (a re-run waits on it again):
+            # FAILED would invite --retry-failed to pay for it twice.
+            raise _Halt(exc) from exc
         return row, generation  # recorded only once its video is on disk
 
     async def save(self, row: LedgerRow, generation: Generation | None) -> LedgerRow:

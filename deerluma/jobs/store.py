@@ -363,10 +363,11 @@ class Ledger:
         async with self._transaction() as tx:
             await self._serialize(tx)
             resumed = await pick(tx, JobState.CREATED, running)
-            # Running, being sent, or claimed to be sent (by any worker) count alike.
+            # Running, being sent, or claimed to be sent, by a live worker (of any file) count
+            # alike; a generation no worker holds (its run stopped) is not counted.
             counted = await tx(
-                f"SELECT count(*) FROM {_TABLE} WHERE state IN (?, ?) "
-                f"OR (state = ? AND owner IS NOT NULL AND lease_until >= {clock})",
+                f"SELECT count(*) FROM {_TABLE} WHERE state IN (?, ?, ?) "
+                f"AND owner IS NOT NULL AND lease_until >= {clock}",
                 [JobState.SUBMITTING.value, JobState.CREATED.value, JobState.NEW.value, *params],
             )
             room = min(running - len(resumed), max_active - int(counted[0][0]))
