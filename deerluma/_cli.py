@@ -89,6 +89,13 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--base-url", default=unset, help="API base URL (default: $DEERAPI_BASE_URL or DeerAPI)"
     )
     parser.add_argument(
+        "--rate-store",
+        default=unset,
+        metavar="URL",
+        help="share the key's rate with Sessions on other machines: redis://host:6379/0 "
+        "(default: $DEERLUMA_RATE_STORE, else this machine's Sessions only)",
+    )
+    parser.add_argument(
         "--request-timeout",
         type=_positive_seconds,
         default=unset,
@@ -416,6 +423,7 @@ class App:
             api_key=self.args.api_key,
             base_url=self.args.base_url,
             timeout=self.args.request_timeout or 30.0,
+            rate_store=self.args.rate_store,
             max_rps=max_rps,
             clock=self.clock,
             sleep=self.sleep,

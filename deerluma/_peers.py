@@ -24,31 +24,53 @@ used only by Sessions on that clock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
 import random
 import struct
 import tempfile
+import time
+import weakref
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 
-__all__ = ["FilePeers", "MemoryPeers", "PeerEvent", "Peers", "Sender", "peers_for"]
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "FilePeers",
+    "MemoryPeers",
+    "PeerEvent",
+    "Peers",
+    "Sender",
+    "check_rate_store",
+    "peers_for",
+]
 
 #: Readers look at the record at most this often (seconds): cheap, and soon enough.
 _READ_EVERY = 0.001
 #: While the file does not exist yet, look for it this often.
 _LOOK_EVERY = 1.0
-_MAGIC = b"DLR2"
-# magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max
+_MAGIC = b"DLR3"
+# magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max; then a CRC-32 of
+# those bytes: a reader never takes a record torn by a writer for one (it reads again).
 _RECORD = struct.Struct("<4sQQddQdQdd")
+_CRC = struct.Struct("<I")
+#: A torn record (or slot) is read again this many times before it counts as none.
+_READS = 3
+#: A lock held by another Session (one stopped with Ctrl-Z, say) is tried this many times,
+#: `_LOCK_PAUSE` seconds apart, then given up: sharing is skipped, never waited for.
+_LOCK_TRIES = 20
+_LOCK_PAUSE = 50e-6
 #: Who is sending: after the record, `_SLOTS` slots of (writer, clock time last seen sending,
 #: requests sent per second lately, its rate). A Session marks its slot at most every `_BEAT`
 #: seconds while it sends; the fleet is the Sessions seen sending in the last `_ALIVE`
 #: seconds; a slot unmarked for `_STALE` seconds may be taken by a newcomer.
 _SLOTS_AT = 128
-_SLOT = struct.Struct("<Qddd")
+_SLOT = struct.Struct("<QdddI")
 _SLOTS = 64
 _BEAT = 0.25
 _ALIVE = 2.0
@@ -220,6 +242,7 @@ class FilePeers(Peers):
         self._next_look = -math.inf
         self._next_beat = -math.inf
         self._slot: int | None = None  # which slot is ours, once taken
+        self._finalizer = weakref.finalize(self, lambda: None)
         fd = self._open(-math.inf)
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -279,7 +302,8 @@ class FilePeers(Peers):
     def _mark(self, fd: int, sender: Sender) -> None:
         """Write our slot (a writer of 0: the slot is free)."""
         assert self._slot is not None
-        packed = _SLOT.pack(sender.writer, sender.at, sender.sent, sender.rate)
+        fields = (sender.writer, sender.at, sender.sent, sender.rate)
+        packed = _SLOT.pack(*fields, zlib.crc32(_SLOT.pack(*fields, 0)[:-4]))
         os.pwrite(fd, packed, _SLOTS_AT + self._slot * _SLOT.size)
 
     def _open(self, now: float) -> int | None:
@@ -287,8 +311,13 @@ class FilePeers(Peers):
             self._next_look = now + _LOOK_EVERY
             with contextlib.suppress(OSError):
                 if os.stat(os.path.dirname(self._path)).st_uid == os.getuid():  # ours alone
-                    self._fd = os.open(self._path, os.O_RDWR | os.O_NOFOLLOW)
+                    self._opened(os.open(self._path, os.O_RDWR | os.O_NOFOLLOW))
         return self._fd
+
+    def _opened(self, fd: int) -> None:
+        """Hold `fd`; a Session never closed lets go of it when it is collected."""
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, functools.partial(_close_quietly, fd))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
@@ -299,8 +328,18 @@ class FilePeers(Peers):
             os.makedirs(folder, mode=0o700, exist_ok=True)
             if os.stat(folder).st_uid != os.getuid():  # another user's folder: share nothing
                 raise PermissionError(f"{folder} belongs to another user")
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._opened(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        assert self._fd is not None
+        # Never wait on the event loop for a lock another Session holds: it may be stopped
+        # (Ctrl-Z) while holding it. A few quick tries, then this write is skipped.
+        for _ in range(_LOCK_TRIES):
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(_LOCK_PAUSE)
+        else:
+            raise BlockingIOError("the rate file is locked by another Session")
         try:
             yield self._fd
         finally:
@@ -310,15 +349,20 @@ class FilePeers(Peers):
         """Let go of the file (it stays, for the others), and of our slot."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            self._finalizer.detach()
             if self._slot is not None:
                 with contextlib.suppress(OSError):
                     self._mark(fd, Sender(0, 0.0))
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _pack(event: PeerEvent) -> bytes:
-    return _RECORD.pack(
+    record = _RECORD.pack(
         _MAGIC,
         event.writer,
         event.seq,
@@ -330,29 +374,75 @@ def _pack(event: PeerEvent) -> bytes:
         event.rate,
         event.w_max,
     )
+    return record + _CRC.pack(zlib.crc32(record))
 
 
 def _read(fd: int) -> PeerEvent | None:
-    raw = os.pread(fd, _RECORD.size, 0)
-    if len(raw) < _RECORD.size:
-        return None
-    magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max = _RECORD.unpack(raw)
-    if magic != _MAGIC:
-        return None
-    return PeerEvent(seq, writer, at, pause_until, limit, window, ticks, rate, w_max)
+    """The record, whole: one torn by a writer is read again, and counts as none after
+    `_READS` tries."""
+    for _ in range(_READS):
+        raw = os.pread(fd, _RECORD.size + _CRC.size, 0)
+        if len(raw) < _RECORD.size + _CRC.size:
+            return None
+        record, (crc,) = raw[: _RECORD.size], _CRC.unpack(raw[_RECORD.size :])
+        if zlib.crc32(record) != crc:
+            continue
+        magic, writer, seq, at, pause_until, limit, window, ticks, rate, w_max = _RECORD.unpack(
+            record
+        )
+        if magic != _MAGIC:
+            return None
+        return PeerEvent(seq, writer, at, pause_until, limit, window, ticks, rate, w_max)
+    return None
 
 
 def _read_slots(fd: int) -> list[Sender]:
+    """Every slot; one torn by its writer (or never written) is a free one."""
     raw = os.pread(fd, _SLOTS * _SLOT.size, _SLOTS_AT).ljust(_SLOTS * _SLOT.size, b"\0")
-    return [Sender(*_SLOT.unpack_from(raw, i * _SLOT.size)) for i in range(_SLOTS)]
+    slots = []
+    for i in range(_SLOTS):
+        writer, at, sent, rate, crc = _SLOT.unpack_from(raw, i * _SLOT.size)
+        whole = zlib.crc32(raw[i * _SLOT.size : (i + 1) * _SLOT.size - _CRC.size]) == crc
+        slots.append(Sender(writer, at, sent, rate) if whole and writer else Sender(0, 0.0))
+    return slots
 
 
-def peers_for(base_url: str, key: str | None) -> Peers:
-    """The peers of Sessions using this key at this address on this machine."""
+def peers_for(base_url: str, key: str | None, store: str | None = None) -> Peers:
+    """The peers of Sessions using this key at this address: through `store` (a
+    ``redis://`` URL; None: ``$DEERLUMA_RATE_STORE``, else a file of this machine's)."""
+    store = store if store is not None else os.environ.get("DEERLUMA_RATE_STORE") or None
+    check_rate_store(store)
+    if key is None or store == "off":
+        return Peers()
+    digest = hashlib.sha256(f"{base_url}\0{key}".encode()).hexdigest()[:32]
+    if store is not None and store != "file":
+        from ._redis_peers import RedisPeers
+
+        return RedisPeers(store, digest)
     folder = os.environ.get("DEERLUMA_RATE_DIR")
-    if key is None or folder == "off" or os.name != "posix":
+    if folder == "off" or os.name != "posix":
         return Peers()
     if not folder:
         folder = os.path.join(tempfile.gettempdir(), f"deerluma-{os.getuid()}")
-    digest = hashlib.sha256(f"{base_url}\0{key}".encode()).hexdigest()[:32]
-    return FilePeers(os.path.join(folder, f"{digest}.rate"))
+    return FilePeers(os.path.join(folder, f"{digest}.rate3"))  # (3: the layout's version)
+
+
+def check_rate_store(store: str | None) -> None:
+    """A rate store deerluma knows (ConfigurationError otherwise, and when Redis's client
+    is not installed)."""
+    if store is None or store in ("file", "off"):
+        return
+    if not store.startswith(_REDIS_SCHEMES):
+        raise ConfigurationError(
+            "rate_store must be a redis://, rediss:// or unix:// URL, 'file' (this machine's "
+            f"Sessions, the default) or 'off'; got {store.partition('://')[0]!r}"
+        )
+    try:
+        import redis.asyncio  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            "a Redis rate store needs redis-py: pip install 'deerluma[redis]'"
+        ) from exc
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

@@ -95,6 +95,7 @@ class Session:
         policy: PollPolicy | None = None,
         sleep: Sleep | None = None,
         clock: Clock | None = None,
+        rate_store: str | None = None,
     ) -> None:
         key = check_api_key(api_key if api_key is not None else os.environ.get("DEERAPI_API_KEY"))
         self._base = check_base_url(
@@ -113,9 +114,9 @@ class Session:
             max_rps=max_rps,
             sleep=sleep,
             clock=clock,
-            # Sessions of one key on this machine hear of each other's 429s; their clock
-            # times are comparable only on the machine's monotonic clock.
-            peers=None if clock is not None else peers_for(str(self._base), key),
+            # Sessions of one key hear of each other's 429s (on this machine through a file,
+            # or on any through `rate_store`); only on the machine's monotonic clock.
+            peers=None if clock is not None else peers_for(str(self._base), key, rate_store),
         )
         self._clock = self._transport.clock
         self._history = TimingHistory()

@@ -354,3 +354,56 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
     fleet.answered(3.0, 2.99, held_back=True)
     assert fleet.rate == pytest.approx(before, rel=0.05)
     assert fleet._c == pytest.approx(lone._c)
+
+
+def test_a_torn_record_or_slot_is_never_taken_for_one(tmp_path: Path) -> None:
+    import os
+
+    path = str(tmp_path / "k.rate")
+    one, two = FilePeers(path), FilePeers(path)
+    one.publish(PeerEvent(0, 0, 10.0, 11.0))
+    one.pace = lambda now: (5.0, 6.0)
+    one.news(10.0)  # marks its slot
+    with open(path, "r+b") as file:  # a writer cut halfway: half the record is new bytes
+        file.seek(20)
+        file.write(b"\xff" * 16)
+        file.seek(128 + 10)  # and its slot
+        file.write(b"\xff" * 8)
+    assert two.news(11.0) == (None, 0)  # read again, still torn: no news rather than nonsense
+    assert two.fleet() == 1  # the torn slot counts as free
+    one.publish(PeerEvent(0, 0, 12.0, 13.0))  # whole again
+    event, _ = two.news(12.5)
+    assert event is not None and event.pause_until == 13.0
+    del os
+
+
+def test_a_lock_held_by_a_stopped_session_never_holds_the_others(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    path = str(tmp_path / "k.rate")
+    one, two = FilePeers(path), FilePeers(path)
+    one.publish(PeerEvent(0, 0, 1.0, 2.0))
+    with open(path, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a Session stopped (Ctrl-Z) while it wrote
+        started = time.perf_counter()
+        two.publish(PeerEvent(0, 0, 3.0, 4.0))  # skipped, not waited for
+        two.tick()
+        assert time.perf_counter() - started < 0.1
+    two.publish(PeerEvent(0, 0, 5.0, 6.0))
+    event, _ = one.news(5.5)
+    assert event is not None and event.pause_until == 6.0
+
+
+def test_a_session_never_closed_lets_go_of_its_file_when_collected(tmp_path: Path) -> None:
+    import gc
+    import os
+
+    peers = FilePeers(str(tmp_path / "k.rate"))
+    peers.publish(PeerEvent(0, 0, 1.0, 2.0))
+    fd = peers._fd
+    assert fd is not None
+    del peers
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
