@@ -81,6 +81,9 @@ class Session:
     :param policy: the default PollPolicy of waits and batches.
     :param sleep: injectable ``asyncio.sleep`` (tests pass a fake clock's).
     :param clock: injectable monotonic clock, in seconds.
+    :param rate_store: where Sessions of this key share its rate: ``"redis://host:6379/0"``
+        for Sessions on any machine (the ``redis`` extra), ``"file"`` for this machine's,
+        ``"off"``; None reads ``$DEERLUMA_RATE_STORE``, else ``"file"`` (docs/batch.md).
     """
 
     def __init__(

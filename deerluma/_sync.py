@@ -165,6 +165,7 @@ class SyncSession:
         policy: PollPolicy | None = None,
         sleep: Sleep | None = None,
         clock: Clock | None = None,
+        rate_store: str | None = None,
     ) -> None:
         self.session = Session(
             api_key,
@@ -175,6 +176,7 @@ class SyncSession:
             policy=policy,
             sleep=sleep,
             clock=clock,
+            rate_store=rate_store,
         )
         """The async Session underneath (its coroutines belong to the private loop)."""
         self._portal = LoopThread("deerluma-sync")

@@ -357,8 +357,6 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
 
 
 def test_a_torn_record_or_slot_is_never_taken_for_one(tmp_path: Path) -> None:
-    import os
-
     path = str(tmp_path / "k.rate")
     one, two = FilePeers(path), FilePeers(path)
     one.publish(PeerEvent(0, 0, 10.0, 11.0))
@@ -374,7 +372,6 @@ def test_a_torn_record_or_slot_is_never_taken_for_one(tmp_path: Path) -> None:
     one.publish(PeerEvent(0, 0, 12.0, 13.0))  # whole again
     event, _ = two.news(12.5)
     assert event is not None and event.pause_until == 13.0
-    del os
 
 
 def test_a_lock_held_by_a_stopped_session_never_holds_the_others(tmp_path: Path) -> None:
@@ -405,5 +402,5 @@ def test_a_session_never_closed_lets_go_of_its_file_when_collected(tmp_path: Pat
     assert fd is not None
     del peers
     gc.collect()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # closed
