@@ -4,7 +4,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from ._batch import BatchResult
-from ._callbacks import CallbackView
+from ._callbacks import CallbackAnswer, CallbackApp, CallbackView
 from ._callbacks import Handler as CallbackHandler
 from ._create import AspectRatio, CreateOptions
 from ._decode import decode_generation
@@ -53,6 +53,8 @@ __all__ = [
     "Asset",
     "AuthenticationError",
     "BatchResult",
+    "CallbackAnswer",
+    "CallbackApp",
     "CallbackHandler",
     "CallbackView",
     "ConfigurationError",

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import math
+import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -32,10 +34,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CALLBACK_BYTES",
+    "CallbackAnswer",
+    "CallbackApp",
     "CallbackHub",
     "CallbackView",
     "Listening",
     "make_handler",
+    "receive",
     "sleep_or_wake",
 ]
 
@@ -328,33 +333,138 @@ async def sleep_or_wake(
         waker.cancel()
 
 
-def make_handler(hub: CallbackHub, secret: str | None) -> Handler:
-    """An aiohttp request handler that feeds callbacks to `hub`."""
+@attrs.frozen
+class CallbackAnswer:
+    """What to answer a callback's sender: `status` (200, 400, 403, 413) and a JSON `body`."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @property
+    def json(self) -> dict[str, object]:
+        """The body, parsed."""
+        parsed: dict[str, object] = json.loads(self.body)
+        return parsed
+
+
+def _answer(status: int, payload: dict[str, object]) -> CallbackAnswer:
+    return CallbackAnswer(status, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def _refuse(status: int, message: str) -> CallbackAnswer:
+    return _answer(status, {"error": {"message": message}})
+
+
+TOO_LARGE = _refuse(413, f"a callback body is at most {MAX_CALLBACK_BYTES} bytes")
+WRONG_TOKEN = _refuse(403, "wrong or missing token")
+
+
+def admits(expected: bytes, token: str | None) -> bool:
+    """Whether a callback's `token` (its URL's ``token`` parameter) is the one asked for."""
+    return hmac.compare_digest((token or "").encode(), expected)
+
+
+def receive(hub: CallbackHub, expected: bytes, body: bytes, token: str | None) -> CallbackAnswer:
+    """The one place that judges a callback: its token, its size, its body; a generation of
+    an id this Session waits for is delivered to `hub`. Every web framework's door (the
+    aiohttp handler, the ASGI app, `Session.receive_callback`) answers what this says."""
+    if not admits(expected, token):
+        return WRONG_TOKEN
+    if len(body) > MAX_CALLBACK_BYTES:
+        return TOO_LARGE
+    try:
+        generation = decode_generation(200, {"Content-Type": "application/json"}, bytes(body))
+    except DeerLumaError as exc:
+        return _refuse(400, f"not a generation: {exc}")
+    if not hub.deliver(generation):  # not an id this Session waits for: nothing kept
+        return _answer(200, {"ok": True, "ignored": "not an id this Session waits for"})
+    return _answer(200, {"ok": True})
+
+
+def make_handler(hub: CallbackHub, secret: str) -> Handler:
+    """An aiohttp request handler that feeds callbacks to `hub` (through `receive`)."""
     from aiohttp import web  # the server half of aiohttp only for those who receive callbacks
 
-    expected = None if secret is None else secret.encode()
+    expected = secret.encode()
 
-    def refuse(status: int, message: str) -> web.Response:
-        return web.json_response({"error": {"message": message}}, status=status)
+    def respond(answer: CallbackAnswer) -> web.Response:
+        return web.Response(
+            status=answer.status, body=answer.body, content_type=answer.content_type
+        )
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if expected is not None:
-            token = request.query.get("token", "").encode()
-            if not hmac.compare_digest(token, expected):
-                return refuse(403, "wrong or missing token")
+        token = request.query.get("token")
+        if not admits(expected, token):  # before reading a byte of it
+            return respond(WRONG_TOKEN)
         if request.content_length is not None and request.content_length > MAX_CALLBACK_BYTES:
-            return refuse(413, f"a callback body is at most {MAX_CALLBACK_BYTES} bytes")
+            return respond(TOO_LARGE)
         body = bytearray()
         async for chunk in request.content.iter_chunked(64 * 1024):
             body += chunk
             if len(body) > MAX_CALLBACK_BYTES:
-                return refuse(413, f"a callback body is at most {MAX_CALLBACK_BYTES} bytes")
-        try:
-            generation = decode_generation(200, {"Content-Type": "application/json"}, bytes(body))
-        except DeerLumaError as exc:
-            return refuse(400, f"not a generation: {exc}")
-        if not hub.deliver(generation):  # not an id this Session waits for: nothing kept
-            return web.json_response({"ok": True, "ignored": "not an id this Session waits for"})
-        return web.json_response({"ok": True})
+                return respond(TOO_LARGE)
+        return respond(receive(hub, expected, bytes(body), token))
 
     return handle
+
+
+_Message = dict[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+
+
+class CallbackApp:
+    """An ASGI app that receives callbacks (what `Session.callback_asgi` returns): mount it
+    in FastAPI or Starlette, Quart, or Django's ASGI. POST only; the token is the URL's
+    ``token`` parameter; its verdicts are `receive`'s."""
+
+    def __init__(self, hub: CallbackHub, secret: str) -> None:
+        self._hub = hub
+        self._expected = secret.encode()
+
+    async def __call__(self, scope: _Message, receive_: _Receive, send: _Send) -> None:
+        if scope["type"] == "lifespan":  # served alone: nothing to start or stop
+            while True:
+                message = await receive_()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope.get("method") != "POST":
+            await _send_answer(send, _refuse(405, "callbacks are POSTed"))
+            return
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = query.get("token", [None])[0]
+        if not admits(self._expected, token):  # before reading a byte of it
+            await _send_answer(send, WRONG_TOKEN)
+            return
+        for name, value in scope.get("headers", ()):
+            too_long = value.isdigit() and int(value) > MAX_CALLBACK_BYTES
+            if name.lower() == b"content-length" and too_long:
+                await _send_answer(send, TOO_LARGE)
+                return
+        body = bytearray()
+        while True:
+            message = await receive_()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_CALLBACK_BYTES:
+                await _send_answer(send, TOO_LARGE)
+                return
+            if not message.get("more_body", False):
+                break
+        await _send_answer(send, receive(self._hub, self._expected, bytes(body), token))
+
+
+async def _send_answer(send: _Send, answer: CallbackAnswer) -> None:
+    headers = [
+        (b"content-type", answer.content_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})

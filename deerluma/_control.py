@@ -316,6 +316,12 @@ class Controller:
             if not self.slow_start:
                 self._regrow(max(self._w_max, self.rate) + freed, self.rate + freed, now)
         if self.slow_start:
+            fleet = peers.fleet()
+            if fleet > self._fleet:
+                # More Sessions than this one start on the key (workers launched together):
+                # they share the start, or each meets the server's burst allowance at once.
+                self._set_rate(max(FLOOR, self.rate * self._fleet / fleet), now)
+                self._fleet = fleet
             if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
                 # Grow, but never past twice what the server has taken lately.
                 grown = min(_GROWTH * self.rate, 2 * meter.latest_rate())

@@ -17,7 +17,14 @@ import attrs
 import yarl
 
 from ._batch import CONCURRENCY, BatchResult, batch_as_completed
-from ._callbacks import CallbackHub, CallbackView, make_handler
+from ._callbacks import (
+    CallbackAnswer,
+    CallbackApp,
+    CallbackHub,
+    CallbackView,
+    make_handler,
+    receive,
+)
 from ._callbacks import Handler as CallbackHandler
 from ._create import CreateOptions, build_create_body
 from ._decode import decode_generation
@@ -188,9 +195,40 @@ class Session:
         for are kept (others are answered and dropped), so made-up ids cannot
         crowd out real ones. Bodies over 4 MiB get 413, malformed ones 400.
         """
+        return make_handler(self._callbacks, self._secret(secret))
+
+    async def receive_callback(
+        self, body: bytes | str, *, token: str | None = None, secret: str | None = None
+    ) -> CallbackAnswer:
+        """Take one callback as any web framework hands it over: the raw `body`, and the
+        ``token`` parameter of its URL. Answer the sender with the result's ``.status``
+        and ``.body`` (JSON): 200 (or 200 "ignored": not an id this Session waits for),
+        400 (not a generation), 403 (wrong or missing token), 413 (over 4 MiB). The same
+        verdicts as `callback_handler`'s and `callback_asgi`'s: one place decides.
+
+        FastAPI::
+
+            @app.post("/luma-callback")
+            async def luma(request: Request) -> Response:
+                answer = await s.receive_callback(
+                    await request.body(), token=request.query_params.get("token")
+                )
+                return Response(answer.body, answer.status, media_type="application/json")
+        """
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+        return receive(self._callbacks, self._secret(secret).encode(), raw, token)
+
+    def callback_asgi(self, *, secret: str | None = None) -> CallbackApp:
+        """An ASGI app that receives callbacks, to mount in FastAPI or Starlette
+        (``app.mount("/luma-callback", s.callback_asgi())``), Quart, or Django's ASGI:
+        POST only, the token in the URL's ``token`` parameter, bodies read up to 4 MiB.
+        Its verdicts are `receive_callback`'s."""
+        return CallbackApp(self._callbacks, self._secret(secret))
+
+    def _secret(self, secret: str | None) -> str:
         if secret is not None and not secret:
             raise ValueError("secret must be a non-empty string (or None: this Session's token)")
-        return make_handler(self._callbacks, secret or self._callback_token)
+        return secret or self._callback_token
 
     @property
     def callback_token(self) -> str:

@@ -39,6 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 NOT_MIRRORED = {
     "aclose": "close() is the blocking twin",
     "callback_handler": "an aiohttp handler runs in an async app: use the async Session there",
+    "callback_asgi": "an ASGI app runs in an async server: receive_callback is for views",
     "callback_token": "it guards callback_handler, which only the async Session has",
 }
 
@@ -276,6 +277,10 @@ class SyncSession:
     """[Session.as_completed][deerluma.Session.as_completed], as a plain iterator (SyncUpdates)."""
     run = _iterating(Session.run)
     """[Session.run][deerluma.Session.run], as a plain iterator (SyncUpdates)."""
+    receive_callback = _blocking(Session.receive_callback)
+    """[Session.receive_callback][deerluma.Session.receive_callback], blocking: for Flask
+    and Django views (``s.receive_callback(request.get_data(), token=request.args.get(
+    "token"))``)."""
 
 
 def _shut_down(portal: LoopThread, session: Session) -> None:

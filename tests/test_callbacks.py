@@ -261,3 +261,56 @@ async def test_by_default_the_receiver_asks_for_the_sessions_token_and_keeps_onl
         assert scaled() - api.finishes_at(created.id) < 0.5
     finally:
         await runner.cleanup()
+
+
+async def test_receive_callback_answers_as_the_aiohttp_handler_does() -> None:
+    import json
+
+    from deerluma._callbacks import MAX_CALLBACK_BYTES
+
+    async with deerluma.Session(api_key="fake-key-0123456789") as s:
+        s.expect_callbacks("task-1")
+        token = s.callback_token
+        done = json.dumps({"id": "task-1", "state": "completed"})
+        answer = await s.receive_callback(done, token=token)
+        assert (answer.status, answer.json) == (200, {"ok": True})
+        assert answer.content_type == "application/json"
+        other = json.dumps({"id": "task-9", "state": "completed"}).encode()
+        assert "ignored" in (await s.receive_callback(other, token=token)).json
+        assert (await s.receive_callback(b"<html>", token=token)).status == 400
+        assert (await s.receive_callback(done)).status == 403
+        assert (await s.receive_callback(done, token="wrong")).status == 403
+        huge = b" " * (MAX_CALLBACK_BYTES + 1)
+        assert (await s.receive_callback(huge, token=token)).status == 413
+        answer = await s.receive_callback(done, token="mine", secret="mine")
+        assert answer.status == 200
+        assert s.callbacks.received == 2
+
+
+async def test_the_asgi_app_refuses_what_is_not_a_post_and_bodies_too_large() -> None:
+    from deerluma._callbacks import MAX_CALLBACK_BYTES
+
+    async with deerluma.Session(api_key="fake-key-0123456789") as s:
+        app = s.callback_asgi()
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        async def nothing() -> dict[str, object]:
+            raise AssertionError("the body is not read")
+
+        scope = {"type": "http", "method": "GET", "query_string": b"", "headers": []}
+        await app(scope, nothing, send)
+        assert sent[0]["status"] == 405
+        sent.clear()
+        query = f"token={s.callback_token}".encode()
+        length = str(MAX_CALLBACK_BYTES + 1).encode()
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "query_string": query,
+            "headers": [(b"content-length", length)],
+        }
+        await app(scope, nothing, send)  # refused before a byte is read
+        assert sent[0]["status"] == 413
