@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from .exceptions import (
     DestinationError,
     DestinationExists,
     GenerationFailed,
+    InvalidTaskId,
     WaitTimeout,
 )
 from .jobs import LEDGER_FILE, WAIT_TIMEOUT, JobResult, JobsFileError, JobState, RunStats
@@ -73,6 +75,8 @@ def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
             code = max(code, EXIT_TIMEOUT)
         elif isinstance(error, DestinationError):
             code = max(code, EXIT_LOCAL)
+        elif isinstance(error, InvalidTaskId):  # a mistake in the command, as in `get`
+            code = max(code, EXIT_USAGE)
         else:
             code = max(code, EXIT_ERROR)
     return code
@@ -101,6 +105,13 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         default=unset,
         metavar="SECONDS",
         help="one request's limit, connecting to the last byte (default 30)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="print results and errors only: no progress, no summaries",
     )
     parser.add_argument(
         "-v",
@@ -193,6 +204,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --serve: seconds each generation takes (default 5)",
     )
     demo.add_argument(
+        "--port",
+        type=_port,
+        default=0,
+        help="with --serve: the port to listen on, on 127.0.0.1 (default: a free one)",
+    )
+    demo.add_argument(
         "--refresh",
         type=float,
         help="with --serve: answer from rows refreshed every S seconds, as new-api does "
@@ -241,6 +258,11 @@ def _parser() -> argparse.ArgumentParser:
         "--from", dest="source", default="-", metavar="FILE", help="ids, one per line ('-': stdin)"
     )
     _batch_options(many, timeout=3600)
+    many.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON lines (what wait-many always prints; accepted for scripts)",
+    )
     many.add_argument(
         "--out",
         type=Path,
@@ -345,6 +367,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -413,8 +445,16 @@ class App:
 
         self.args = args
         self.out = stdout
-        self.console: Console = Console(file=stderr, stderr=True)
-        self.live = self.console.is_terminal
+        plain = bool(os.environ.get("NO_COLOR")) or getattr(args, "quiet", False)
+        # NO_COLOR: no escape sequence at all (bold, and the live status line, too).
+        self.console: Console = Console(
+            file=stderr,
+            stderr=True,
+            color_system=None if plain else "auto",
+            quiet=bool(getattr(args, "quiet", False)),
+        )
+        self.live = self.console.is_terminal and not plain
+        self.quiet = bool(getattr(args, "quiet", False))
         self.clock: Callable[[], float] | None = None
         self.sleep: Callable[[float], Awaitable[None]] | None = None
 
@@ -559,16 +599,20 @@ class App:
 
 
 async def cmd_get(app: App) -> int:
-    from ._render import print_generation, result_line
+    from ._render import generation_fields, print_generation, result_line
 
     async with app.session() as s:
         g = await s.get_generation(app.args.task_id, timeout=app.args.timeout)
     if app.args.json:  # the generation itself, as sent: like gh api or kubectl -o json
         print(result_line(dict(g.raw)), file=app.out, flush=True)
+    elif not _is_terminal(app.out):  # piped: plain "field<TAB>value" lines a script can read
+        for field, value in generation_fields(g):
+            print(f"{field}\t{value}", file=app.out)
     else:
         from rich.console import Console
 
-        print_generation(Console(file=app.out), g)
+        plain = bool(os.environ.get("NO_COLOR"))
+        print_generation(Console(file=app.out, color_system=None if plain else "auto"), g)
     return EXIT_OK
 
 
@@ -828,6 +872,7 @@ async def cmd_demo(app: App) -> int:
             app,
             seconds_of("--duration", duration, zero=True),
             None if refresh is None else seconds_of("--refresh", refresh),
+            app.args.port,
         )
     if duration is not None:
         raise ValueError("--duration goes with --serve (the demo's generations take 3-13 s)")
@@ -874,13 +919,15 @@ async def cmd_demo(app: App) -> int:
     return EXIT_OK if failed == EXIT_FAILED else failed
 
 
-async def _serve_fake(app: App, duration: float, refresh: float | None) -> int:
+async def _serve_fake(app: App, duration: float, refresh: float | None, port: int) -> int:
     """Serve a fake DeerAPI on this machine (real time: each generation takes `duration`
     seconds; rows refreshed every `refresh` seconds, if given) until Ctrl-C; print the two
     variables that point every other command at it."""
     from .testing import FakeDeerAPI
 
-    async with FakeDeerAPI(create_duration=duration, refresh=refresh, refresh_gap=0.05) as fake:
+    async with FakeDeerAPI(
+        create_duration=duration, refresh=refresh, refresh_gap=0.05, port=port
+    ) as fake:
         fake.record_requests = False  # it may serve for hours
         print(
             f"a fake DeerAPI serves at {fake.url} (no network, no cost); Ctrl-C stops it.\n"
@@ -895,13 +942,25 @@ async def _serve_fake(app: App, duration: float, refresh: float | None) -> int:
     return EXIT_OK
 
 
+#: A job's end, as an error type in JSON lines (the shape every command's errors have).
+_JOB_ERRORS = {
+    JobState.FAILED: "JobFailed",
+    JobState.UNKNOWN: "CreateOutcomeUnknown",
+    JobState.TIMED_OUT: "WaitTimeout",
+}
+
+
 def _job_line(result: JobResult) -> dict[str, object]:
+    error = None
+    if result.error is not None:
+        kind = _JOB_ERRORS.get(result.state, "JobError")
+        error = {"type": kind, "message": result.error}
     return {
         "key": result.key,
         "state": result.state.value,
         "task_id": result.task_id,
         "path": result.path,
-        "error": result.error,
+        "error": error,
     }
 
 
@@ -996,7 +1055,9 @@ def _duration(seconds: float) -> str:
 def _run_summary(
     app: App, results: Sequence[JobResult], file: IO[str], *, stopped: bool = False
 ) -> int:
-    """Counts by state, then each job that needs a person; the exit code."""
+    """Counts by state, then each job that needs a person (not with -q); the exit code."""
+    if app.quiet and file is not app.out:
+        file = io.StringIO()
     counts: dict[str, int] = {}
     for result in results:
         counts[result.state.value] = counts.get(result.state.value, 0) + 1
@@ -1126,7 +1187,9 @@ def main(
         return EXIT_PIPE
     except FileExistsError as exc:  # said for a terminal: the flag, not the Python argument
         where = getattr(exc, "dest", None) or exc.filename or str(exc).split(" exists")[0]
-        _report(app, f"{where} exists", "the --overwrite flag replaces it")
+        # Only where the command has the flag (one rule: a flag a message names exists).
+        hint = "the --overwrite flag replaces it" if hasattr(args, "overwrite") else ""
+        _report(app, f"{where} exists", hint)
         return EXIT_USAGE
     except ConfigurationError as exc:
         if exc.missing_key:

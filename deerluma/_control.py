@@ -316,12 +316,6 @@ class Controller:
             if not self.slow_start:
                 self._regrow(max(self._w_max, self.rate) + freed, self.rate + freed, now)
         if self.slow_start:
-            fleet = peers.fleet()
-            if fleet > self._fleet:
-                # More Sessions than this one start on the key (workers launched together):
-                # they share the start, or each meets the server's burst allowance at once.
-                self._set_rate(max(FLOOR, self.rate * self._fleet / fleet), now)
-                self._fleet = fleet
             if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
                 # Grow, but never past twice what the server has taken lately.
                 grown = min(_GROWTH * self.rate, 2 * meter.latest_rate())
@@ -359,6 +353,17 @@ class Controller:
             kind = self._plain(now, sent, throttle.retry_after)
         self.counts[kind] += 1
         return throttle if kind is throttle.kind else attrs.evolve(throttle, kind=kind)
+
+    def share_start(self, now: float) -> bool:
+        """In slow start, when more Sessions than before send on the key (workers launched
+        together), they share the start rate, or each meets the server's burst allowance
+        at once. Whether the rate was cut for it."""
+        fleet = self.peers.fleet()
+        if not self.slow_start or fleet <= self._fleet:
+            return False
+        self._set_rate(max(FLOOR, self.rate * self._fleet / fleet), now)
+        self._fleet = fleet
+        return True
 
     def heard_429s(self, now: float, count: int) -> None:
         """Other Sessions of this key met `count` plain 429s: evidence of a crowd here too.

@@ -70,7 +70,8 @@ class RateGate:
         self.control = Controller(max_rps, clock(), peers)
         self._shared = self.control.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
-        self._tokens = self._capacity()
+        # No burst at first where others of the key may be starting too, unseen as yet.
+        self._tokens = 1.0 if self.control.peers.cold else self._capacity()
         self._refilled_at = clock()
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).
@@ -253,6 +254,8 @@ class RateGate:
     def _listen(self, now: float) -> None:
         """Hear what other Sessions of this key met: their 429s as evidence, their cuts."""
         event, ticks = self.control.peers.news(now)
+        if self.control.share_start(now):
+            self._tokens = min(self._tokens, 1.0)
         if ticks:
             self.control.heard_429s(now, ticks)
         if event is not None:

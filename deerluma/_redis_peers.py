@@ -114,6 +114,10 @@ class RedisPeers(Peers):
         self._up = False
 
     @property
+    def cold(self) -> bool:
+        return not self._joined_once
+
+    @property
     def up(self) -> bool:
         """Whether Redis answered lately (else this Session goes on alone)."""
         return self._up
@@ -144,48 +148,44 @@ class RedisPeers(Peers):
                 socket_connect_timeout=_CALL_TIMEOUT,
                 health_check_interval=0,
             )
+            stop = asyncio.Event()
+            listening = asyncio.ensure_future(self._listen(client, stop))
             try:
-                await self._serve(client)
+                await self._talk(client)
             except (TimeoutError, RedisError, OSError) as exc:
                 self._down(exc)
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(client.aclose())
+                # The listener stops at its next turn (its client may not hear a cancel).
+                stop.set()
+                listening.cancel()
+                await asyncio.wait([listening], timeout=_CALL_TIMEOUT)
+                closing = asyncio.ensure_future(client.aclose())
+                await asyncio.wait([closing], timeout=_CALL_TIMEOUT)
             await asyncio.sleep(retry)
             retry = min(_LONGEST_RETRY, retry * 2)
 
-    async def _serve(self, client: Any) -> None:
-        """Talk to Redis until it fails: measure the clock, send what is queued, read (at
-        once when another Session says it wrote, else every `_READ_EVERY`)."""
-        listening = asyncio.ensure_future(self._listen(client))
-        try:
-            await self._talk(client)
-        finally:
-            listening.cancel()
-            with contextlib.suppress(BaseException):
-                await listening
-
-    async def _listen(self, client: Any) -> None:
-        """Wake the reader whenever a Session of the key writes (pub/sub)."""
+    async def _listen(self, client: Any, stop: asyncio.Event) -> None:
+        """Wake the reader whenever a Session of the key writes (pub/sub), until `stop`."""
         assert self._wake is not None
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(self._channel)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.4)
+            while not stop.is_set():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if message is not None:
                     self._wake.set()
         except Exception:  # the reader's own calls tell when Redis is gone
             pass
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            closing = asyncio.ensure_future(pubsub.aclose())
+            await asyncio.wait([closing], timeout=_CALL_TIMEOUT)
 
     async def _talk(self, client: Any) -> None:
         publish = client.register_script(_PUBLISH)
         offset = await self._offset(client)
         measured = time.monotonic()
         next_beat = -math.inf
+        joined = False
         assert self._wake is not None
         while True:
             now = time.monotonic()
@@ -220,6 +220,9 @@ class RedisPeers(Peers):
                 pipe = client.pipeline(transaction=False)
                 pipe.hset(self._senders_key, str(self.me), slot)
                 pipe.expire(self._senders_key, _TTL)
+                if not joined:  # a newcomer: the others count it at once, not 50 ms later
+                    pipe.publish(self._channel, "join")
+                    joined = True
                 await pipe.execute()
             pipe = client.pipeline(transaction=False)
             pipe.hgetall(self._event_key)

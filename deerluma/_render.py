@@ -139,22 +139,29 @@ def result_line(record: Mapping[str, object]) -> str:
     return json.dumps(record, ensure_ascii=False, default=str)
 
 
-def print_generation(console: Console, generation: Generation) -> None:
-    """A readable view of one generation."""
-    table = Table(show_header=False, title=generation.id)
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")
-    state = Text(generation.state.value, style=_STYLES[generation.state])
-    table.add_row("state", state)
+def generation_fields(generation: Generation) -> list[tuple[str, str]]:
+    """One generation as (field, value) pairs: what `get` shows, as a table or as lines."""
+    fields = [("id", generation.id), ("state", generation.state.value)]
     for name in ("prompt", "created_at", "estimate_wait_seconds", "failure_reason"):
         value = getattr(generation, name)
         if value is not None:
-            table.add_row(name.replace("_", " "), str(value))
+            fields.append((name, str(value)))
     for name in ("video", "video_raw", "thumbnail", "last_frame"):
         media = getattr(generation, name)
         # The link to fetch, as `wait` prints it: the presigned download_url when there is one.
         url = media and (getattr(media, "download_url", None) or media.url)
         if url:
             size = f" ({media.width}x{media.height})" if media.width and media.height else ""
-            table.add_row(name.replace("_", " "), f"{url}{size}")
+            fields.append((name, f"{url}{size}"))
+    return fields
+
+
+def print_generation(console: Console, generation: Generation) -> None:
+    """A readable view of one generation."""
+    table = Table(show_header=False, title=generation.id)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in generation_fields(generation)[1:]:
+        shown = Text(value, style=_STYLES[generation.state]) if name == "state" else value
+        table.add_row(name.replace("_", " "), shown)
     console.print(table)

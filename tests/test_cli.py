@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -685,3 +686,44 @@ async def test_demo_serve_with_refresh_serves_rows_a_wait_finds() -> None:
 async def test_demo_refresh_is_checked(argv: list[str], said: str) -> None:
     code, _, err = await run(None, *argv)
     assert code == 2 and said in err
+
+
+async def test_one_rule_for_each_mistake_in_every_command(
+    live_fake: FakeDeerAPI, tmp_path: Path
+) -> None:
+    for argv in (["get", "bad id!"], ["wait", "bad id!", "--timeout", "1"]):
+        code, _, err = await run(live_fake, *argv)
+        assert code == 2, (argv, err)  # an invalid task id is a mistake in the command
+    ids = tmp_path / "ids.txt"
+    ids.write_text(live_fake.add_generation(duration=0) + "\nbad id!\n")
+    code, out, err = await run(live_fake, "wait-many", "--json", "--from", str(ids))
+    assert code == 2, err  # --json accepted where JSON is printed; the bad id: 2 here too
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["state"] for r in records].count("completed") == 1
+    (bad,) = [r for r in records if r["error"]]
+    assert set(bad["error"]) == {"type", "message"}
+
+
+async def test_terminal_manners_plain_lines_no_color_and_quiet(
+    live_fake: FakeDeerAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = live_fake.add_generation(duration=0)
+    code, out, _ = await run(live_fake, "get", task_id)  # piped: plain lines
+    assert code == 0
+    fields = dict(line.split("\t", 1) for line in out.splitlines())
+    assert fields["state"] == "completed" and fields["video"].startswith(live_fake.url)
+    assert "│" not in out and "─" not in out
+    monkeypatch.setenv("NO_COLOR", "1")
+    code, out, err = await run(live_fake, "wait", task_id)
+    assert code == 0 and "\x1b" not in out + err
+    monkeypatch.delenv("NO_COLOR")
+    code, out, err = await run(live_fake, "-q", "wait", task_id)
+    assert code == 0 and task_id in out and err == ""  # no summary table
+
+
+async def test_demo_serve_listens_on_the_port_asked_for() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with served("--port", str(port)) as point:
+        assert point[3] == f"http://127.0.0.1:{port}"

@@ -208,7 +208,8 @@ async def test_a_generation_that_never_ends_times_out_and_frees_its_slot(tmp_pat
         assert code == 3, stderr
         assert records["stuck"]["state"] == "timed_out"
         assert "timed out: stuck" in stderr
-        assert records["empty"]["state"] == "failed" and "has no video" in records["empty"]["error"]
+        assert records["empty"]["state"] == "failed"
+        assert "has no video" in records["empty"]["error"]["message"]
         assert records["clip-0"]["state"] == "done"
         code, stdout, _ = await command(fake, *argv, "--wait-timeout", "0.5")  # again
         assert code == 3

@@ -380,9 +380,9 @@ class _Runner:
         self.to_create.append((row, done))
         self.stats.waiting_to_create = len(self.to_create)
         if len(self.senders) < self.creates_in_flight:
-            sender = asyncio.ensure_future(self.send_all())
-            self.senders.add(sender)
-            sender.add_done_callback(self.senders.discard)
+            # A sender leaves the set the moment it decides to end (in its own step), never
+            # later: a job queued after that always finds a sender.
+            self.senders.add(asyncio.ensure_future(self.send_all()))
         return await done
 
     async def send_all(self) -> None:
@@ -440,6 +440,7 @@ class _Runner:
                     answered = None
         finally:
             self.sending.discard(task)
+            self.senders.discard(task)
 
     async def record(self, move: Move, done: asyncio.Future[LedgerRow | None]) -> None:
         """Write a create's outcome; its driver hears the row (None: it went back to NEW)."""

@@ -177,6 +177,7 @@ class FakeDeerAPI:
         refresh: float | None = None,
         refresh_gap: float = 0.0,
         create_latency: float | tuple[float, float] = 0.0,
+        port: int = 0,
     ) -> None:
         self.api_key = api_key
         self.clock: Callable[[], float] = clock or time.monotonic
@@ -191,6 +192,7 @@ class FakeDeerAPI:
         #: Seconds a create takes to answer (a range: drawn for each), real time: a real
         #: gateway's POST waits for the upstream's answer (about a second).
         self.create_latency = create_latency
+        self.port = port  # 0: a free one
         self.video_bytes = video_bytes
         self.requests: list[SeenRequest] = []
         self.polls: Counter[str] = Counter()
@@ -264,14 +266,14 @@ class FakeDeerAPI:
                     portal.stop()
 
     async def start(self) -> None:
-        """Listen on 127.0.0.1 on a free port."""
+        """Listen on 127.0.0.1, on `port` (0: a free one)."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get(_API + "/{task_id}", self._get)
         app.router.add_post(_API, self._create)
         app.router.add_get("/storage/{task_id}/{asset}", self._storage)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         sockets = self._runner.addresses
         host, port = sockets[0][:2]
