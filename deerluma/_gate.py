@@ -70,8 +70,7 @@ class RateGate:
         self.control = Controller(max_rps, clock(), peers)
         self._shared = self.control.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
-        # No burst at first where others of the key may be starting too, unseen as yet.
-        self._tokens = 1.0 if self.control.peers.cold else self._capacity()
+        self._tokens = self._capacity()
         self._refilled_at = clock()
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).

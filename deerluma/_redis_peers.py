@@ -114,10 +114,6 @@ class RedisPeers(Peers):
         self._up = False
 
     @property
-    def cold(self) -> bool:
-        return not self._joined_once
-
-    @property
     def up(self) -> bool:
         """Whether Redis answered lately (else this Session goes on alone)."""
         return self._up

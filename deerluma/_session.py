@@ -287,9 +287,11 @@ class Session:
         Session's `timeout`, and the retries by `max_retries`.
         """
         check_task_id(task_id)
-        return await self._bounded(
+        generation: Generation = await self._bounded(
             "get_generation", timeout, lambda deadline: self._fetch(task_id, deadline), task_id
         )
+        self._created.seen(generation, self._clock())
+        return generation
 
     async def _bounded(
         self,

@@ -56,27 +56,36 @@ FRESH = 5.0
 
 
 class Created:
-    """The generations this Session created lately (their create answers), and when."""
+    """The generations this Session created lately: their latest answer (the create's, or a
+    fresher one `get_generation` saw since), when it came, and when each was created."""
 
     def __init__(self, size: int = 16384) -> None:
         self._size = size
-        self._answers: OrderedDict[str, tuple[Generation, float]] = OrderedDict()
+        self._answers: OrderedDict[str, tuple[Generation, float, float]] = OrderedDict()
 
     def add(self, generation: Generation, at: float) -> None:
         """This Session created `generation` at clock time `at`."""
-        self._answers[generation.id] = (generation, at)
+        self._answers[generation.id] = (generation, at, at)
         self._answers.move_to_end(generation.id)
         while len(self._answers) > self._size:
             self._answers.popitem(last=False)
 
+    def seen(self, generation: Generation, at: float) -> None:
+        """A fresher answer for a generation this Session created: a wait or watch that
+        starts from it never goes back to the create answer's older state."""
+        known = self._answers.get(generation.id)
+        if known is not None and at >= known[1]:
+            self._answers[generation.id] = (generation, at, known[2])
+
     def get(self, task_id: str) -> tuple[Generation, float] | None:
-        """The create answer for `task_id` and its clock time, if this Session created it."""
-        return self._answers.get(task_id)
+        """The latest answer for `task_id` and its clock time, if this Session created it."""
+        known = self._answers.get(task_id)
+        return None if known is None else known[:2]
 
     def young_until(self, task_id: str) -> float | None:
         """Until when a 404 for `task_id` is not final: a while after this Session created it."""
         created = self._answers.get(task_id)
-        return None if created is None else created[1] + NOT_FOUND_GRACE
+        return None if created is None else created[2] + NOT_FOUND_GRACE
 
 
 @attrs.frozen

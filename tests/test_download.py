@@ -300,3 +300,28 @@ async def test_storage_faults_are_retried_by_the_same_rule_as_the_apis(
     else:
         await session.download(task_id, dest)
     assert len(_storage_requests(fake)) == tries
+
+
+async def test_the_fake_serves_videos_of_any_size_without_holding_them(tmp_path: Path) -> None:
+    import aiohttp
+
+    from deerluma.testing import FakeDeerAPI
+
+    big = 300 << 20  # it failed with OverflowError while serving
+    async with FakeDeerAPI(video_bytes=3 << 20) as fake:
+        task_id = fake.add_generation(duration=0)
+        huge = fake.add_generation(duration=0, video_bytes=big)
+        async with deerluma.Session(api_key=fake.api_key, base_url=fake.url) as s:
+            path = await s.download(task_id, tmp_path / "a.mp4")  # more than one block
+            assert path.read_bytes() == fake.video_content(task_id)
+            g = await s.get_generation(huge)
+        assert g.video is not None and g.video.download_url is not None
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(g.video.download_url, headers={"Range": f"bytes={big - 10}-"}) as resp,
+        ):
+            assert resp.status == 206
+            assert resp.headers["Content-Range"] == f"bytes {big - 10}-{big - 1}/{big}"
+            tail = await resp.read()
+    block = fake.video_content(task_id)[: 1 << 20]  # (another file's block: same length)
+    assert len(tail) == 10 and len(block) == 1 << 20

@@ -283,3 +283,17 @@ async def test_a_seeded_history_or_an_expected_duration_helps_from_the_first_wai
         await s.wait_until_completed(other, policy=PollPolicy(expected_duration=45, learn=False))
     assert fake.polls[task_id] <= 5
     assert fake.polls[other] <= 5
+
+
+async def test_watch_never_goes_back_to_the_create_answer_after_a_fresher_look(
+    fake: FakeDeerAPI, session: deerluma.Session, clock: FakeClock
+) -> None:
+    fake.create_duration = 20.0
+    created = await session.create_generation("a deer")
+    assert created.state is GenerationState.PENDING
+    await clock.sleep(4.5)  # past the pending part (a fifth), within FRESH of the create
+    seen = await session.get_generation(created.id)
+    assert seen.state is GenerationState.PROCESSING
+    async with session.watch(created.id) as updates:
+        first = await updates.__anext__()
+    assert first.state is GenerationState.PROCESSING  # not the create answer's "pending"

@@ -622,10 +622,13 @@ class FakeDeerAPI:
         gen = self._gens.get(task_id)
         if gen is None:
             return web.Response(status=404)
-        content = _content(f"{task_id}/{asset.split('.')[0]}", gen.video_bytes)
-        start = _range_start(request.headers.get("Range"), len(content))
+        key, size = f"{task_id}/{asset.split('.')[0]}", gen.video_bytes
+        start = _range_start(request.headers.get("Range"), size)
         if start is None:  # as S3 does: the total, so a client can tell it has it all
-            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(content)}"})
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+        if request.get(FAULT_KEY) is None:  # streamed: a video of any size, never all in memory
+            return await _stream(request, key, size, start)
+        content = _content(key, size)
         status = 206 if start else 200
         headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
         said = True
@@ -721,8 +724,36 @@ class FakeDeerAPI:
         return {"url": self._link(gen, asset, ext), "width": 752, "height": 1360}
 
 
+#: A stored file's bytes repeat a block of this size (its own for each file): any size
+#: can be made, and served, without holding it all.
+_BLOCK = 1 << 20
+
+
+def _block(key: str, size: int) -> bytes:
+    return random.Random(key).randbytes(min(size, _BLOCK))
+
+
 def _content(key: str, size: int) -> bytes:
-    return random.Random(key).randbytes(size)
+    block = _block(key, size)
+    return (block * (size // _BLOCK + 1))[:size] if size > _BLOCK else block
+
+
+async def _stream(request: web.Request, key: str, size: int, start: int) -> web.StreamResponse:
+    """The file from `start` on, written a piece at a time."""
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "video/mp4"}
+    if start:
+        headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+    response = web.StreamResponse(status=206 if start else 200, headers=headers)
+    response.content_length = size - start
+    await response.prepare(request)
+    block, at = memoryview(_block(key, size)), start
+    while at < size:
+        offset = at % len(block)
+        piece = block[offset : offset + min(len(block) - offset, size - at)]
+        await response.write(piece)
+        at += len(piece)
+    await response.write_eof()
+    return response
 
 
 def _range_start(header: str | None, size: int) -> int | None:
