@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import deerluma
-from deerluma._cli import main as cli_main
+from deerluma.cli import main as cli_main
 
 from ._server import server_process
 from .common import abba

@@ -1,5 +1,5 @@
 """`python -m deerluma`: the same as the `deerluma` command."""
 
-from ._cli import run
+from .cli import run
 
 run()

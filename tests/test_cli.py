@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from deerluma._cli import _parser, main
+from deerluma.cli import main
+from deerluma.cli.parser import _parser
 from deerluma.testing import FakeDeerAPI, Fault
 
 
@@ -420,8 +421,8 @@ def test_get_and_wait_show_the_same_link_to_fetch() -> None:
     from rich.console import Console
 
     from deerluma import Generation, GenerationState, Video
-    from deerluma._cli import _plain
     from deerluma._render import Row, print_generation
+    from deerluma.cli.waits import _plain
 
     video = Video(url="https://cdn/x.mp4", download_url="https://bucket/x.mp4?X-Amz-Expires=3600")
     g = Generation(id="t", state=GenerationState.COMPLETED, video=video)
@@ -727,3 +728,13 @@ async def test_demo_serve_listens_on_the_port_asked_for() -> None:
         port = probe.getsockname()[1]
     async with served("--port", str(port)) as point:
         assert point[3] == f"http://127.0.0.1:{port}"
+
+
+def test_help_of_each_command_lists_only_the_flags_it_uses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["status", "--help"]) == 0
+    status = capsys.readouterr().out
+    assert "--api-key" not in status and "--base-url" not in status and "--quiet" in status
+    assert main(["get", "--help"]) == 0
+    assert "--api-key" in capsys.readouterr().out

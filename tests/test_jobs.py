@@ -464,7 +464,7 @@ async def _two_processes(folder: Path, shared: list[str], outs: list[str]) -> No
 def test_a_bad_line_of_a_jobs_file_names_the_files_own_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from deerluma._cli import main
+    from deerluma.cli import main
 
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text('{"prompt": "ok"}\n{"prompt": "x", "aspect_ratio": "17:9"}\n', encoding="utf-8")

@@ -1,0 +1,102 @@
+"""Exit codes, and errors as the command line says them."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..exceptions import (
+    DeadlineExceeded,
+    DeerLumaError,
+    DestinationError,
+    GenerationFailed,
+    InvalidTaskId,
+    WaitTimeout,
+)
+
+if TYPE_CHECKING:
+    pass
+if TYPE_CHECKING:
+    from .app import App
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR, EXIT_LOCAL = 0, 1, 2, 3, 4, 5
+# 128 + SIGINT, 128 + SIGPIPE, 128 + SIGTERM, as shells report them
+EXIT_INTERRUPTED, EXIT_PIPE, EXIT_TERMINATED = 130, 141, 143
+
+
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 a generation failed, 2 usage, 3 timeout, 4 API/auth/network error, "
+    "5 local file error, 130 interrupted (Ctrl-C), 141 output closed early, 143 terminated "
+    "(SIGTERM)."
+)
+
+
+log = logging.getLogger("deerluma")
+
+
+def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
+    """The worst outcome decides: a local file error beats an API error, which beats a
+    timeout, which beats a failed generation."""
+    code = EXIT_OK
+    for error in errors:
+        if error is None:
+            continue
+        if isinstance(error, GenerationFailed):
+            code = max(code, EXIT_FAILED)
+        elif isinstance(error, WaitTimeout | DeadlineExceeded):
+            code = max(code, EXIT_TIMEOUT)
+        elif isinstance(error, DestinationError):
+            code = max(code, EXIT_LOCAL)
+        elif isinstance(error, InvalidTaskId):  # a mistake in the command, as in `get`
+            code = max(code, EXIT_USAGE)
+        else:
+            code = max(code, EXIT_ERROR)
+    return code
+
+
+def _report(app: App, exc: BaseException | str, hint: str = "", *, flags: bool = True) -> None:
+    if app.args.verbose:
+        app.console.print_exception()
+    message = for_terminal(str(exc)) if flags else str(exc)
+    text = f"deerluma: error: {message}" + (f" ({hint})" if hint else "")
+    print(text, file=app.console.file)
+
+
+#: The library's messages name Python arguments; on a terminal they are the flags.
+_FLAGS = {
+    "Session(max_rps=...)": "--max-rps",
+    "loop=True": "--loop",
+    "overwrite=True": "--overwrite",
+    "retry_failed=True": "--retry-failed",
+    " (None: no deadline)": "",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "max_rps",
+            "base_url",
+            "api_key",
+            "aspect_ratio",
+            "start_image",
+            "end_image",
+            "callback_url",
+            "concurrency",
+            "timeout",
+        )
+    },
+}
+
+
+_FLAG_PATTERN = re.compile(
+    "|".join(
+        re.escape(name) if not name.isidentifier() else rf"(?<![\w-]){name}(?!\w)"
+        for name in sorted(_FLAGS, key=len, reverse=True)
+    )
+)
+
+
+def for_terminal(message: str) -> str:
+    """A message of the library's, with each Python argument it names given as its flag."""
+    return _FLAG_PATTERN.sub(lambda match: _FLAGS[match.group(0)], message)
