@@ -738,3 +738,29 @@ def test_help_of_each_command_lists_only_the_flags_it_uses(
     assert "--api-key" not in status and "--base-url" not in status and "--quiet" in status
     assert main(["get", "--help"]) == 0
     assert "--api-key" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["wait", "abc", "--max-rps", "-1"], "--max-rps must be"),
+        (["wait", "abc", "--concurrency", "0"], "--concurrency must be"),
+        (["wait", "abc", "--timeout", "-5"], "--timeout must be"),
+        (["create", "x", "--start-image", "notaurl"], "--start-image must be"),
+        (["create", "x", "--callback-url", "ftp://x"], "--callback-url must be"),
+        (["--base-url", "ftp://x", "get", "abc"], "--base-url must be"),
+        (
+            ["create", "x", "--loop", "--end-image", "http://a/b.png"],
+            "--loop cannot be combined with --end-image",
+        ),
+    ],
+)
+def test_the_librarys_messages_name_the_flags_on_a_terminal(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The messages are the library's, with its argument names given as flags: a change to
+    # their wording that the rewriting no longer matches fails here, not in a user's shell.
+    assert main(["--api-key", "fake-key-0123456789", *argv]) == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert "_" not in err.split("error:", 1)[1].split(",")[0]  # no Python name left

@@ -1,6 +1,7 @@
 """The `deerluma` command: get, wait, wait-many, download, create, run, status, and a
 keyless demo. Each command is a coroutine of its own module (`waits`, `jobs`, `demo`);
-`parser` makes the arguments, `app` the Session and the output, `errors` the exit codes.
+`parser` makes the arguments, `app` the Session and the output, `progress` a batch's live
+table, `errors` the exit codes.
 
 Exit codes: 0 success, 1 a generation failed, 2 usage error, 3 timeout,
 4 API, authentication or network error, 5 a local file error, 130

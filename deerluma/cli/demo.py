@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     pass
 from .app import App
 from .errors import EXIT_FAILED, EXIT_OK, exit_code_for
+from .progress import save, track
 
 
 async def cmd_demo(app: App) -> int:
@@ -57,7 +58,7 @@ async def cmd_demo(app: App) -> int:
         async with app.session() as s:
             created = await asyncio.gather(*(s.create_generation(p) for p in prompts))
             ids = [g.id for g in created]
-            rows = await app.track(s, ids, timeout=60, labels=prompts, title="generations")
+            rows = await track(app, s, ids, timeout=60, labels=prompts, title="generations")
             done = next((r.generation for r in rows if r.error is None), None)
             if done is not None:
                 with contextlib.ExitStack() as stack:
@@ -65,7 +66,7 @@ async def cmd_demo(app: App) -> int:
                     if folder is None:  # nothing left behind in the temp dir: --out keeps it
                         temporary = tempfile.TemporaryDirectory(prefix="deerluma-demo-")
                         folder = Path(stack.enter_context(temporary))
-                    path = await app.save(s, done, into(folder))
+                    path = await save(app, s, done, into(folder))
                     size = path.stat().st_size
                     kept = "" if app.args.out else "; removed again at exit (--out DIR keeps it)"
                     app.console.print(f"downloaded one result to {path} ({size} bytes){kept}")

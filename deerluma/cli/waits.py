@@ -21,8 +21,9 @@ from ..exceptions import (
 
 if TYPE_CHECKING:
     from .._render import Row
-from .app import App, _is_terminal, _last_seen
+from .app import App, _is_terminal
 from .errors import EXIT_OK, exit_code_for
+from .progress import _last_seen, save, save_row, track
 
 
 async def cmd_get(app: App) -> int:
@@ -48,11 +49,11 @@ async def cmd_wait(app: App) -> int:
 
     ids = list(dict.fromkeys(app.args.task_ids))
     async with app.session(max_rps=app.args.max_rps) as s:
-        rows = await app.track(s, ids, timeout=app.args.timeout, concurrency=app.args.concurrency)
+        rows = await track(app, s, ids, timeout=app.args.timeout, concurrency=app.args.concurrency)
         if app.args.download:
             for row in rows:
                 if row.error is None and row.generation is not None:
-                    row.error = await app.save_row(s, row.generation, app.args.download)
+                    row.error = await save_row(app, s, row.generation, app.args.download)
     for row in rows:
         if app.args.json:
             app.emit(generation_json(row.task_id, row.generation, row.error))
@@ -202,8 +203,8 @@ def _summary(errors: Sequence[DeerLumaError | None], skipped: int) -> str:
 async def cmd_download(app: App) -> int:
     async with app.session() as s:
         g = await s.get_generation(app.args.task_id)
-        path = await app.save(
-            s, g, app.args.dest, asset=app.args.asset, overwrite=app.args.overwrite
+        path = await save(
+            app, s, g, app.args.dest, asset=app.args.asset, overwrite=app.args.overwrite
         )
     print(path, file=app.out)
     return EXIT_OK
@@ -236,10 +237,10 @@ async def cmd_create(app: App) -> int:
         error: DeerLumaError | None = None
         if a.wait or a.download or a.callback_listen:
             listening = bool(a.callback_listen)
-            (row,) = await app.track(s, [g.id], timeout=a.timeout, callbacks=listening)
+            (row,) = await track(app, s, [g.id], timeout=a.timeout, callbacks=listening)
             g, error = row.generation or g, row.error
             if error is None and a.download:
-                error = await app.save_row(s, g, a.download)
+                error = await save_row(app, s, g, a.download)
     if a.json:
         app.emit(generation_json(g.id, g, error))
     else:
