@@ -1,4 +1,6 @@
-"""The rate controller: answers and 429s in, a rate and pauses out. Pure: time is a number given.
+"""The rate controller: answers and 429s in, a rate and pauses out. Pure: time is a number given,
+and it does no I/O: what the other Sessions of the key said comes in through the gate
+(`fleet`, `freed`, `heard`), and what to tell them goes out through the gate (`news`).
 
 Parts, each testable with plain numbers (botocore's adaptive mode has the same shape):
 
@@ -25,7 +27,7 @@ import math
 
 import attrs
 
-from ._peers import PeerEvent, Peers
+from ._peers import PeerEvent
 from ._throttle import Throttle, ThrottleKind
 
 __all__ = ["Controller", "Meter", "Recent", "WindowBudget"]
@@ -266,9 +268,8 @@ class WindowBudget:
 class Controller:
     """Answers and 429s in, the rate and the Session's pause out."""
 
-    def __init__(self, cap: float | None, now: float, peers: Peers | None = None) -> None:
+    def __init__(self, cap: float | None, now: float) -> None:
         self.cap = cap
-        self.peers = peers or Peers()
         self.rate = cap or START
         self.slow_start = cap is None
         self.meter = Meter(now)
@@ -279,8 +280,13 @@ class Controller:
         self.counts: collections.Counter[ThrottleKind] = collections.Counter()
         #: The share of plain 429s that cutting did not make rarer (0 until a trial showed it).
         self.noise = 0.0
-        #: Whether the last success made slow start take a step.
-        self.grew = False
+        #: What the other Sessions of the key were last heard to be (the gate tells): how many
+        #: send, and the requests per second those that stopped freed for this one.
+        self.fleet = 1
+        self.freed = 0.0
+        #: What this controller has to tell the other Sessions (the gate takes it: `news`).
+        self._outbox: list[PeerEvent] = []
+        self._ticks = 0
         self._w_max = 0.0  # CUBIC: the rate that was too much
         self._peak_at = -math.inf  # CUBIC: the clock time at which it is back at `_w_max`
         self._c = _CUBIC  # CUBIC's growth constant, shared among the Sessions sending on the key
@@ -289,30 +295,28 @@ class Controller:
         self._grown_at = now
         self._served_at_cut = 0
         self._trial: _Trial | None = None
-        self.peers.pace = self._pace
 
     # -- events ---------------------------------------------------------------
     def sending(self, now: float) -> None:
         """A request goes now."""
         self.meter.sending(now)
 
-    def answered(self, now: float, sent: float, held_back: bool) -> None:
-        """A request sent at `sent` went through at `now`: the rate may grow.
+    def answered(self, now: float, sent: float, held_back: bool) -> bool:
+        """A request sent at `sent` went through at `now`: the rate may grow. Returns
+        whether slow start took a step.
 
         `held_back`: a request waited for its turn since slow start's last step
-        (the Session wants more than the rate); read `grew` afterwards.
+        (the Session wants more than the rate).
         """
         meter = self.meter
         meter.success(now, sent)
         self.recent.note(False)
-        self.grew = False
         if self._trial is not None and self._judge(now, sent, throttled=False):
-            return  # a cut on trial holds its rate: growing would spoil the comparison
-        peers = self.peers
-        if peers.freed:
+            return False  # a cut on trial holds its rate: growing would spoil the comparison
+        if self.freed:
             # Sessions of the key stopped; our rate holds us back: take up our part of what
             # they sent (slow start finds its own way).
-            freed, peers.freed = peers.freed, 0.0
+            freed, self.freed = self.freed, 0.0
             if not self.slow_start:
                 self._regrow(max(self._w_max, self.rate) + freed, self.rate + freed, now)
         if self.slow_start:
@@ -320,11 +324,12 @@ class Controller:
                 # Grow, but never past twice what the server has taken lately.
                 grown = min(_GROWTH * self.rate, 2 * meter.latest_rate())
                 self._set_rate(max(self.rate, grown), now)
-                self._grown_at, self.grew = now, True
-            return
+                self._grown_at = now
+                return True
+            return False
         # CUBIC: back to the rate that was too much at `_peak_at`, then beyond, slowly;
         # never more than twice what the Session sends (idle Sessions do not inflate it).
-        if peers.fleet() != self._fleet:  # Sessions came or went: grow on as many do
+        if self.fleet != self._fleet:  # Sessions came or went: grow on as many do
             self._regrow(max(self._w_max, self.rate), self.rate, now)
         since_peak = now - self._peak_at
         # Back to the rate that was too much as one Session would; beyond it, N Sessions
@@ -332,6 +337,7 @@ class Controller:
         c = _CUBIC if since_peak < 0 else self._c
         cubic = c * since_peak**3 + self._w_max
         self._set_rate(min(cubic, max(self.rate, 2 * meter.rate_of_sent(now))), now)
+        return False
 
     def throttled(self, now: float, sent: float, throttle: Throttle) -> Throttle:
         """A request sent at `sent` got a 429 at `now`; returns it judged (its kind may change).
@@ -347,7 +353,7 @@ class Controller:
             self._named(now, throttle, sent)
         elif kind is ThrottleKind.RATE:
             self.recent.note(True)
-            self.peers.tick()
+            self._ticks += 1
             if self._trial is not None:
                 self._judge(now, sent, throttled=True)
             kind = self._plain(now, sent, throttle.retry_after)
@@ -358,7 +364,7 @@ class Controller:
         """In slow start, when more Sessions than before send on the key (workers launched
         together), they share the start rate, or each meets the server's burst allowance
         at once. Whether the rate was cut for it."""
-        fleet = self.peers.fleet()
+        fleet = self.fleet
         if not self.slow_start or fleet <= self._fleet:
             return False
         self._set_rate(max(FLOOR, self.rate * self._fleet / fleet), now)
@@ -409,7 +415,7 @@ class Controller:
         self.paused_until = max(self.paused_until, resume)
         if tell:
             event = PeerEvent(0, 0, now, self.paused_until, window.limit, window.window)
-            self.peers.publish(event)
+            self._outbox.append(event)
 
     def _plain(self, now: float, sent: float, retry_after: float | None) -> ThrottleKind:
         """A plain 429: stray, the same congestion, a lone one, on trial, or a cut.
@@ -464,7 +470,7 @@ class Controller:
         """
         at = min(now, self._cut_at)
         event = PeerEvent(0, 0, at, self.paused_until, rate=self.rate, w_max=self._w_max)
-        self.peers.publish(event)
+        self._outbox.append(event)
 
     def _judge(self, now: float, sent: float, *, throttled: bool) -> bool:
         """Count an answer for the cut on trial; when enough came, keep the cut or undo it.
@@ -528,7 +534,7 @@ class Controller:
         seldom.
         """
         self._w_max = w_max
-        self._fleet = self.peers.fleet()
+        self._fleet = self.fleet
         self._c = _CUBIC / self._fleet
         self._peak_at = now + (max(0.0, w_max - rate) / _CUBIC) ** (1 / 3)
         self._set_rate(rate, now)
@@ -556,7 +562,14 @@ class Controller:
         limit = min(self.rate, max(taken, _BETA * tried))
         return limit, _BETA * limit
 
-    def _pace(self, now: float) -> tuple[float, float]:
+    def news(self) -> tuple[list[PeerEvent], int]:
+        """What to tell the other Sessions of the key since last asked: the plain 429s met
+        (they come first), then the events (cuts, pauses, named windows), in order."""
+        events, self._outbox = self._outbox, []
+        ticks, self._ticks = self._ticks, 0
+        return events, ticks
+
+    def pace(self, now: float) -> tuple[float, float]:
         """What this Session sent per second lately, and its rate (for the other Sessions)."""
         return self.meter.rate_of_sent(now, whole=True), self.rate
 

@@ -67,8 +67,10 @@ class RateGate:
             raise ValueError(f"max_rps must be a positive number, got {max_rps!r}")
         self._clock = clock
         self._sleep = sleep
-        self.control = Controller(max_rps, clock(), peers)
-        self._shared = self.control.peers.shared
+        self.control = Controller(max_rps, clock())
+        #: Where the other Sessions of the key are heard (this gate alone talks to it).
+        self.peers = peers or Peers()
+        self._shared = self.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
         self._tokens = self._capacity()
         self._refilled_at = clock()
@@ -103,13 +105,7 @@ class RateGate:
         now = self._clock()
         if self._shared:
             self._listen(now)
-        control = self.control
-        if (
-            self._queue
-            or now < control.paused_until
-            or (control.window is not None and control.window.room_at(control.meter, now) > now)
-            or self._refill(now) < _ONE
-        ):
+        if self._queue or self._wait(now) > 0:  # the one admission test (`_wait`)
             self._held_back = True
             return None
         self._take(now)
@@ -229,10 +225,8 @@ class RateGate:
 
     def answered(self, sent: float) -> None:
         """A request sent at `sent` went through: the rate may grow."""
-        control = self.control
-        control.answered(self._clock(), sent, self._held_back)
-        if control.grew:
-            self._held_back = False
+        if self.control.answered(self._clock(), sent, self._held_back):
+            self._held_back = False  # slow start took a step
 
     def throttled(self, sent: float, throttle: Throttle) -> Throttle:
         """A request sent at `sent` got a 429; returns it judged by the controller.
@@ -244,6 +238,7 @@ class RateGate:
         self.rate_limited += 1
         now = self._clock()
         judged = self.control.throttled(now, sent, throttle)
+        self._tell()
         if judged.ours:
             # No burst when a pause ends: one request, then the (new) rate.
             self._tokens = min(self._tokens, 1.0)
@@ -251,16 +246,33 @@ class RateGate:
         return judged
 
     def _listen(self, now: float) -> None:
-        """Hear what other Sessions of this key met: their 429s as evidence, their cuts."""
-        event, ticks = self.control.peers.news(now)
-        if self.control.share_start(now):
+        """Hear what other Sessions of this key met: their 429s as evidence, their cuts; how
+        many send, and what those that stopped freed."""
+        peers, control = self.peers, self.control
+        event, ticks = peers.news(now, control.pace)
+        control.fleet = peers.fleet()
+        control.freed += peers.take_freed()
+        if control.share_start(now):
             self._tokens = min(self._tokens, 1.0)
         if ticks:
-            self.control.heard_429s(now, ticks)
+            control.heard_429s(now, ticks)
         if event is not None:
-            self.control.heard(now, event)
+            control.heard(now, event)
+            self._tell()
             self._tokens = min(self._tokens, 1.0)
             self._refilled_at = max(now, self._refilled_at)
+
+    def _tell(self) -> None:
+        """Tell the other Sessions of the key what the controller has for them."""
+        events, ticks = self.control.news()
+        for _ in range(ticks):
+            self.peers.tick()
+        for event in events:
+            self.peers.publish(event)
+
+    async def aclose(self) -> None:
+        """Let go of what hearing the others takes (a file, a connection); reopened if used."""
+        await self.peers.aclose()
 
     def pause_left(self) -> float:
         """Seconds until everyone may send again (0: no pause)."""

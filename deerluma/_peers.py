@@ -128,10 +128,11 @@ class Peers:
 
     def __init__(self) -> None:
         self.me = random.getrandbits(63)
-        #: This Session's pace at a clock time, for the others: (sent lately, rate), per second.
+        #: This Session's pace at a clock time, for the others: (sent lately, rate), per second
+        #: (the last one `news` was given).
         self.pace: Callable[[float], tuple[float, float]] = _no_pace
         #: Requests per second that Sessions which stopped were sending, this Session's part
-        #: of it (it is held back by its rate); the controller takes it up and zeroes it.
+        #: of it (it is held back by its rate); `take_freed` hands it over.
         self.freed = 0.0
         self._seen = 0
         self._ticks = 0  # the others' plain 429s counted so far (and ours)
@@ -146,10 +147,18 @@ class Peers:
     def tick(self) -> None:
         """Tell the others that a plain 429 came (evidence, whatever it is judged)."""
 
-    def news(self, now: float) -> tuple[PeerEvent | None, int]:
+    def news(
+        self, now: float, pace: Callable[[float], tuple[float, float]] | None = None
+    ) -> tuple[PeerEvent | None, int]:
         """The latest event by another Session not seen yet, and the others' plain 429s since
-        the last call. Called as this Session sends: it marks it as sending, too."""
+        the last call. Called as this Session sends (`pace` tells how fast): it marks it as
+        sending, too."""
         return None, 0
+
+    def take_freed(self) -> float:
+        """What Sessions that stopped freed for this one since last asked (requests/s)."""
+        freed, self.freed = self.freed, 0.0
+        return freed
 
     def fleet(self) -> int:
         """How many Sessions of the key (this one included) were sending lately."""
@@ -157,6 +166,10 @@ class Peers:
 
     def close(self) -> None:
         """Let go of what telling others takes (a file, here none)."""
+
+    async def aclose(self) -> None:
+        """`close`, and wait until what it let go of is gone (a connection's task)."""
+        self.close()
 
     def _count(self, slots: Iterable[Sender], now: float) -> None:
         """Count the Sessions sending lately. What those that stopped were sending, when their
@@ -221,7 +234,11 @@ class MemoryPeers(Peers):
         self._board.append(attrs.evolve(last, ticks=last.ticks + 1))
         self._ticks += 1
 
-    def news(self, now: float) -> tuple[PeerEvent | None, int]:
+    def news(
+        self, now: float, pace: Callable[[float], tuple[float, float]] | None = None
+    ) -> tuple[PeerEvent | None, int]:
+        if pace is not None:
+            self.pace = pace
         if now >= self._next_beat:
             self._next_beat = now + _BEAT
             self._sending[self.me] = Sender(self.me, now, *self.pace(now))
@@ -268,7 +285,11 @@ class FilePeers(Peers):
         except OSError:
             return
 
-    def news(self, now: float) -> tuple[PeerEvent | None, int]:
+    def news(
+        self, now: float, pace: Callable[[float], tuple[float, float]] | None = None
+    ) -> tuple[PeerEvent | None, int]:
+        if pace is not None:
+            self.pace = pace
         if now < self._next_read:
             return None, 0
         self._next_read = now + _READ_EVERY

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -78,6 +79,7 @@ class RedisPeers(Peers):
         self._senders_key = f"deerluma:rate:{digest}:senders"
         self._channel = f"deerluma:rate:{digest}:news"
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         #: What the task last read, in this machine's clock; None: nothing yet (or down).
         self._latest: PeerEvent | None = None
@@ -99,7 +101,11 @@ class RedisPeers(Peers):
         self._ticks_out += 1
         self._poke()
 
-    def news(self, now: float) -> tuple[PeerEvent | None, int]:
+    def news(
+        self, now: float, pace: Callable[[float], tuple[float, float]] | None = None
+    ) -> tuple[PeerEvent | None, int]:
+        if pace is not None:
+            self.pace = pace
         self._asked = time.monotonic()
         if self._resting or self._task is None or self._task.done():
             self._poke()
@@ -111,7 +117,14 @@ class RedisPeers(Peers):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+        self._closing = task
         self._up = False
+
+    async def aclose(self) -> None:
+        self.close()
+        task, self._closing = self._closing, None
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([task], timeout=2 * _CALL_TIMEOUT)  # its connections closed
 
     @property
     def up(self) -> bool:

@@ -153,7 +153,7 @@ class Transport:
         loop starts again when used after close).
         """
         self._closed = self._closed or final
-        self.gate.control.peers.close()  # reopened if used again
+        await self.gate.aclose()  # reopened if used again
         if self._owned is not None:
             owned, self._owned, self._owned_loop = self._owned, None, None
             await owned.close()

@@ -131,31 +131,38 @@ def test_a_cut_followed_by_no_429s_stands(clock: FakeClock) -> None:
     assert 70 <= gate.view.rps <= 130
 
 
+def _tell(control: Controller, peers: Peers) -> None:
+    """What the gate does with what a controller has for the other Sessions."""
+    events, ticks = control.news()
+    for _ in range(ticks):
+        peers.tick()
+    for event in events:
+        peers.publish(event)
+
+
 def test_a_cut_heard_from_another_session_cuts_here_too() -> None:
     board: list[PeerEvent] = []
-    ours, theirs = (
-        Controller(None, 0.0, MemoryPeers(board)),
-        Controller(None, 0.0, MemoryPeers(board)),
-    )
+    ours, theirs = Controller(None, 0.0), Controller(None, 0.0)
+    our_peers, their_peers = MemoryPeers(board), MemoryPeers(board)
     for i in range(100):
         ours.sending(i * 0.01)
         ours.answered(i * 0.01 + 0.001, i * 0.01, held_back=True)
     _cut_in(theirs, 1.0)
-    event, ticks = ours.peers.news(1.0)
+    assert board == []  # the controller does no I/O: what it has to tell waits for the gate
+    _tell(theirs, their_peers)
+    event, ticks = our_peers.news(1.0)
     assert event is not None and ticks == 3
     ours.heard(1.0, event)
     assert not ours.slow_start and ours.rate < 100
-    assert theirs.peers.news(1.0) == (None, 0)  # not told of its own
+    assert their_peers.news(1.0) == (None, 0)  # not told of its own
 
 
 def test_a_window_heard_from_another_session_pauses_here_too() -> None:
     board: list[PeerEvent] = []
-    ours, theirs = (
-        Controller(None, 0.0, MemoryPeers(board)),
-        Controller(None, 0.0, MemoryPeers(board)),
-    )
+    ours, theirs = Controller(None, 0.0), Controller(None, 0.0)
     theirs.throttled(5.0, 5.0, _window(60, 60.0))
-    event, _ = ours.peers.news(5.0)
+    _tell(theirs, MemoryPeers(board))
+    event, _ = MemoryPeers(board).news(5.0)
     assert event is not None and event.limit == 60
     ours.heard(5.0, event)
     assert ours.window is not None and ours.paused_until >= 5.0
@@ -215,7 +222,7 @@ async def test_a_closed_session_lets_go_of_the_shared_file(
 
     monkeypatch.setenv("DEERLUMA_RATE_DIR", str(tmp_path))
     async with deerluma.Session(api_key="k", base_url="https://api.example") as s:
-        peers = s._transport.gate.control.peers
+        peers = s._transport.gate.peers
         assert isinstance(peers, FilePeers)
         peers.publish(PeerEvent(0, 0, 1.0, 2.0))  # opens (and makes) the file
         assert peers._fd is not None
@@ -313,18 +320,18 @@ def test_a_slot_that_is_no_pace_frees_nothing(tmp_path: Path) -> None:
 
 
 def test_a_busy_session_takes_up_what_sessions_that_stopped_sent() -> None:
-    control = Controller(None, 0.0, MemoryPeers([]))
+    control = Controller(None, 0.0)
     _cut_to_w_max(control)
     rate, w_max = control.rate, control._w_max
-    control.peers.freed = 20.0
+    control.freed = 20.0  # as the gate hands it over from the peers
     control.answered(2.5, 2.49, held_back=True)
     assert control.rate == pytest.approx(rate + 20.0, rel=0.02)
     assert control._w_max == pytest.approx(w_max + 20.0)
-    assert control.peers.freed == 0
-    starting = Controller(None, 0.0, MemoryPeers([]))  # slow start finds its own way
-    starting.peers.freed = 20.0
+    assert control.freed == 0
+    starting = Controller(None, 0.0)  # slow start finds its own way
+    starting.freed = 20.0
     starting.answered(0.5, 0.49, held_back=False)
-    assert starting.rate == 50 and starting.peers.freed == 0
+    assert starting.rate == 50 and starting.freed == 0
 
 
 def _cut_to_w_max(control: Controller) -> float:
@@ -342,14 +349,16 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
     lone = Controller(None, 0.0)
     alone = _cut_to_w_max(lone)
     sending = {n: Sender(n, 2.0) for n in range(1, 8)}  # seven others sent lately
-    fleet = Controller(None, 0.0, MemoryPeers([], sending))
-    fleet.peers.news(2.0)
+    fleet, peers = Controller(None, 0.0), MemoryPeers([], sending)
+    peers.news(2.0)
+    fleet.fleet = peers.fleet()  # as the gate tells it
     in_fleet = _cut_to_w_max(fleet)
     assert in_fleet == pytest.approx(alone)
     assert fleet._c == pytest.approx(lone._c / 8)
     # When the others stop, it probes on as a lone Session, from where it is: no jump.
     sending.clear()
-    fleet.peers.news(3.0)
+    peers.news(3.0)
+    fleet.fleet = peers.fleet()
     before = fleet.rate
     fleet.answered(3.0, 2.99, held_back=True)
     assert fleet.rate == pytest.approx(before, rel=0.05)

@@ -282,7 +282,7 @@ def test_the_last_session_sending_on_a_key_takes_up_the_whole_limit(clock: FakeC
     before = last.view.rps
     assert before < 40  # its share
     for gate in gates[1:]:  # they end, and give up their slots
-        del sending[gate.control.peers.me]
+        del sending[gate.peers.me]
     served = server.served
     _drive(clock, [last], server, 3.0)
     assert server.served - served >= 80 * 3 - 0.5 * before  # from its next beat on

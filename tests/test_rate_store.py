@@ -64,8 +64,8 @@ async def test_a_pause_published_on_one_machine_is_heard_on_another() -> None:
         assert one.news(time.monotonic()) == (None, 0)  # its own: not news to it
         assert one.fleet() == 2
     finally:
-        one.close()
-        two.close()
+        await one.aclose()
+        await two.aclose()
 
 
 async def test_the_keys_are_a_digest_never_the_api_key() -> None:
@@ -78,7 +78,7 @@ async def test_the_keys_are_a_digest_never_the_api_key() -> None:
         peers.news(time.monotonic())
         peers.publish(PeerEvent(0, 0, at=time.monotonic(), pause_until=-math.inf))
         await _until(lambda: peers.up)
-        peers.close()
+        await peers.aclose()
     client = aioredis.from_url(REDIS)
     try:
         names = [name.decode() async for name in client.scan_iter("deerluma:*")]
@@ -144,8 +144,8 @@ async def test_redis_stopped_mid_run_the_sessions_go_on_alone_and_come_back(
                 assert len(warned) == 2  # once for each, not once a try
                 assert all(url.split("//")[1] in r.getMessage() for r in warned)
         finally:
-            one.close()
-            two.close()
+            await one.aclose()
+            await two.aclose()
 
 
 async def test_sessions_wait_on_with_their_store_stopped_and_lose_nothing() -> None:

@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -474,7 +475,7 @@ class SQLiteLedger(Ledger):
             self._db = sqlite3.connect(
                 path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(self._db)
             self._synchronous = ""
             self._sync("NORMAL")
         except (OSError, sqlite3.Error) as exc:
@@ -524,6 +525,25 @@ class SQLiteLedger(Ledger):
 
     async def close(self) -> None:
         self._db.close()
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """WAL mode, waiting a while for the lock: two workers opening a new ledger at once both
+    switch it, and the switch does not wait on SQLite's busy timeout."""
+    for _ in range(_WAL_TRIES):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(_WAL_PAUSE)
+    db.execute("PRAGMA journal_mode = WAL")
+
+
+#: Tries, and seconds between them, to switch a new ledger to WAL while another holds it.
+_WAL_TRIES = 200
+_WAL_PAUSE = 0.025
 
 
 class PostgresLedger(Ledger):
