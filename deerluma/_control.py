@@ -30,7 +30,7 @@ import attrs
 from ._peers import PeerEvent
 from ._throttle import Throttle, ThrottleKind
 
-__all__ = ["Controller", "Meter", "Recent", "WindowBudget"]
+__all__ = ["Controller", "Cubic", "Meter", "Recent", "WindowBudget"]
 
 #: The rate a new Session starts at, in requests per second (no crawl: most limits are higher).
 START = 50.0
@@ -287,9 +287,7 @@ class Controller:
         #: What this controller has to tell the other Sessions (the gate takes it: `news`).
         self._outbox: list[PeerEvent] = []
         self._ticks = 0
-        self._w_max = 0.0  # CUBIC: the rate that was too much
-        self._peak_at = -math.inf  # CUBIC: the clock time at which it is back at `_w_max`
-        self._c = _CUBIC  # CUBIC's growth constant, shared among the Sessions sending on the key
+        self.cubic = Cubic()  # regrowth after a cut
         self._fleet = 1  # the Sessions sending on the key when `_c` was set
         self._cut_at = -math.inf
         self._grown_at = now
@@ -318,7 +316,7 @@ class Controller:
             # they sent (slow start finds its own way).
             freed, self.freed = self.freed, 0.0
             if not self.slow_start:
-                self._regrow(max(self._w_max, self.rate) + freed, self.rate + freed, now)
+                self._regrow(max(self.cubic.w_max, self.rate) + freed, self.rate + freed, now)
         if self.slow_start:
             if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
                 # Grow, but never past twice what the server has taken lately.
@@ -327,15 +325,11 @@ class Controller:
                 self._grown_at = now
                 return True
             return False
-        # CUBIC: back to the rate that was too much at `_peak_at`, then beyond, slowly;
+        # CUBIC: back to the rate that was too much at `cubic.peak_at`, then beyond, slowly;
         # never more than twice what the Session sends (idle Sessions do not inflate it).
         if self.fleet != self._fleet:  # Sessions came or went: grow on as many do
-            self._regrow(max(self._w_max, self.rate), self.rate, now)
-        since_peak = now - self._peak_at
-        # Back to the rate that was too much as one Session would; beyond it, N Sessions
-        # probe N times slower, so the key's rate probes its limit as one Session's would.
-        c = _CUBIC if since_peak < 0 else self._c
-        cubic = c * since_peak**3 + self._w_max
+            self._regrow(max(self.cubic.w_max, self.rate), self.rate, now)
+        cubic = self.cubic.rate_at(now)
         self._set_rate(min(cubic, max(self.rate, 2 * meter.rate_of_sent(now))), now)
         return False
 
@@ -395,7 +389,7 @@ class Controller:
                 # Meet the Session that met the limit halfway: Sessions that cut to their own
                 # levels and grow back from there keep whatever shares they had; halfway,
                 # they come to share the key evenly, and in sum cut as much as before.
-                w_max, rate = (self._w_max + event.w_max) / 2, (self.rate + event.rate) / 2
+                w_max, rate = (self.cubic.w_max + event.w_max) / 2, (self.rate + event.rate) / 2
                 self._regrow(w_max, rate, now)
 
     # -- judgements -------------------------------------------------------------
@@ -407,8 +401,8 @@ class Controller:
             window.full(meter, sent)
         self.slow_start = False
         self._trial = None
-        self._w_max, self._peak_at, self._cut_at = window.rate(now), now, now
-        self._set_rate(self._w_max, now)
+        self.cubic.w_max, self.cubic.peak_at, self._cut_at = window.rate(now), now, now
+        self._set_rate(self.cubic.w_max, now)
         resume = window.room_at(meter, now)
         if throttle.retry_after is not None:
             resume = max(resume, now + min(MAX_PAUSE, throttle.retry_after))
@@ -455,7 +449,7 @@ class Controller:
         return ThrottleKind.RATE
 
     def _undo(self) -> _Undo:
-        return _Undo(self.rate, self.slow_start, self._w_max, self._peak_at, self._c, self._cut_at)
+        return _Undo(self.rate, self.slow_start, attrs.evolve(self.cubic), self._cut_at)
 
     def _pause(self, now: float, retry_after: float) -> None:
         """Everyone waits as the server asked (capped), and the other Sessions of the key too."""
@@ -469,7 +463,7 @@ class Controller:
         the others, and does not cut them again.
         """
         at = min(now, self._cut_at)
-        event = PeerEvent(0, 0, at, self.paused_until, rate=self.rate, w_max=self._w_max)
+        event = PeerEvent(0, 0, at, self.paused_until, rate=self.rate, w_max=self.cubic.w_max)
         self._outbox.append(event)
 
     def _judge(self, now: float, sent: float, *, throttled: bool) -> bool:
@@ -511,8 +505,8 @@ class Controller:
             return False
         self.noise = min(_MAX_NOISE, max(self.noise, after))
         undo = trial.undo
-        self.slow_start, self._w_max, self._c = undo.slow_start, undo.w_max, undo.c
-        self._peak_at, self._cut_at = undo.peak_at, undo.cut_at
+        self.slow_start, self.cubic = undo.slow_start, attrs.evolve(undo.cubic)
+        self._cut_at = undo.cut_at
         # Back to the rate before the cuts, but not past twice what the server takes now
         # (a slow start's overshoot was never shown to be fine).
         rate = min(undo.rate, max(self.rate, 2 * self.meter.latest_rate()))
@@ -527,16 +521,14 @@ class Controller:
 
     def _regrow(self, w_max: float, rate: float, now: float) -> None:
         """Go on at `rate`, growing back along CUBIC towards `w_max` (the rate that was too
-        much), reached at `_peak_at` as a lone Session would reach it.
+        much), reached at `cubic.peak_at` as a lone Session would reach it.
 
         N Sessions sending on one key probe beyond it together: each N times slower
-        (`_c`), so the key's rate probes as one Session's would, and meets its limit as
+        (`cubic.c`), so the key's rate probes as one Session's would, and meets its limit as
         seldom.
         """
-        self._w_max = w_max
         self._fleet = self.fleet
-        self._c = _CUBIC / self._fleet
-        self._peak_at = now + (max(0.0, w_max - rate) / _CUBIC) ** (1 / 3)
+        self.cubic.aim(w_max, rate, now, self._fleet)
         self._set_rate(rate, now)
 
     def _limit(self, now: float) -> tuple[float, float]:
@@ -584,15 +576,37 @@ def _stray_allowance(noise: float) -> int:
     return max(_CROWD, math.ceil(2 * noise * _RECENT))
 
 
+@attrs.define
+class Cubic:
+    """CUBIC's regrowth after a cut (botocore's CubicCalculator, shared among Sessions): back
+    to `w_max`, the rate that proved too much, by `peak_at` (as a lone Session would get
+    there), then beyond it, `c` = CUBIC's constant over the Sessions sending on the key."""
+
+    w_max: float = 0.0
+    peak_at: float = -math.inf
+    c: float = _CUBIC
+
+    def aim(self, w_max: float, rate: float, now: float, fleet: int) -> None:
+        """Grow back from `rate` (at `now`) towards `w_max`; beyond it, `fleet` Sessions probe
+        `fleet` times slower each, so the key's rate probes as one Session's would."""
+        self.w_max = w_max
+        self.c = _CUBIC / fleet
+        self.peak_at = now + (max(0.0, w_max - rate) / _CUBIC) ** (1 / 3)
+
+    def rate_at(self, now: float) -> float:
+        """The rate CUBIC allows at `now`."""
+        since_peak = now - self.peak_at
+        c = _CUBIC if since_peak < 0 else self.c
+        return c * since_peak**3 + self.w_max
+
+
 @attrs.frozen
 class _Undo:
     """The controller's state before a cut, to go back to if the cut proves wrong."""
 
     rate: float
     slow_start: bool
-    w_max: float
-    peak_at: float
-    c: float
+    cubic: Cubic
     cut_at: float
 
 

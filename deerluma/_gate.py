@@ -24,7 +24,7 @@ from ._peers import Peers
 from ._throttle import Throttle, ThrottleKind
 from .exceptions import DeadlineExceeded
 
-__all__ = ["RateGate", "RateView"]
+__all__ = ["Bucket", "RateGate", "RateView"]
 
 #: While the rate is being found, the bucket holds this many seconds' worth of requests.
 _BURST = 0.2
@@ -52,6 +52,36 @@ class RateView:
     window: tuple[int, float] | None = None
 
 
+class Bucket:
+    """A token bucket: it refills at the rate of the moment, up to a capacity (botocore's
+    TokenBucket, with the rate and capacity given at each look)."""
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.tokens = tokens
+        self.refilled_at = now
+
+    def level(self, now: float, rate: float, capacity: float) -> float:
+        """Tokens at `now`, refilled at `rate` since the last look, at most `capacity`."""
+        self.tokens = min(capacity, self.tokens + (now - self.refilled_at) * rate)
+        self.refilled_at = now
+        return self.tokens
+
+    def take(self) -> None:
+        """One request goes."""
+        self.tokens -= 1.0
+
+    def give_back(self) -> None:
+        """A turn taken and not used (its waiter was cancelled as it was granted)."""
+        self.tokens += 1.0
+
+    def no_burst(self, now: float | None = None) -> None:
+        """At most one request at once from here (a cut, a pause heard, one that ends at
+        `now`); the refill counts from `now` when given."""
+        self.tokens = min(self.tokens, 1.0)
+        if now is not None:
+            self.refilled_at = max(now, self.refilled_at)
+
+
 class RateGate:
     """Spaces requests to the controller's rate, holds them through its pauses, within deadlines."""
 
@@ -72,8 +102,7 @@ class RateGate:
         self.peers = peers or Peers()
         self._shared = self.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
-        self._tokens = self._capacity()
-        self._refilled_at = clock()
+        self._bucket = Bucket(self._capacity(), clock())
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).
         self._deadlines: list[tuple[float, int, asyncio.Future[float]]] = []
@@ -125,7 +154,8 @@ class RateGate:
         now = self._clock()
         control = self.control
         start = max(now, control.paused_until)
-        self._check(start + (len(self._queue) + 1 - self._tokens) / control.rate, now, deadline)
+        ahead = len(self._queue) + 1 - self._bucket.tokens
+        self._check(start + ahead / control.rate, now, deadline)
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
         if deadline is not None:
@@ -136,7 +166,7 @@ class RateGate:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._tokens += 1.0  # granted as we were cancelled: give the turn back
+                self._bucket.give_back()  # granted as we were cancelled
             if not any(not w.done() for w in self._queue) and self._dispatcher is not None:
                 self._dispatcher.cancel()
                 self._dispatcher = None
@@ -191,7 +221,7 @@ class RateGate:
             room = window.room_at(control.meter, now)
             if room > now:
                 return room - now
-        tokens = self._refill(now)
+        tokens = self._bucket.level(now, control.rate, self._capacity())
         return 0.0 if tokens >= _ONE else (1.0 - tokens) / control.rate
 
     def _capacity(self) -> float:
@@ -205,15 +235,8 @@ class RateGate:
             return control.window.burst
         return 1.0
 
-    def _refill(self, now: float) -> float:
-        """Tokens in the bucket at `now`: it refills at the rate, up to its capacity."""
-        tokens = self._tokens + (now - self._refilled_at) * self.control.rate
-        self._tokens = min(self._capacity(), tokens)
-        self._refilled_at = now
-        return self._tokens
-
     def _take(self, slot: float) -> None:
-        self._tokens -= 1.0
+        self._bucket.take()
         self.control.sending(slot)
 
     @staticmethod
@@ -240,9 +263,7 @@ class RateGate:
         judged = self.control.throttled(now, sent, throttle)
         self._tell()
         if judged.ours:
-            # No burst when a pause ends: one request, then the (new) rate.
-            self._tokens = min(self._tokens, 1.0)
-            self._refilled_at = max(now, self._refilled_at)
+            self._bucket.no_burst(now)  # when a pause ends: one request, then the (new) rate
         return judged
 
     def _listen(self, now: float) -> None:
@@ -253,14 +274,13 @@ class RateGate:
         control.fleet = peers.fleet()
         control.freed += peers.take_freed()
         if control.share_start(now):
-            self._tokens = min(self._tokens, 1.0)
+            self._bucket.no_burst()
         if ticks:
             control.heard_429s(now, ticks)
         if event is not None:
             control.heard(now, event)
             self._tell()
-            self._tokens = min(self._tokens, 1.0)
-            self._refilled_at = max(now, self._refilled_at)
+            self._bucket.no_burst(now)
 
     def _tell(self) -> None:
         """Tell the other Sessions of the key what the controller has for them."""

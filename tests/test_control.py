@@ -322,11 +322,11 @@ def test_a_slot_that_is_no_pace_frees_nothing(tmp_path: Path) -> None:
 def test_a_busy_session_takes_up_what_sessions_that_stopped_sent() -> None:
     control = Controller(None, 0.0)
     _cut_to_w_max(control)
-    rate, w_max = control.rate, control._w_max
+    rate, w_max = control.rate, control.cubic.w_max
     control.freed = 20.0  # as the gate hands it over from the peers
     control.answered(2.5, 2.49, held_back=True)
     assert control.rate == pytest.approx(rate + 20.0, rel=0.02)
-    assert control._w_max == pytest.approx(w_max + 20.0)
+    assert control.cubic.w_max == pytest.approx(w_max + 20.0)
     assert control.freed == 0
     starting = Controller(None, 0.0)  # slow start finds its own way
     starting.freed = 20.0
@@ -340,7 +340,7 @@ def _cut_to_w_max(control: Controller) -> float:
         control.sending(i * 0.01)
         control.answered(i * 0.01 + 0.001, i * 0.01, held_back=True)
     _cut_in(control, 2.0)
-    return control._peak_at - 2.0
+    return control.cubic.peak_at - 2.0
 
 
 def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> None:
@@ -354,7 +354,7 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
     fleet.fleet = peers.fleet()  # as the gate tells it
     in_fleet = _cut_to_w_max(fleet)
     assert in_fleet == pytest.approx(alone)
-    assert fleet._c == pytest.approx(lone._c / 8)
+    assert fleet.cubic.c == pytest.approx(lone.cubic.c / 8)
     # When the others stop, it probes on as a lone Session, from where it is: no jump.
     sending.clear()
     peers.news(3.0)
@@ -362,7 +362,7 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
     before = fleet.rate
     fleet.answered(3.0, 2.99, held_back=True)
     assert fleet.rate == pytest.approx(before, rel=0.05)
-    assert fleet._c == pytest.approx(lone._c)
+    assert fleet.cubic.c == pytest.approx(lone.cubic.c)
 
 
 def test_a_torn_record_or_slot_is_never_taken_for_one(tmp_path: Path) -> None:
@@ -413,3 +413,33 @@ def test_a_session_never_closed_lets_go_of_its_file_when_collected(tmp_path: Pat
     gc.collect()
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # closed
+
+
+def test_cubic_regrows_to_the_rate_that_was_too_much_then_probes_beyond() -> None:
+    from deerluma._control import Cubic
+
+    lone, shared = Cubic(), Cubic()
+    lone.aim(w_max=100.0, rate=70.0, now=10.0, fleet=1)
+    shared.aim(w_max=100.0, rate=70.0, now=10.0, fleet=4)
+    assert lone.peak_at == shared.peak_at == pytest.approx(10.0 + (30.0 / 0.4) ** (1 / 3))
+    assert lone.rate_at(10.0) == pytest.approx(70.0)  # from where the cut left it
+    assert lone.rate_at(lone.peak_at) == pytest.approx(100.0)
+    assert lone.rate_at(lone.peak_at - 1) == shared.rate_at(shared.peak_at - 1)  # back alike
+    beyond = lone.peak_at + 2.0
+    assert lone.rate_at(beyond) - 100.0 == pytest.approx(4 * (shared.rate_at(beyond) - 100.0))
+
+
+def test_the_bucket_refills_at_the_rate_up_to_its_capacity() -> None:
+    from deerluma._gate import Bucket
+
+    bucket = Bucket(tokens=2.0, now=0.0)
+    bucket.take()
+    bucket.take()
+    assert bucket.level(0.5, rate=10.0, capacity=3.0) == pytest.approx(3.0)  # capped
+    bucket.take()
+    assert bucket.level(0.6, rate=10.0, capacity=3.0) == pytest.approx(3.0)
+    bucket.no_burst(now=1.0)  # at most one at once, and the refill counts from 1.0
+    assert bucket.level(1.0, rate=10.0, capacity=3.0) == pytest.approx(1.0)
+    bucket.take()
+    bucket.give_back()
+    assert bucket.tokens == pytest.approx(1.0)
