@@ -3,6 +3,7 @@
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _starting  # noqa: F401  first: the command's Ctrl-C while importing, quiet
 from ._batch import BatchResult
 from ._callbacks import CallbackAnswer, CallbackApp, CallbackView
 from ._callbacks import Handler as CallbackHandler

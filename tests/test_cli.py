@@ -765,3 +765,17 @@ def test_the_librarys_messages_name_the_flags_on_a_terminal(
     err = capsys.readouterr().err
     assert said in err, err
     assert "_" not in err.split("error:", 1)[1].split(",")[0]  # no Python name left
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_ctrl_c_while_the_command_still_imports_exits_130_without_a_traceback() -> None:
+    for delay in (0.15, 0.3):  # within the half second its imports take
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "deerluma", "demo", "--serve",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+        assert proc.returncode == 130, err
+        assert b"Traceback" not in err and b"interrupted" in err

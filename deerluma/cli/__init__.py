@@ -57,6 +57,9 @@ def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
     """Run the command line; returns the exit code."""
+    from .._starting import restore_interrupt
+
+    restore_interrupt()
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     try:
         import rich  # noqa: F401 - the CLI needs the `cli` extra
