@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import __version__
 from .._batch import CONCURRENCY
@@ -17,6 +18,9 @@ from .demo import _DEMO_PROMPTS
 from .errors import EXIT_CODES
 
 ASSET_CHOICES = ("video", "video_raw", "thumbnail", "last_frame")
+
+
+T = TypeVar("T")
 
 
 def _global_options(parser: argparse.ArgumentParser, *, defaults: bool, sends: bool = True) -> None:
@@ -87,12 +91,8 @@ def _command(
 
 def _count(text: str) -> int:
     """--tasks: a whole number from 1 to the demo's prompts."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= len(_DEMO_PROMPTS):
-        raise argparse.ArgumentTypeError(f"must be 1 to {len(_DEMO_PROMPTS)}, got {value}")
+    value = _parsed(text, int, "a whole number")
+    _within(1 <= value <= len(_DEMO_PROMPTS), f"must be 1 to {len(_DEMO_PROMPTS)}, got {value}")
     return value
 
 
@@ -315,33 +315,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(text: str) -> int:
+def _parsed(text: str, convert: Callable[[str], T], expected: str) -> T:
+    """`text` as a number, or the one message every numeric flag gives when it is not."""
     try:
-        value = int(text)
+        return convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _within(ok: bool, message: str) -> None:
+    if not ok:
+        raise argparse.ArgumentTypeError(message)
+
+
+def _port(text: str) -> int:
+    value = _parsed(text, int, "a port number")
+    _within(0 <= value <= 65535, f"a port is 0 to 65535, got {value}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text!r}")
+    value = _parsed(text, float, "seconds")
+    _within(0 < value < float("inf"), f"must be seconds > 0, got {text!r}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    value = _parsed(text, int, "a whole number")
+    _within(value >= 1, f"must be at least 1, got {value}")
     return value
 
 
