@@ -319,8 +319,11 @@ class Controller:
                 self._regrow(max(self.cubic.w_max, self.rate) + freed, self.rate + freed, now)
         if self.slow_start:
             if held_back and now - self._grown_at >= max(_STEP, _ROUNDS * meter.rtt):
-                # Grow, but never past twice what the server has taken lately.
-                grown = min(_GROWTH * self.rate, 2 * meter.latest_rate())
+                # Grow, but never past twice what the server has taken lately (at a rate too
+                # low to read that off the last second, the rate itself: a Session that shares
+                # its start with others may begin at a few requests a second).
+                taken = meter.latest_rate() or self.rate
+                grown = min(_GROWTH * self.rate, 2 * taken)
                 self._set_rate(max(self.rate, grown), now)
                 self._grown_at = now
                 return True

@@ -102,7 +102,8 @@ class RateGate:
         self.peers = peers or Peers()
         self._shared = self.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
-        self._bucket = Bucket(self._capacity(), clock())
+        # No burst at first where others of the key may be starting too, unseen as yet.
+        self._bucket = Bucket(1.0 if self.peers.cold else self._capacity(), clock())
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).
         self._deadlines: list[tuple[float, int, asyncio.Future[float]]] = []

@@ -164,6 +164,12 @@ class Peers:
         """How many Sessions of the key (this one included) were sending lately."""
         return self._fleet
 
+    @property
+    def cold(self) -> bool:
+        """Whether it cannot tell yet how many Sessions send (a store not read yet): a
+        Session then starts without a burst, as others may be starting too."""
+        return False
+
     def close(self) -> None:
         """Let go of what telling others takes (a file, here none)."""
 

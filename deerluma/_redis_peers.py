@@ -127,6 +127,10 @@ class RedisPeers(Peers):
             await asyncio.wait([task], timeout=2 * _CALL_TIMEOUT)  # its connections closed
 
     @property
+    def cold(self) -> bool:
+        return not self._joined_once
+
+    @property
     def up(self) -> bool:
         """Whether Redis answered lately (else this Session goes on alone)."""
         return self._up
