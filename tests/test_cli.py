@@ -779,3 +779,16 @@ async def test_ctrl_c_while_the_command_still_imports_exits_130_without_a_traceb
         _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
         assert proc.returncode == 130, err
         assert b"Traceback" not in err and b"interrupted" in err
+
+
+def test_the_status_line_shows_running_jobs_and_when_creates_are_the_bottleneck() -> None:
+    from deerluma.cli.jobs import status_line
+    from deerluma.jobs import JobState, RunStats
+
+    starting = status_line(0, 8, {}, RunStats(active=8, creating=1), elapsed=0.5)
+    assert starting.startswith("0/8 settled (1 creating, 7 running)")  # not "(starting)"
+    held = RunStats(active=20, creating=1, waiting_to_create=12)
+    line = status_line(3, 60, {JobState.DONE: 3}, held, elapsed=60.0)
+    assert "3 done, 1 creating, 7 running, 12 waiting to be created" in line
+    assert "--creates-in-flight" in line and "3.0 jobs/min" in line and "left" in line
+    assert "(starting)" in status_line(0, 8, {}, RunStats(), elapsed=0.1)

@@ -565,3 +565,22 @@ async def test_an_old_sqlite_is_refused_clearly_and_an_old_ledger_is_brought_up_
     monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
     with pytest.raises(deerluma.ConfigurationError, match=r"SQLite 3\.35\.0 or newer"):
         await Ledger.open(tmp_path / "new")
+
+
+def test_a_jobs_file_with_a_bom_every_bad_line_named_and_an_empty_one_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deerluma.cli import main
+    from deerluma.jobs import JobsFileError
+
+    assert [j.key for j in load_jobs(['\ufeff{"key": "a", "prompt": "p"}'])] == ["a"]
+    lines = ['{"prompt": "ok"}'] + ["{not json"] * 25
+    with pytest.raises(JobsFileError) as caught:
+        load_jobs(lines, "jobs.jsonl")
+    said = str(caught.value)
+    assert "line 2:" in said and "line 21:" in said and "line 22:" not in said
+    assert "and 5 more bad lines" in said
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("# nothing yet\n\n", encoding="utf-8")
+    assert main(["--api-key", "k" * 20, "run", str(empty), "--out", str(tmp_path / "v")]) == 2
+    assert "holds no job" in capsys.readouterr().err

@@ -57,21 +57,8 @@ async def cmd_run(app: App) -> int:
     lines = a.json or not (app.live and _is_terminal(app.out))
 
     def line() -> str:
-        rate = len(settled) / max(1e-9, time.monotonic() - started)
-        left = len(jobs) - len(settled)
-        eta = f", about {_duration(left / rate)} left" if rate > 0 and left else ""
-        parts = [f"{n} {state.value}" for state, n in sorted(counts.items())]
-        running = stats.active - stats.creating - stats.waiting_to_create
-        now = [f"{stats.creating} creating", f"{max(0, running)} running"] if stats.active else []
-        if stats.waiting_to_create:
-            now.append(
-                f"{stats.waiting_to_create} waiting to be created: creates are the bottleneck "
-                "(--creates-in-flight)"
-            )
-        return (
-            f"{len(settled)}/{len(jobs)} settled ({', '.join(parts + now) or 'starting'}); "
-            f"{rate * 60:.1f} jobs/min{eta}"
-        )
+        elapsed = time.monotonic() - started
+        return status_line(len(settled), len(jobs), counts, stats, elapsed)
 
     async with app.session() as s:
         runs = s.run(
@@ -110,6 +97,28 @@ async def cmd_run(app: App) -> int:
                 if ticking is not None:
                     ticking.cancel()
     return _run_summary(app, settled, app.console.file)
+
+
+def status_line(
+    settled: int, total: int, counts: dict[JobState, int], stats: RunStats, elapsed: float
+) -> str:
+    """The run's status line: settled so far by state, what runs now (and whether creates
+    are the bottleneck, naming the flag), jobs per minute, the time left."""
+    rate = settled / max(1e-9, elapsed)
+    left = total - settled
+    eta = f", about {_duration(left / rate)} left" if rate > 0 and left else ""
+    parts = [f"{n} {state.value}" for state, n in sorted(counts.items())]
+    running = stats.active - stats.creating - stats.waiting_to_create
+    now = [f"{stats.creating} creating", f"{max(0, running)} running"] if stats.active else []
+    if stats.waiting_to_create:
+        now.append(
+            f"{stats.waiting_to_create} waiting to be created: creates are the bottleneck "
+            "(--creates-in-flight)"
+        )
+    return (
+        f"{settled}/{total} settled ({', '.join(parts + now) or 'starting'}); "
+        f"{rate * 60:.1f} jobs/min{eta}"
+    )
 
 
 async def _tick(status: Any, line: Callable[[], str]) -> None:
