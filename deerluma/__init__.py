@@ -21,6 +21,7 @@ from ._sync import SyncSession, SyncUpdates
 from ._wait import OnUpdate
 from .exceptions import (
     APIError,
+    ArgumentError,
     AuthenticationError,
     ConfigurationError,
     CreateOutcomeUnknown,
@@ -50,6 +51,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "APIError",
+    "ArgumentError",
     "AspectRatio",
     "Asset",
     "AuthenticationError",

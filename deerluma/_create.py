@@ -7,6 +7,7 @@ from typing import Literal, TypedDict, Unpack, get_args
 import yarl
 
 from ._validate import check_task_id
+from .exceptions import ArgumentError
 
 __all__ = ["ASPECT_RATIOS", "MAX_PROMPT_CHARS", "AspectRatio", "CreateOptions", "build_create_body"]
 
@@ -20,7 +21,7 @@ MAX_PROMPT_CHARS = 5000
 def _check_url(name: str, url: str) -> str:
     parsed = yarl.URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+        raise ArgumentError(f"{{{name}}} must be an http(s) URL, got {url!r}", [name], value=url)
     return url
 
 
@@ -58,9 +59,16 @@ def build_create_body(
         raise ValueError(f"prompt is {len(prompt)} characters; the API takes {MAX_PROMPT_CHARS}")
     if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIOS:
         known = ", ".join(sorted(ASPECT_RATIOS))
-        raise ValueError(f"aspect_ratio {aspect_ratio!r} is not one of {known}")
+        raise ArgumentError(
+            f"{{aspect_ratio}} {aspect_ratio!r} is not one of {known}",
+            ["aspect_ratio"],
+            value=aspect_ratio,
+        )
     if loop and end_image is not None:
-        raise ValueError("loop=True cannot be combined with end_image: a loop ends where it starts")
+        raise ArgumentError(
+            "{loop} cannot be combined with {end_image}: a loop ends where it starts",
+            {"loop": "loop=True", "end_image": "end_image"},
+        )
     if extend is not None and start_image is not None:
         raise ValueError("extend_generation continues the earlier video; it takes no start_image")
     body: dict[str, object] = {"prompt": prompt}

@@ -22,7 +22,7 @@ import attrs
 from ._control import Controller
 from ._peers import Peers
 from ._throttle import Throttle, ThrottleKind
-from .exceptions import DeadlineExceeded
+from .exceptions import ArgumentError, DeadlineExceeded
 
 __all__ = ["Bucket", "RateGate", "RateView"]
 
@@ -94,7 +94,11 @@ class RateGate:
         peers: Peers | None = None,
     ) -> None:
         if max_rps is not None and not (max_rps > 0 and math.isfinite(max_rps)):
-            raise ValueError(f"max_rps must be a positive number, got {max_rps!r}")
+            raise ArgumentError(
+                f"{{max_rps}} must be a positive number, got {max_rps!r}",
+                ["max_rps"],
+                value=max_rps,
+            )
         self._clock = clock
         self._sleep = sleep
         self.control = Controller(max_rps, clock())

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import attrs
 
+from .exceptions import ArgumentError
+
 __all__ = ["PollPolicy", "Seconds", "seconds_of", "to_seconds"]
 
 Seconds = float | timedelta
@@ -41,11 +43,17 @@ def seconds_of(name: str, value: object, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds or a timedelta, got {value!r}")
     if not math.isfinite(value):
-        hint = " (None: no deadline)" if name == "timeout" else ""
-        raise ValueError(f"{name} must be a finite number of seconds{hint}, got {value!r}")
+        hint = "{none}" if name == "timeout" else ""
+        raise ArgumentError(
+            f"{{{name}}} must be a finite number of seconds{hint}, got {value!r}",
+            {name: name, "none": " (None: no deadline)"},
+            value=value,
+        )
     if value < 0 or (value == 0 and not zero):
         least = "0 or more" if zero else "more than 0"
-        raise ValueError(f"{name} must be {least} seconds, got {value!r}")
+        raise ArgumentError(
+            f"{{{name}}} must be {least} seconds, got {value!r}", [name], value=value
+        )
     return float(value)
 
 

@@ -315,8 +315,10 @@ class Session:
             ):
                 # Stopped by the timeout, not by the retry budget.
                 error = DeadlineExceeded(
-                    f"{what} gave up after {elapsed:.1f}s (timeout={seconds:g}s, {tries}): {exc}",
+                    f"{what} gave up after {elapsed:.1f}s ({{timeout}}={seconds:g}s, {tries}): "
+                    f"{exc}",
                     task_id=task_id,
+                    arguments={"timeout": "timeout"},
                 )
                 error.attempts = exc.attempts
                 raise error from exc

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import yarl
 
-from .exceptions import ConfigurationError, InvalidTaskId
+from .exceptions import ArgumentError, ConfigurationError, InvalidTaskId
 
 __all__ = ["check_api_key", "check_base_url", "check_batch", "check_task_id"]
 
@@ -28,7 +28,11 @@ def check_batch(task_ids: Iterable[str], concurrency: int) -> list[str]:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int):
         raise TypeError(f"concurrency must be a whole number, got {concurrency!r}")
     if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        raise ArgumentError(
+            f"{{concurrency}} must be at least 1, got {concurrency}",
+            ["concurrency"],
+            value=concurrency,
+        )
     if isinstance(task_ids, str | bytes):
         raise TypeError(
             f"task_ids must be a collection of ids, not one string: write [{task_ids!r}]"
@@ -104,12 +108,18 @@ def check_base_url(base_url: str) -> yarl.URL:
     """Parse the API base url; refuse plain http except to loopback (the key would go in clear)."""
     url = yarl.URL(base_url)
     if url.scheme not in ("https", "http") or not url.host:
-        raise ConfigurationError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+        raise ConfigurationError(
+            f"{{base_url}} must be an http(s) URL with a host, got {base_url!r}",
+            ["base_url"],
+            value=base_url,
+        )
     if url.scheme == "http" and not _is_loopback(url.host):
         raise ConfigurationError(
             f"refusing plain http:// to {url.host}: the API key would be sent unencrypted; "
             "use https://"
         )
     if url.user or url.password or url.query_string or url.fragment:
-        raise ConfigurationError("base_url must not carry credentials, a query or a fragment")
+        raise ConfigurationError(
+            "{base_url} must not carry credentials, a query or a fragment", ["base_url"]
+        )
     return url

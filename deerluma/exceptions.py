@@ -5,6 +5,7 @@ Each message says what happened, to which task id, and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APIError",
+    "ArgumentError",
     "AuthenticationError",
     "ConfigurationError",
     "CreateOutcomeUnknown",
@@ -41,6 +43,20 @@ class DeerLumaError(Exception):
 
     task_id: str | None = None
     attempts: int = 1
+    #: Where the message names arguments (see ArgumentError): its template, with ``{name}``
+    #: for each, and how Python spells each; None: the message names none.
+    template: str | None = None
+    arguments: Mapping[str, str] = {}
+
+    def spelled(self, spelling: Mapping[str, str]) -> str:
+        """The message, each argument it names spelled as `spelling` says (else as Python
+        does): how the command line names its flags without rewriting messages."""
+        if self.template is None:
+            return str(self)
+        text = self.template
+        for name, python in self.arguments.items():
+            text = text.replace("{" + name + "}", spelling.get(name, python))
+        return text
 
     def __reduce__(self) -> tuple[object, ...]:
         # Exceptions pickle as cls(*args), which our constructors do not take (the message is
@@ -157,7 +173,7 @@ class RateLimitError(APIError):
             )
         return (
             f" (too fast for this key: the Session slowed down; retry {after}, or set a"
-            " lower Session(max_rps=...))"
+            " lower max_rps: --max-rps on the command line)"
         )
 
 
@@ -191,16 +207,48 @@ class InvalidTaskId(DeerLumaError, ValueError):
         super().__init__(f"invalid task id {task_id[:80]!r}: {problem}")
 
 
-class ConfigurationError(DeerLumaError, ValueError):
+class ArgumentError(DeerLumaError, ValueError):
+    """An argument that cannot be right, found before anything was sent.
+
+    Structured, so that a caller can name the arguments its own way (the
+    command line says ``--max-rps`` where Python says ``max_rps``):
+    `arguments` maps each argument the message names (its Python name) to
+    how the message spells it (``max_rps``, ``loop=True``), `template` has a
+    ``{name}`` where each goes, and `value` is the value refused, if one was.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        arguments: Mapping[str, str] | Sequence[str] = (),
+        *,
+        value: object = None,
+    ) -> None:
+        self.template = template
+        self.arguments = (
+            dict(arguments) if isinstance(arguments, Mapping) else {a: a for a in arguments}
+        )
+        self.value = value
+        super().__init__(self.spelled({}))
+
+
+class ConfigurationError(ArgumentError):
     """The Session cannot make requests as set up: no API key, a key that cannot go in a
     header, an unsafe base_url, or a Session closed (or made in another event loop).
 
     `missing_key` is True when what is missing is the API key itself.
     """
 
-    def __init__(self, message: str, *, missing_key: bool = False) -> None:
+    def __init__(
+        self,
+        template: str,
+        arguments: Mapping[str, str] | Sequence[str] = (),
+        *,
+        value: object = None,
+        missing_key: bool = False,
+    ) -> None:
         self.missing_key = missing_key
-        super().__init__(message)
+        super().__init__(template, arguments, value=value)
 
 
 class DeadlineExceeded(DeerLumaError, TimeoutError):
@@ -211,8 +259,17 @@ class DeadlineExceeded(DeerLumaError, TimeoutError):
     waits report it as WaitTimeout, with this as its ``__cause__``.
     """
 
-    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str | None = None,
+        arguments: Mapping[str, str] | None = None,
+    ) -> None:
         self.task_id = task_id
+        if arguments:  # `message` is a template naming them
+            self.template, self.arguments = message, dict(arguments)
+            message = self.spelled({})
         super().__init__(message)
 
 

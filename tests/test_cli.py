@@ -759,8 +759,8 @@ def test_help_of_each_command_lists_only_the_flags_it_uses(
 def test_the_librarys_messages_name_the_flags_on_a_terminal(
     argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The messages are the library's, with its argument names given as flags: a change to
-    # their wording that the rewriting no longer matches fails here, not in a user's shell.
+    # The messages are the library's, each argument it names spelled as its flag, from the
+    # error's structured fields (no rewriting of its words).
     assert main(["--api-key", "fake-key-0123456789", *argv]) == 2
     err = capsys.readouterr().err
     assert said in err, err

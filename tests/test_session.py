@@ -471,3 +471,18 @@ def test_a_session_reused_in_another_event_loop_says_what_to_do() -> None:
                 await serve_and_use(s, fake)
 
     asyncio.run(second())
+
+
+def test_an_argument_error_names_its_arguments_in_fields() -> None:
+    with pytest.raises(deerluma.ArgumentError) as caught:
+        deerluma.Session(api_key="k" * 20, max_rps=-1)
+    error = caught.value
+    assert (error.arguments, error.value) == ({"max_rps": "max_rps"}, -1)
+    assert str(error) == "max_rps must be a positive number, got -1"
+    assert error.spelled({"max_rps": "MAX"}) == "MAX must be a positive number, got -1"
+    from deerluma._create import build_create_body
+
+    with pytest.raises(deerluma.ArgumentError) as caught:
+        build_create_body("p", loop=True, end_image="http://a/b.png")
+    assert str(caught.value).startswith("loop=True cannot be combined with end_image")
+    assert caught.value.spelled({"loop": "-l"}).startswith("-l cannot be combined with end_image")

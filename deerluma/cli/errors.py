@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -60,18 +59,16 @@ def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
 def _report(app: App, exc: BaseException | str, hint: str = "", *, flags: bool = True) -> None:
     if app.args.verbose:
         app.console.print_exception()
-    message = for_terminal(str(exc)) if flags else str(exc)
+    message = for_terminal(exc) if flags and not isinstance(exc, str) else str(exc)
     text = f"deerluma: error: {message}" + (f" ({hint})" if hint else "")
     print(text, file=app.console.file)
 
 
-#: The library's messages name Python arguments; on a terminal they are the flags.
-_FLAGS = {
-    "Session(max_rps=...)": "--max-rps",
-    "loop=True": "--loop",
-    "overwrite=True": "--overwrite",
-    "retry_failed=True": "--retry-failed",
-    " (None: no deadline)": "",
+#: The flag of each Python argument a library error can name (`ArgumentError.arguments`);
+#: an argument with no flag keeps its Python spelling. "none" is the hint that None means
+#: no deadline, which no flag can say.
+FLAGS = {
+    "none": "",
     **{
         name: "--" + name.replace("_", "-")
         for name in (
@@ -84,19 +81,19 @@ _FLAGS = {
             "callback_url",
             "concurrency",
             "timeout",
+            "loop",
+            "retry_failed",
+            "creates_in_flight",
+            "wait_timeout",
+            "max_active",
         )
     },
 }
 
 
-_FLAG_PATTERN = re.compile(
-    "|".join(
-        re.escape(name) if not name.isidentifier() else rf"(?<![\w-]){name}(?!\w)"
-        for name in sorted(_FLAGS, key=len, reverse=True)
-    )
-)
-
-
-def for_terminal(message: str) -> str:
-    """A message of the library's, with each Python argument it names given as its flag."""
-    return _FLAG_PATTERN.sub(lambda match: _FLAGS[match.group(0)], message)
+def for_terminal(exc: BaseException) -> str:
+    """An error of the library's as the command line says it: each argument it names, by its
+    flag (from its structured fields, never its wording)."""
+    if isinstance(exc, DeerLumaError):
+        return exc.spelled(FLAGS)
+    return str(exc)

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from ..exceptions import ConfigurationError, DestinationError
+from ..exceptions import ArgumentError, ConfigurationError, DestinationError
 from .state import JobState, check
 
 __all__ = ["JobConflict", "Ledger", "LedgerRow", "LostClaim", "Move", "new_owner"]
@@ -91,11 +91,11 @@ class LostClaim(Exception):
     stop working on it."""
 
 
-class JobConflict(ValueError):
+class JobConflict(ArgumentError):
     """Jobs whose line says another request than the one already sent under their key."""
 
     def __init__(self, message: str, keys: Sequence[str]) -> None:
-        super().__init__(message)
+        super().__init__(message, {"retry_failed": "retry_failed=True"})
         self.keys = list(keys)
 
 
@@ -443,7 +443,7 @@ def _conflict_message(keys: Sequence[str]) -> str:
     return (
         f"the line of {named} asks for another request than the one already sent under "
         "that key; nothing was sent. Give the edited line a new key (a failed job takes "
-        "its edited line with retry_failed=True)"
+        "its edited line with {retry_failed})"
     )
 
 
