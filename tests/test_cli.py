@@ -423,7 +423,7 @@ def test_get_and_wait_show_the_same_link_to_fetch() -> None:
 
     from deerluma import Generation, GenerationState, Video
     from deerluma._render import Row, print_generation
-    from deerluma.cli.waits import _plain
+    from deerluma.cli.wait import _plain
 
     video = Video(url="https://cdn/x.mp4", download_url="https://bucket/x.mp4?X-Amz-Expires=3600")
     g = Generation(id="t", state=GenerationState.COMPLETED, video=video)
@@ -782,7 +782,7 @@ async def test_ctrl_c_while_the_command_still_imports_exits_130_without_a_traceb
 
 
 def test_the_status_line_shows_running_jobs_and_when_creates_are_the_bottleneck() -> None:
-    from deerluma.cli.jobs import status_line
+    from deerluma.cli.run import status_line
     from deerluma.jobs import JobState, RunStats
 
     starting = status_line(0, 8, {}, RunStats(active=8, creating=1), elapsed=0.5)

@@ -1,5 +1,6 @@
 """The `deerluma` command: get, wait, wait-many, download, create, run, status, and a
-keyless demo. Each command is a coroutine of its own module (`waits`, `jobs`, `demo`);
+keyless demo. Each command is a coroutine of its own module (`get`, `wait`, `wait_many`,
+`download`, `create`, `run`, `status`, `demo`);
 `parser` makes the arguments, `app` the Session and the output, `progress` a batch's live
 table, `errors` the exit codes.
 
@@ -22,7 +23,9 @@ from typing import Any, TextIO
 from ..exceptions import ConfigurationError, DeerLumaError
 from ..jobs import JobsFileError
 from .app import App
+from .create import cmd_create
 from .demo import cmd_demo
+from .download import cmd_download
 from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -33,9 +36,12 @@ from .errors import (
     _report,
     exit_code_for,
 )
-from .jobs import cmd_run, cmd_status
+from .get import cmd_get
 from .parser import _parser
-from .waits import cmd_create, cmd_download, cmd_get, cmd_wait, cmd_wait_many
+from .run import cmd_run
+from .status import cmd_status
+from .wait import cmd_wait
+from .wait_many import cmd_wait_many
 
 __all__ = ["main", "run"]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .._session import Session
@@ -57,3 +59,16 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _read_text(source: str, what: str) -> str:
+    """A file's text ('-': stdin); a file that cannot be read is a usage mistake, named."""
+    name = "stdin" if source == "-" else source
+    try:
+        return sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:  # a usage mistake, not a network error
+        raise ValueError(f"cannot read {what} from {name}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"cannot read {what} from {name}: not UTF-8 text (byte {exc.start})"
+        ) from exc
