@@ -422,7 +422,7 @@ def test_get_and_wait_show_the_same_link_to_fetch() -> None:
     from rich.console import Console
 
     from deerluma import Generation, GenerationState, Video
-    from deerluma._render import Row, print_generation
+    from deerluma.cli.output import Row, print_generation
     from deerluma.cli.wait import _plain
 
     video = Video(url="https://cdn/x.mp4", download_url="https://bucket/x.mp4?X-Amz-Expires=3600")
@@ -792,3 +792,21 @@ def test_the_status_line_shows_running_jobs_and_when_creates_are_the_bottleneck(
     assert "3 done, 1 creating, 7 running, 12 waiting to be created" in line
     assert "--creates-in-flight" in line and "3.0 jobs/min" in line and "left" in line
     assert "(starting)" in status_line(0, 8, {}, RunStats(), elapsed=0.1)
+
+
+def test_a_flag_a_message_suggests_exists_on_that_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import deerluma.cli as cli
+
+    async def exists(app: object) -> int:
+        raise FileExistsError(f"{tmp_path / 'x.mp4'} exists")
+
+    for command, argv, suggested in (
+        ("download", ["download", "abc", str(tmp_path)], True),
+        ("status", ["status", str(tmp_path)], False),  # status has no --overwrite
+    ):
+        monkeypatch.setitem(cli._COMMANDS, command, exists)
+        assert main(["--api-key", "fake-key-0123456789", *argv]) == 2
+        said = capsys.readouterr().err
+        assert "x.mp4 exists" in said and ("--overwrite" in said) is suggested, said

@@ -1,8 +1,8 @@
 """The `deerluma` command: get, wait, wait-many, download, create, run, status, and a
 keyless demo. Each command is a coroutine of its own module (`get`, `wait`, `wait_many`,
-`download`, `create`, `run`, `status`, `demo`);
-`parser` makes the arguments, `app` the Session and the output, `progress` a batch's live
-table, `errors` the exit codes.
+`download`, `create`, `run`, `status`, `demo`); `parser` makes the arguments, `app` the
+Session, `output` all that is printed (tables, JSON lines, progress, job summaries),
+`errors` the exit codes and how errors are said.
 
 Exit codes: 0 success, 1 a generation failed, 2 usage error, 3 timeout,
 4 API, authentication or network error, 5 a local file error, 130

@@ -49,7 +49,7 @@ class App:
         )
 
     def emit(self, record: dict[str, object]) -> None:
-        from .._render import result_line
+        from .output import result_line
 
         print(result_line(record), file=self.out, flush=True)
 

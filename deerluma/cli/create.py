@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     pass
 from .app import App
 from .errors import exit_code_for
-from .progress import save_row, track
+from .output import save_row, track
 
 
 async def cmd_create(app: App) -> int:
-    from .._render import generation_json
+    from .output import generation_json
 
     a = app.args
     options: CreateOptions = {

@@ -15,12 +15,12 @@ if TYPE_CHECKING:
     pass
 from .app import App
 from .errors import EXIT_FAILED, EXIT_OK, exit_code_for
-from .progress import save, track
+from .output import save, track
 
 
 async def cmd_demo(app: App) -> int:
-    from .._render import summary_table
     from ..testing import FakeDeerAPI, ScaledClock
+    from .output import summary_table
 
     duration, refresh = app.args.duration, app.args.refresh
     if app.args.serve:

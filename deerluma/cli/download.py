@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     pass
 from .app import App
 from .errors import EXIT_OK
-from .progress import save
+from .output import save
 
 
 async def cmd_download(app: App) -> int:

@@ -12,7 +12,7 @@ from .errors import EXIT_OK
 
 
 async def cmd_get(app: App) -> int:
-    from .._render import generation_fields, print_generation, result_line
+    from .output import generation_fields, print_generation, result_line
 
     async with app.session() as s:
         g = await s.get_generation(app.args.task_id, timeout=app.args.timeout)

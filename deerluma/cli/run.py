@@ -16,7 +16,7 @@ from ..jobs import JobResult, JobState, RunStats
 if TYPE_CHECKING:
     pass
 from .app import App, _is_terminal, _read_text
-from .jobs import _job_line, _run_summary
+from .output import _job_line, _run_summary
 
 
 async def cmd_run(app: App) -> int:

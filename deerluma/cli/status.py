@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     pass
 from .app import App
 from .errors import EXIT_OK
-from .jobs import _job_line, _run_summary
+from .output import _job_line, _run_summary
 
 
 async def cmd_status(app: App) -> int:

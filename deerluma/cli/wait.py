@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .._render import Row
+    from .output import Row
 from .app import App
 from .errors import exit_code_for
-from .progress import save_row, track
+from .output import save_row, track
 
 
 async def cmd_wait(app: App) -> int:
-    from .._render import generation_json, summary_table
+    from .output import generation_json, summary_table
 
     ids = list(dict.fromkeys(app.args.task_ids))
     async with app.session(max_rps=app.args.max_rps) as s:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     pass
 from .app import App, _read_text
 from .errors import exit_code_for
-from .progress import _last_seen
+from .output import _last_seen
 
 
 def _read_ids(source: str) -> list[str]:
@@ -79,7 +79,7 @@ def _append_to(out: Path) -> TextIO:
 async def cmd_wait_many(app: App) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .._render import generation_json, result_line
+    from .output import generation_json, result_line
 
     ids = _read_ids(app.args.source)
     skipped, unread = _finished_in(app.args.out)
