@@ -41,6 +41,9 @@ START = 50.0
 _STEP = 0.05
 _ROUNDS = 8
 _GROWTH = 1.5
+#: Sessions seen sending in a Session's first `_SHARE_FOR` seconds started with it: they share
+#: the start rate. Later ones came to a Session already growing on evidence of its own.
+_SHARE_FOR = 1.0
 #: Never below this rate, however many 429s: a trickle still finds out when the server recovers.
 FLOOR = 0.5
 #: The multiplicative cut on a 429, and CUBIC's growth constant (botocore's values).
@@ -362,7 +365,7 @@ class Controller:
         together), they share the start rate, or each meets the server's burst allowance
         at once. Whether the rate was cut for it."""
         fleet = self.fleet
-        if not self.slow_start or fleet <= self._fleet:
+        if not self.slow_start or fleet <= self._fleet or now - self.meter.born > _SHARE_FOR:
             return False
         self._set_rate(max(FLOOR, self.rate * self._fleet / fleet), now)
         self._fleet = fleet
