@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from ._peers import PeerEvent, Peers, Sender
+from ._validate import without_password
 
 __all__ = ["RedisPeers"]
 
@@ -75,6 +76,7 @@ class RedisPeers(Peers):
     def __init__(self, url: str, digest: str) -> None:
         super().__init__()
         self._url = url
+        self._shown = without_password(url)  # for warnings: never its password
         self._event_key = f"deerluma:rate:{digest}:event"
         self._senders_key = f"deerluma:rate:{digest}:senders"
         self._channel = f"deerluma:rate:{digest}:news"
@@ -251,7 +253,7 @@ class RedisPeers(Peers):
             if not self._up:
                 self._up = True
                 if self._warned:
-                    log.warning("deerluma: the rate store at %s answers again", _shown(self._url))
+                    log.warning("deerluma: the rate store at %s answers again", self._shown)
             self._wake.clear()
             self._resting = time.monotonic() - self._asked > _IDLE
             if self._resting:  # nobody asks: read again when asked
@@ -279,7 +281,7 @@ class RedisPeers(Peers):
             log.warning(
                 "deerluma: the rate store at %s is out of reach (%s); each Session goes on "
                 "alone, and it is tried again",
-                _shown(self._url),
+                self._shown,
                 type(exc).__name__,
             )
 
@@ -322,10 +324,3 @@ def _senders(raw: dict[bytes, bytes], offset: float) -> list[Sender]:
         except (ValueError, UnicodeDecodeError):
             continue
     return found
-
-
-def _shown(url: str) -> str:
-    import yarl
-
-    parsed = yarl.URL(url)
-    return str(parsed.with_password(None)) if parsed.password else url

@@ -123,3 +123,9 @@ def check_base_url(base_url: str) -> yarl.URL:
             "{base_url} must not carry credentials, a query or a fragment", ["base_url"]
         )
     return url
+
+
+def without_password(url: str) -> str:
+    """`url` as it may be shown (a ledger's, a rate store's): its password left out."""
+    parsed = yarl.URL(url)
+    return str(parsed.with_password(None)) if parsed.password else url

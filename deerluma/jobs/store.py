@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from .._validate import without_password
 from ..exceptions import ArgumentError, ConfigurationError, DestinationError
 from .state import JobState, check
 
@@ -193,6 +194,11 @@ class Ledger:
         server's commits always are; a SQLite file syncs for it): a job's move."""
         return self._transaction()
 
+    def _read(self) -> contextlib.AbstractAsyncContextManager[_Tx]:
+        """For one statement that only reads (SQLite: no write lock taken, so a reader never
+        waits for a worker's writes, nor holds them up)."""
+        return self._transaction()
+
     async def _serialize(self, tx: _Tx) -> None:
         """One at a time: claims counting the generations running, and migrations (SQLite's
         write lock already does this)."""
@@ -279,13 +285,13 @@ class Ledger:
         if keys is not None:
             sql += f" WHERE key IN {self._KEYS}"
             params.append(json.dumps(list(keys)))
-        async with self._transaction() as tx:
+        async with self._read() as tx:
             return [_row(r) for r in await tx(sql + " ORDER BY key", params)]
 
     async def unsettled(self, keys: Iterable[str]) -> int:
         """How many jobs of `keys` are not settled (held by a worker, or free to claim)."""
         settled = [s.value for s in JobState if s.settled]
-        async with self._transaction() as tx:
+        async with self._read() as tx:
             found = await tx(
                 f"SELECT count(*) FROM {_TABLE} WHERE key IN {self._KEYS} "
                 f"AND state NOT IN ({', '.join('?' * len(settled))})",
@@ -503,6 +509,10 @@ class SQLiteLedger(Ledger):
         yield _Tx(self._runner(self._db.cursor()), "?")
 
     @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[_Tx]:
+        yield _Tx(self._runner(self._db.cursor()), "?")  # WAL: a snapshot, no lock
+
+    @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Tx]:
         self._sync("NORMAL")
         cursor = self._db.cursor()
@@ -568,7 +578,7 @@ class PostgresLedger(Ledger):
             raise ConfigurationError(
                 "a PostgreSQL ledger needs psycopg: pip install 'deerluma[postgres]'"
             ) from exc
-        shown = _without_password(url)
+        shown = without_password(url)
         try:
             db = await psycopg.AsyncConnection.connect(url, autocommit=True)
         except psycopg.Error as exc:
@@ -594,10 +604,3 @@ class PostgresLedger(Ledger):
 
     async def close(self) -> None:
         await self._db.close()
-
-
-def _without_password(url: str) -> str:
-    import yarl
-
-    parsed = yarl.URL(url)
-    return str(parsed.with_password(None)) if parsed.password else url
