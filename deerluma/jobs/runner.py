@@ -30,7 +30,7 @@ import os
 import tempfile
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -53,6 +53,8 @@ from .state import JobState
 from .store import Ledger, LedgerRow, LostClaim, Move, new_owner
 
 __all__ = ["Client", "RunStats", "run_jobs"]
+
+T = TypeVar("T")
 
 #: A worker holds its jobs this long without renewing (seconds); it renews every third of it.
 LEASE = 30.0
@@ -161,16 +163,16 @@ class _Writer:
                     try:
                         await self.ledger.write(self.owner, [move])
                     except Exception as exc:
-                        _settle(future, exc)
+                        _settle(future, exc, None)
                     else:
-                        _settle(future, None)
+                        _settle(future, None, None)
                 return
             except Exception as exc:  # the ledger failed (a full disk, a lost server)
                 for _, future in batch:
-                    _settle(future, exc)
+                    _settle(future, exc, None)
                 return
             for _, future in batch:
-                _settle(future, None)
+                _settle(future, None, None)
 
     async def close(self) -> None:
         """Write everything pending now; a failure is raised (never swallowed)."""
@@ -192,14 +194,10 @@ def _answer(
     done: asyncio.Future[LedgerRow | None], written: asyncio.Future[None], row: LedgerRow | None
 ) -> None:
     """Tell a driver how its create went, once its row is written (or why it was not)."""
-    if done.done():
-        return
     if written.cancelled():
         done.cancel()
-    elif written.exception() is not None:
-        done.set_exception(written.exception())  # type: ignore[arg-type]
     else:
-        done.set_result(row)
+        _settle(done, written.exception(), row)
 
 
 def _at_once(step: Coroutine[Any, Any, None]) -> None:
@@ -212,11 +210,12 @@ def _at_once(step: Coroutine[Any, Any, None]) -> None:
     raise RuntimeError("a write to a local ledger waited")
 
 
-def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+def _settle(future: asyncio.Future[T], exc: BaseException | None, result: T) -> None:
+    """Give `future` its outcome (`exc`, else `result`), unless it has one already."""
     if future.done():
         return
     if exc is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(exc)
 
@@ -325,12 +324,17 @@ class _Runner:
                     yield result
         raise self.halt
 
+    def stop_with(self, error: BaseException) -> None:
+        """A fault stops the run: no create is sent from now on (the first fault is the one
+        the run raises)."""
+        if self.halt is None:
+            self.halt = error
+
     async def stop(self) -> None:
         """Stop: no create is sent from now; creates in flight get `GRACE` to record their
         answers; the rest is cancelled (a create cut short is UNKNOWN); every pending write
         goes; claims are released."""
-        if self.halt is None:
-            self.halt = asyncio.CancelledError()
+        self.stop_with(asyncio.CancelledError())
         if self.sending:
             await asyncio.wait(list(self.sending), timeout=GRACE)
         tasks = [*self.driving.values(), *self.senders]
@@ -369,8 +373,7 @@ class _Runner:
         except LostClaim:
             return None
         except _Halt as exc:
-            if self.halt is None:
-                self.halt = exc.error
+            self.stop_with(exc.error)
             return None
 
     async def submit(self, row: LedgerRow) -> LedgerRow | None:
@@ -455,7 +458,7 @@ class _Runner:
         try:
             created = await self.client.create(row.request)
         except CreateOutcomeUnknown as exc:  # no answer: the next create would fare no better
-            self.halt = self.halt or exc
+            self.stop_with(exc)
             return attrs.evolve(row, state=JobState.UNKNOWN, error=str(exc))
         except asyncio.CancelledError:
             stopped = "stopped while sending its create"
@@ -467,7 +470,7 @@ class _Runner:
             raise
         except DeerLumaError as exc:
             if _stops_the_run(exc):  # it never left: nothing was created; send it later
-                self.halt = self.halt or exc
+                self.stop_with(exc)
                 return attrs.evolve(row, state=JobState.NEW, creates=row.creates - 1)
             return _refused(row, f"the create was refused: {exc}")
         except ValueError as exc:
