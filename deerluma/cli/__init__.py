@@ -104,7 +104,7 @@ def main(
         _report(app, exc)  # a key that cannot be sent, an unsafe --base-url
         return EXIT_USAGE
     except JobsFileError as exc:  # names the file's keys (aspect_ratio), not flags
-        _report(app, exc, flags=False)
+        _report(app, exc)
         return EXIT_USAGE
     except ValueError as exc:  # bad arguments, found before anything was sent
         _report(app, exc)

@@ -56,10 +56,10 @@ def exit_code_for(errors: Iterable[DeerLumaError | None]) -> int:
     return code
 
 
-def _report(app: App, exc: BaseException | str, hint: str = "", *, flags: bool = True) -> None:
+def _report(app: App, exc: BaseException | str, hint: str = "") -> None:
     if app.args.verbose:
         app.console.print_exception()
-    message = for_terminal(exc) if flags and not isinstance(exc, str) else str(exc)
+    message = exc if isinstance(exc, str) else for_terminal(exc)
     text = f"deerluma: error: {message}" + (f" ({hint})" if hint else "")
     print(text, file=app.console.file)
 
