@@ -25,6 +25,8 @@ from deerluma.jobs import Job, JobState, Ledger
 from deerluma.jobs.store import LedgerRow, Move
 from deerluma.testing import FakeDeerAPI
 
+from .test_jobs import _rows as ledger_rows
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and ttys")
 
 
@@ -60,8 +62,8 @@ async def command(fake: FakeDeerAPI | str | None, *argv: str) -> tuple[int, str,
 
 
 async def _rows(where: Any) -> dict[str, LedgerRow]:
-    async with await Ledger.open(where) as ledger:
-        return {row.key: row for row in await ledger.rows()}
+    """The ledger's rows by key (the jobs tests' reader, keyed)."""
+    return {row.key: row for row in await ledger_rows(where)}
 
 
 def _posts(fake: FakeDeerAPI) -> int:
