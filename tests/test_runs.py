@@ -137,6 +137,7 @@ async def test_an_edited_line_takes_effect_only_where_nothing_was_paid(tmp_path:
         code, _, stderr = await command(fake, "run", str(jobs_file), "--out", str(out))
         assert code == 2, stderr
         assert "bad, done" in stderr and "new key" in stderr and "--retry-failed" in stderr
+        assert "stopped after" not in stderr  # refused before it started: nothing to sum up
         assert _posts(fake) == posts  # nothing sent
 
         jobs[0]["prompt"] = "a deer"  # back as it was: only the failed one is edited

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
+    ArgumentError,
     DeerLumaError,
 )
 from ..jobs import JobResult, JobState, RunStats
@@ -63,6 +64,8 @@ async def cmd_run(app: App) -> int:
                             print(f"{result.key}\t{result.state.value}\t{where}", file=app.out)
                         if status is not None:
                             status.update(line())
+            except ArgumentError:  # refused before anything was sent: only why
+                raise
             except (DeerLumaError, asyncio.CancelledError):  # stopped: what settled, then why
                 if ticking is not None:
                     ticking.cancel()
