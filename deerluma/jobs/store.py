@@ -161,6 +161,9 @@ class Ledger:
     _KEYS = ""
     #: What locks the rows a claim picks, where the store can (PostgreSQL).
     _SKIP_LOCKED = ""
+    #: What makes a statement on a few keys of one owner find them by key (SQLite, with no
+    #: statistics, would walk every row of the owner's index).
+    _BY_KEY = ""
     _placeholder = "?"
 
     def __init__(self, url: str) -> None:
@@ -409,9 +412,10 @@ class Ledger:
         seen = [item for move in moves for item in (move.row.key, move.was.value)]
         params += (*now, owner, *keys, owner, *keys, *seen, len(keys))
         sql = (
-            f"UPDATE {_TABLE} SET {assignments}, updated_at = {clock} "
+            f"UPDATE {_TABLE}{self._BY_KEY} SET {assignments}, updated_at = {clock} "
             f"WHERE owner = ? AND key IN ({marks}) "
-            f"AND (SELECT count(*) FROM {_TABLE} WHERE owner = ? AND key IN ({marks}) "
+            f"AND (SELECT count(*) FROM {_TABLE}{self._BY_KEY} "
+            f"WHERE owner = ? AND key IN ({marks}) "
             f"AND state = CASE key {whens} END) = ?"
         )
         async with self._statement() as tx:
@@ -426,7 +430,7 @@ class Ledger:
         clock, params = self._clock(None)
         async with self._transaction() as tx:
             found = await tx(
-                f"UPDATE {_TABLE} SET lease_until = {clock} + ? "
+                f"UPDATE {_TABLE}{self._BY_KEY} SET lease_until = {clock} + ? "
                 f"WHERE owner = ? AND key IN {self._KEYS} RETURNING key",
                 [*params, lease, owner, json.dumps(list(keys))],
             )
@@ -467,6 +471,7 @@ class SQLiteLedger(Ledger):
     inline = True
     _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     _KEYS = "(SELECT value FROM json_each(?))"
+    _BY_KEY = f" INDEXED BY sqlite_autoindex_{_TABLE}_1"
 
     def __init__(self, path: Path) -> None:
         if sqlite3.sqlite_version_info < SQLITE_NEEDED:
