@@ -1,6 +1,8 @@
-"""The rate controller: answers and 429s in, a rate and pauses out. Pure: time is a number given,
-and it does no I/O: what the other Sessions of the key said comes in through the gate
-(`fleet`, `freed`, `heard`), and what to tell them goes out through the gate (`news`).
+"""The rate controller: events in, decisions out. `Controller.decide(event, now)` is a function
+of the controller's state, the event and the time given: it reads no clock, does no I/O, and
+changes nothing but that state. What the gate is to do comes back as a `Decision` (the rate,
+the pause, what may go at once, what to tell the other Sessions of the key); what the others
+said comes in as an event (`Heard`), through the gate.
 
 Parts, each testable with plain numbers (botocore's adaptive mode has the same shape):
 
@@ -9,6 +11,8 @@ Parts, each testable with plain numbers (botocore's adaptive mode has the same s
 - `Recent`: which of the latest answers were 429s (a lone one, a crowd, a burst).
 - `WindowBudget`: a limit the gateway named (``M`` requests per ``W`` seconds);
   when the next request fits in the window.
+- `Cubic`: the regrowth after a cut.
+- `Trial`: a cut under judgement, and its verdict (`Verdict`).
 - `Controller`: slow start, then CUBIC after cuts; judges each 429 by its kind
   (`deerluma._throttle`) and, for a plain 429, by evidence: a cut is on trial,
   and one that does not make 429s rarer is undone, after which 429s at that
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import enum
 import itertools
 import math
 
@@ -30,7 +35,21 @@ import attrs
 from ._peers import PeerEvent
 from ._throttle import Throttle, ThrottleKind
 
-__all__ = ["Controller", "Cubic", "Meter", "Recent", "WindowBudget"]
+__all__ = [
+    "SENDING",
+    "Answered",
+    "Controller",
+    "Cubic",
+    "Decision",
+    "Heard",
+    "Meter",
+    "RateView",
+    "Recent",
+    "Throttled",
+    "Trial",
+    "Verdict",
+    "WindowBudget",
+]
 
 #: The rate a new Session starts at, in requests per second (no crawl: most limits are higher).
 START = 50.0
@@ -110,6 +129,95 @@ _WINDOW_MARGIN = 0.95
 _WINDOW_SLACK = 0.05
 #: With a named window, up to this share of its allowance may go at once after a quiet spell.
 _WINDOW_BURST = 0.25
+#: While the rate is being found, this many seconds' worth of requests may go at once.
+_BURST = 0.2
+
+
+@attrs.frozen
+class RateView:
+    """What a Session's rate gate knows, for logs and progress displays."""
+
+    #: The rate the gate lets requests through at now, per second.
+    rps: float
+    #: The user's hard cap (``Session(max_rps=...)``), or None when the rate is learned.
+    max_rps: float | None
+    #: How many 429 answers this Session has received, of every kind.
+    rate_limited: int
+    #: True until the first 429 about our rate: the rate grows by half every few round
+    #: trips while the Session wants more.
+    slow_start: bool
+    #: 429s the gateway sent because its upstream was saturated, or that slowing down did
+    #: not make rarer: they delayed only their own requests.
+    not_ours: int = 0
+    #: The limit the gateway named, ``(requests, seconds)``, once a 429 named one.
+    window: tuple[int, float] | None = None
+
+
+# -- events: what the gate tells the controller ------------------------------------------------
+@attrs.frozen
+class _Sending:
+    """A request goes now."""
+
+
+#: A request goes now (one event for all: it carries nothing but the time given with it).
+SENDING = _Sending()
+
+
+@attrs.frozen
+class Answered:
+    """A request sent at `sent` went through. `held_back`: a request waited for its turn since
+    slow start's last step (the Session wants more than the rate)."""
+
+    sent: float
+    held_back: bool
+
+
+@attrs.frozen
+class Throttled:
+    """A request sent at `sent` got a 429 (`throttle`: what it said, as first read)."""
+
+    sent: float
+    throttle: Throttle
+
+
+@attrs.frozen
+class Heard:
+    """What the other Sessions of the key were heard to say: how many send (this one too), the
+    requests per second those that stopped freed, the plain 429s they met, and a cut, pause or
+    named window of theirs."""
+
+    fleet: int
+    freed: float = 0.0
+    ticks: int = 0
+    event: PeerEvent | None = None
+
+
+Event = _Sending | Answered | Throttled | Heard
+
+
+@attrs.frozen
+class Decision:
+    """What the gate is to do after an event: its whole state, from the controller's side."""
+
+    #: Requests per second from now.
+    rate: float
+    #: No request before this clock time (a Retry-After, a pause heard, a named window's).
+    paused_until: float
+    #: No request before this clock time either: when one more fits in the named window.
+    room_at: float
+    #: How many requests may go at once (the token bucket's capacity).
+    capacity: float
+    #: At most one request at once from here, the refill counting from this clock time (a
+    #: cut, a pause heard; -inf: from the last refill). None: the bucket stays as it is.
+    drain_from: float | None = None
+    #: What to tell the other Sessions of the key: the plain 429s met, then cuts, pauses and
+    #: named windows, in order.
+    ticks: int = 0
+    publish: tuple[PeerEvent, ...] = ()
+    #: Slow start took a step (the gate starts counting requests held back afresh).
+    stepped: bool = False
+    #: The 429 of a `Throttled` event, judged (its kind may have changed).
+    judged: Throttle | None = None
 
 
 class Meter:
@@ -287,7 +395,7 @@ class Controller:
         #: send, and the requests per second those that stopped freed for this one.
         self.fleet = 1
         self.freed = 0.0
-        #: What this controller has to tell the other Sessions (the gate takes it: `news`).
+        #: What this controller has to tell the other Sessions (it goes with the next Decision).
         self._outbox: list[PeerEvent] = []
         self._ticks = 0
         self.cubic = Cubic()  # regrowth after a cut
@@ -295,20 +403,88 @@ class Controller:
         self._cut_at = -math.inf
         self._grown_at = now
         self._served_at_cut = 0
-        self._trial: _Trial | None = None
+        self._trial: Trial | None = None
+        #: The state before the cuts on trial, to go back to if they prove wrong.
+        self._before_cuts = self._undo()
+
+    # -- the one way in ----------------------------------------------------------
+    def decide(self, event: Event, now: float) -> Decision:
+        """Take `event` at clock time `now`; what the gate is to do now."""
+        if event is SENDING:
+            self.meter.sending(now)
+            return self.current(now)
+        if isinstance(event, Answered):
+            stepped = self._answered(now, event.sent, event.held_back)
+            return self.current(now, stepped=stepped)
+        if isinstance(event, Throttled):
+            judged = self._throttled(now, event.sent, event.throttle)
+            drain = now if judged.ours else None  # when a pause ends: one, then the (new) rate
+            return self.current(now, drain_from=drain, judged=judged)
+        assert isinstance(event, Heard)
+        return self._hear(now, event)
+
+    def current(
+        self,
+        now: float,
+        *,
+        drain_from: float | None = None,
+        stepped: bool = False,
+        judged: Throttle | None = None,
+    ) -> Decision:
+        """The gate's state as this controller has it at `now` (with what it has to tell)."""
+        window = self.window
+        if self.slow_start:
+            capacity = max(1.0, self.rate * _BURST)
+        else:
+            capacity = 1.0 if window is None else window.burst
+        events, self._outbox = self._outbox, []
+        ticks, self._ticks = self._ticks, 0
+        return Decision(
+            self.rate,
+            self.paused_until,
+            -math.inf if window is None else window.room_at(self.meter, now),
+            capacity,
+            drain_from,
+            ticks,
+            tuple(events),
+            stepped,
+            judged,
+        )
+
+    def view(self, rate_limited: int) -> RateView:
+        """What this controller knows, for logs and progress displays."""
+        window, counts = self.window, self.counts
+        return RateView(
+            self.rate,
+            self.cap,
+            rate_limited,
+            self.slow_start,
+            counts[ThrottleKind.UPSTREAM] + counts[ThrottleKind.STRAY],
+            None if window is None else (window.limit, window.window),
+        )
+
+    def pace(self, now: float) -> tuple[float, float]:
+        """What this Session sent per second lately, and its rate (for the other Sessions)."""
+        return self.meter.rate_of_sent(now, whole=True), self.rate
 
     # -- events ---------------------------------------------------------------
-    def sending(self, now: float) -> None:
-        """A request goes now."""
-        self.meter.sending(now)
+    def _hear(self, now: float, heard: Heard) -> Decision:
+        """What the other Sessions said: how many send (in slow start, Sessions that start
+        together share the start rate), what those that stopped freed, their 429s, a cut,
+        pause or window of theirs."""
+        self.fleet = heard.fleet
+        self.freed += heard.freed
+        drain: float | None = -math.inf if self._share_start(now) else None
+        if heard.ticks:
+            self._heard_429s(now, heard.ticks)
+        if heard.event is not None:
+            self._heard(now, heard.event)
+            drain = now
+        return self.current(now, drain_from=drain)
 
-    def answered(self, now: float, sent: float, held_back: bool) -> bool:
+    def _answered(self, now: float, sent: float, held_back: bool) -> bool:
         """A request sent at `sent` went through at `now`: the rate may grow. Returns
-        whether slow start took a step.
-
-        `held_back`: a request waited for its turn since slow start's last step
-        (the Session wants more than the rate).
-        """
+        whether slow start took a step."""
         meter = self.meter
         meter.success(now, sent)
         self.recent.note(False)
@@ -339,7 +515,7 @@ class Controller:
         self._set_rate(min(cubic, max(self.rate, 2 * meter.rate_of_sent(now))), now)
         return False
 
-    def throttled(self, now: float, sent: float, throttle: Throttle) -> Throttle:
+    def _throttled(self, now: float, sent: float, throttle: Throttle) -> Throttle:
         """A request sent at `sent` got a 429 at `now`; returns it judged (its kind may change).
 
         Upstream 429s change nothing here. A named limit sets the rate and a
@@ -360,7 +536,7 @@ class Controller:
         self.counts[kind] += 1
         return throttle if kind is throttle.kind else attrs.evolve(throttle, kind=kind)
 
-    def share_start(self, now: float) -> bool:
+    def _share_start(self, now: float) -> bool:
         """In slow start, when more Sessions than before send on the key (workers launched
         together), they share the start rate, or each meets the server's burst allowance
         at once. Whether the rate was cut for it."""
@@ -371,7 +547,7 @@ class Controller:
         self._fleet = fleet
         return True
 
-    def heard_429s(self, now: float, count: int) -> None:
+    def _heard_429s(self, now: float, count: int) -> None:
         """Other Sessions of this key met `count` plain 429s: evidence of a crowd here too.
 
         In slow start, growth waits: the key's limit is near.
@@ -379,7 +555,7 @@ class Controller:
         self.recent.note_peers(now, count)
         self._grown_at = max(self._grown_at, now)
 
-    def heard(self, now: float, event: PeerEvent) -> None:
+    def _heard(self, now: float, event: PeerEvent) -> None:
         """Another Session of this key judged a 429 about the key's rate: act as if it were ours.
 
         Once per congestion, as for our own: a cut of our own just before it covers it.
@@ -444,10 +620,11 @@ class Controller:
         crowded = crowd >= (_ONSET if onset else _CROWD)
         if not (crowded or dense):
             return ThrottleKind.RATE  # a lone 429 delays its own request
-        undo = trial.undo if trial is not None else self._undo()
+        if trial is None:
+            self._before_cuts = self._undo()
         before = recent.share
         self._cut(now)
-        self._trial = None if dense else _Trial(now, before, undo)
+        self._trial = None if dense else Trial(now, before)
         if retry_after is not None and dense:  # the server asks everyone to wait: a burst did
             self._pause(now, retry_after)
         else:
@@ -473,51 +650,31 @@ class Controller:
         self._outbox.append(event)
 
     def _judge(self, now: float, sent: float, *, throttled: bool) -> bool:
-        """Count an answer for the cut on trial; when enough came, keep the cut or undo it.
-
-        Returns whether the trial goes on. A cut followed by next to no 429s (or
-        by 429s close together) was about our rate, and the stray share learned
-        fades; one followed by as many scattered 429s as before is undone, and
-        429s at the share that followed it are stray from now on.
-        """
+        """Count an answer for the cut on trial, and act on the trial's verdict once there is
+        one. Returns whether the trial goes on."""
         trial = self._trial
         assert trial is not None
-        if sent > trial.at + _SETTLE * self.meter.rtt:
-            trial.answers += 1
-            if throttled:
-                # 429s close together are a limit met (ours, or the key's with others on
-                # it); stray ones come scattered.
-                trial.close += trial.answers - trial.last_429 <= _SCATTER
-                trial.throttled, trial.last_429 = trial.throttled + 1, trial.answers
-        age = now - trial.at
-        rose = trial.answers >= _TRIAL_MIN and trial.throttled > _SEEN + max(
-            _ROSE * trial.before * trial.answers, _MAX_NOISE * trial.answers
-        )
-        # Long enough that 429s as common as before the cut would show `_SEEN` times.
-        enough = max(_TRIAL, _SEEN / trial.before)
-        if not rose and age < _TRIAL_LONGEST and (trial.answers < enough or age < _TRIAL_SECONDS):
+        trial.answer(sent, throttled, _SETTLE * self.meter.rtt)
+        verdict = trial.verdict(now)
+        if verdict is Verdict.GOES_ON:
             return True
         self._trial = None
-        if rose or (trial.answers >= _TRIAL_MIN and trial.throttled >= _MAX_NOISE * trial.answers):
-            # Still many 429s since the cut: congestion, and the cut was not deep enough.
+        if verdict is Verdict.DEEPER:
             self._cut(now)
-            self._trial = _Trial(now, self.recent.share, trial.undo)
+            self._trial = Trial(now, self.recent.share)
             return True
-        if trial.answers < _TRIAL_MIN:
-            return False  # too quiet to tell: the cut stands
-        after = trial.throttled / trial.answers
-        if trial.throttled < _SEEN or trial.close >= _CLOSE * (trial.throttled - 1):
-            self.noise *= _FORGET  # next to no 429s since the cut (or a limit met again): ours
-            return False
-        self.noise = min(_MAX_NOISE, max(self.noise, after))
-        undo = trial.undo
-        self.slow_start, self.cubic = undo.slow_start, attrs.evolve(undo.cubic)
-        self._cut_at = undo.cut_at
-        # Back to the rate before the cuts, but not past twice what the server takes now
-        # (a slow start's overshoot was never shown to be fine).
-        rate = min(undo.rate, max(self.rate, 2 * self.meter.latest_rate()))
-        self._set_rate(max(self.rate, rate), now)
-        return False
+        if verdict is Verdict.OURS:
+            self.noise *= _FORGET
+        elif verdict is Verdict.STRAY:
+            self.noise = min(_MAX_NOISE, max(self.noise, trial.share))
+            undo = self._before_cuts
+            self.slow_start, self.cubic = undo.slow_start, attrs.evolve(undo.cubic)
+            self._cut_at = undo.cut_at
+            # Back to the rate before the cuts, but not past twice what the server takes now
+            # (a slow start's overshoot was never shown to be fine).
+            rate = min(undo.rate, max(self.rate, 2 * self.meter.latest_rate()))
+            self._set_rate(max(self.rate, rate), now)
+        return False  # (STANDS: too quiet to tell, the cut stands)
 
     def _cut(self, now: float) -> None:
         limit, rate = self._limit(now)
@@ -559,17 +716,6 @@ class Controller:
         tried = self.rate if paused else meter.rate_of_sent(now, whole=True) * span
         limit = min(self.rate, max(taken, _BETA * tried))
         return limit, _BETA * limit
-
-    def news(self) -> tuple[list[PeerEvent], int]:
-        """What to tell the other Sessions of the key since last asked: the plain 429s met
-        (they come first), then the events (cuts, pauses, named windows), in order."""
-        events, self._outbox = self._outbox, []
-        ticks, self._ticks = self._ticks, 0
-        return events, ticks
-
-    def pace(self, now: float) -> tuple[float, float]:
-        """What this Session sent per second lately, and its rate (for the other Sessions)."""
-        return self.meter.rate_of_sent(now, whole=True), self.rate
 
     def _set_rate(self, rate: float, now: float) -> None:
         if self.window is not None:
@@ -616,17 +762,69 @@ class _Undo:
     cut_at: float
 
 
+class Verdict(enum.Enum):
+    """What a cut's trial found."""
+
+    #: Too few answers yet: the cut holds its rate and the trial goes on.
+    GOES_ON = "goes on"
+    #: Still many 429s since the cut: congestion, and the cut was not deep enough.
+    DEEPER = "deeper"
+    #: Too quiet to tell: the cut stands.
+    STANDS = "stands"
+    #: Next to no 429s since the cut, or 429s close together (a limit met again): the 429s
+    #: were about our rate, and the cut stands.
+    OURS = "ours"
+    #: As many scattered 429s as before the cut: they are stray; the cut is undone.
+    STRAY = "stray"
+
+
 @attrs.define
-class _Trial:
-    """A cut under judgement: the 429 share before it, and answers to requests sent after it."""
+class Trial:
+    """A cut under judgement: the 429 share before it (`before`), and the answers to requests
+    sent after it. A cut below a limit is followed by next to no 429s; stray 429s come as
+    often as before, scattered."""
 
     at: float
     before: float
-    undo: _Undo
     answers: int = 0
     throttled: int = 0
     last_429: int = -1_000_000  # the answer number of the latest 429
     close: int = 0  # 429s within `_SCATTER` answers of the one before
+
+    def answer(self, sent: float, throttled: bool, settle: float) -> None:
+        """An answer (a plain 429 when `throttled`) to a request sent at clock time `sent`.
+        Those sent within `settle` seconds of the cut met the same congestion: not counted."""
+        if sent <= self.at + settle:
+            return
+        self.answers += 1
+        if throttled:
+            # 429s close together are a limit met (ours, or the key's with others on it);
+            # stray ones come scattered.
+            self.close += self.answers - self.last_429 <= _SCATTER
+            self.throttled, self.last_429 = self.throttled + 1, self.answers
+
+    @property
+    def share(self) -> float:
+        """The share of 429s among the answers counted."""
+        return self.throttled / max(1, self.answers)
+
+    def verdict(self, now: float) -> Verdict:
+        """What the answers so far say, at clock time `now`."""
+        answers, throttled, age = self.answers, self.throttled, now - self.at
+        rose = answers >= _TRIAL_MIN and throttled > _SEEN + max(
+            _ROSE * self.before * answers, _MAX_NOISE * answers
+        )
+        # Long enough that 429s as common as before the cut would show `_SEEN` times.
+        enough = max(_TRIAL, _SEEN / self.before)
+        if not rose and age < _TRIAL_LONGEST and (answers < enough or age < _TRIAL_SECONDS):
+            return Verdict.GOES_ON
+        if rose or (answers >= _TRIAL_MIN and throttled >= _MAX_NOISE * answers):
+            return Verdict.DEEPER
+        if answers < _TRIAL_MIN:
+            return Verdict.STANDS
+        if throttled < _SEEN or self.close >= _CLOSE * (throttled - 1):
+            return Verdict.OURS
+        return Verdict.STRAY
 
 
 def _stamp(stamps: collections.deque[float], now: float) -> None:

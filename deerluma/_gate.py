@@ -17,39 +17,15 @@ import itertools
 import math
 from collections.abc import Awaitable, Callable
 
-import attrs
-
-from ._control import Controller
+from ._control import SENDING, Answered, Controller, Decision, Event, Heard, RateView, Throttled
 from ._peers import Peers
-from ._throttle import Throttle, ThrottleKind
+from ._throttle import Throttle
 from .exceptions import ArgumentError, DeadlineExceeded
 
 __all__ = ["Bucket", "RateGate", "RateView"]
 
-#: While the rate is being found, the bucket holds this many seconds' worth of requests.
-_BURST = 0.2
 #: A whole token, give or take the rounding of clock arithmetic.
 _ONE = 1.0 - 1e-9
-
-
-@attrs.frozen
-class RateView:
-    """What a Session's rate gate knows, for logs and progress displays."""
-
-    #: The rate the gate lets requests through at now, per second.
-    rps: float
-    #: The user's hard cap (``Session(max_rps=...)``), or None when the rate is learned.
-    max_rps: float | None
-    #: How many 429 answers this Session has received, of every kind.
-    rate_limited: int
-    #: True until the first 429 about our rate: the rate grows by half every few round
-    #: trips while the Session wants more.
-    slow_start: bool
-    #: 429s the gateway sent because its upstream was saturated, or that slowing down did
-    #: not make rarer: they delayed only their own requests.
-    not_ours: int = 0
-    #: The limit the gateway named, ``(requests, seconds)``, once a 429 named one.
-    window: tuple[int, float] | None = None
 
 
 class Bucket:
@@ -74,16 +50,19 @@ class Bucket:
         """A turn taken and not used (its waiter was cancelled as it was granted)."""
         self.tokens += 1.0
 
-    def no_burst(self, now: float | None = None) -> None:
+    def no_burst(self, now: float = -math.inf) -> None:
         """At most one request at once from here (a cut, a pause heard, one that ends at
-        `now`); the refill counts from `now` when given."""
+        `now`); the refill counts from `now` when that is later than the last refill."""
         self.tokens = min(self.tokens, 1.0)
-        if now is not None:
-            self.refilled_at = max(now, self.refilled_at)
+        self.refilled_at = max(now, self.refilled_at)
 
 
 class RateGate:
-    """Spaces requests to the controller's rate, holds them through its pauses, within deadlines."""
+    """Spaces requests to the controller's rate, holds them through its pauses, within deadlines.
+
+    The gate tells the controller every event (a send, an answer, a 429, what the other
+    Sessions said) and applies the `Decision` that comes back; it reads nothing else of it.
+    """
 
     def __init__(
         self,
@@ -107,7 +86,8 @@ class RateGate:
         self._shared = self.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
         # No burst at first where others of the key may be starting too, unseen as yet.
-        self._bucket = Bucket(1.0 if self.peers.cold else self._capacity(), clock())
+        self._now = self.control.current(clock())  # the latest decision
+        self._bucket = Bucket(1.0 if self.peers.cold else self._now.capacity, clock())
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).
         self._deadlines: list[tuple[float, int, asyncio.Future[float]]] = []
@@ -118,17 +98,7 @@ class RateGate:
     @property
     def view(self) -> RateView:
         """The current rate, cap, 429 counts and named limit."""
-        control = self.control
-        window = control.window
-        counts = control.counts
-        return RateView(
-            control.rate,
-            control.cap,
-            self.rate_limited,
-            control.slow_start,
-            counts[ThrottleKind.UPSTREAM] + counts[ThrottleKind.STRAY],
-            None if window is None else (window.limit, window.window),
-        )
+        return self.control.view(self.rate_limited)
 
     def try_pass(self) -> float | None:
         """Take a turn if one is free right now (no pause, no queue): the common case.
@@ -157,10 +127,9 @@ class RateGate:
         if turn is not None:
             return turn
         now = self._clock()
-        control = self.control
-        start = max(now, control.paused_until)
+        start = max(now, self._now.paused_until)
         ahead = len(self._queue) + 1 - self._bucket.tokens
-        self._check(start + ahead / control.rate, now, deadline)
+        self._check(start + ahead / self._now.rate, now, deadline)
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
         if deadline is not None:
@@ -208,7 +177,7 @@ class RateGate:
             _, _, waiter = heapq.heappop(deadlines)
             if waiter.done():
                 continue  # granted, or cancelled
-            left = max(0.0, self.control.paused_until - now)
+            left = max(0.0, self._now.paused_until - now)
             waiter.set_exception(
                 DeadlineExceeded(
                     "the deadline came while waiting for the rate limit"
@@ -218,31 +187,29 @@ class RateGate:
 
     def _wait(self, now: float) -> float:
         """Seconds from `now` until a request may go: pauses, the window's room, a token."""
-        control = self.control
-        if now < control.paused_until:
-            return control.paused_until - now
-        window = control.window
-        if window is not None:
-            room = window.room_at(control.meter, now)
-            if room > now:
-                return room - now
-        tokens = self._bucket.level(now, control.rate, self._capacity())
-        return 0.0 if tokens >= _ONE else (1.0 - tokens) / control.rate
-
-    def _capacity(self) -> float:
-        """How many requests may go at once: a fifth of a second's worth while the rate is
-        being found, a share of the window's allowance under a named limit, else one
-        (requests spread evenly)."""
-        control = self.control
-        if control.slow_start:
-            return max(1.0, control.rate * _BURST)
-        if control.window is not None:
-            return control.window.burst
-        return 1.0
+        decision = self._now
+        if now < decision.paused_until:
+            return decision.paused_until - now
+        if decision.room_at > now:
+            return decision.room_at - now
+        tokens = self._bucket.level(now, decision.rate, decision.capacity)
+        return 0.0 if tokens >= _ONE else (1.0 - tokens) / decision.rate
 
     def _take(self, slot: float) -> None:
         self._bucket.take()
-        self.control.sending(slot)
+        self._decide(SENDING, slot)
+
+    def _decide(self, event: Event, now: float) -> Decision:
+        """Tell the controller of `event`; apply what it decides: the bucket, and what to tell
+        the other Sessions of the key."""
+        decision = self._now = self.control.decide(event, now)
+        if decision.drain_from is not None:
+            self._bucket.no_burst(decision.drain_from)
+        for _ in range(decision.ticks):
+            self.peers.tick()
+        for event_ in decision.publish:
+            self.peers.publish(event_)
+        return decision
 
     @staticmethod
     def _check(start: float, now: float, deadline: float | None) -> None:
@@ -253,8 +220,8 @@ class RateGate:
 
     def answered(self, sent: float) -> None:
         """A request sent at `sent` went through: the rate may grow."""
-        if self.control.answered(self._clock(), sent, self._held_back):
-            self._held_back = False  # slow start took a step
+        if self._decide(Answered(sent, self._held_back), self._clock()).stepped:
+            self._held_back = False
 
     def throttled(self, sent: float, throttle: Throttle) -> Throttle:
         """A request sent at `sent` got a 429; returns it judged by the controller.
@@ -264,36 +231,16 @@ class RateGate:
         is not about our rate changes nothing here: its request alone waits.
         """
         self.rate_limited += 1
-        now = self._clock()
-        judged = self.control.throttled(now, sent, throttle)
-        self._tell()
-        if judged.ours:
-            self._bucket.no_burst(now)  # when a pause ends: one request, then the (new) rate
+        judged = self._decide(Throttled(sent, throttle), self._clock()).judged
+        assert judged is not None
         return judged
 
     def _listen(self, now: float) -> None:
         """Hear what other Sessions of this key met: their 429s as evidence, their cuts; how
         many send, and what those that stopped freed."""
-        peers, control = self.peers, self.control
-        event, ticks = peers.news(now, control.pace)
-        control.fleet = peers.fleet()
-        control.freed += peers.take_freed()
-        if control.share_start(now):
-            self._bucket.no_burst()
-        if ticks:
-            control.heard_429s(now, ticks)
-        if event is not None:
-            control.heard(now, event)
-            self._tell()
-            self._bucket.no_burst(now)
-
-    def _tell(self) -> None:
-        """Tell the other Sessions of the key what the controller has for them."""
-        events, ticks = self.control.news()
-        for _ in range(ticks):
-            self.peers.tick()
-        for event in events:
-            self.peers.publish(event)
+        peers = self.peers
+        event, ticks = peers.news(now, self.control.pace)
+        self._decide(Heard(peers.fleet(), peers.take_freed(), ticks, event), now)
 
     async def aclose(self) -> None:
         """Let go of what hearing the others takes (a file, a connection); reopened if used."""
@@ -301,4 +248,4 @@ class RateGate:
 
     def pause_left(self) -> float:
         """Seconds until everyone may send again (0: no pause)."""
-        return max(0.0, self.control.paused_until - self._clock())
+        return max(0.0, self._now.paused_until - self._clock())

@@ -8,8 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from deerluma._control import Controller, Meter, WindowBudget
-from deerluma._gate import RateGate
+from deerluma._control import (
+    SENDING,
+    Answered,
+    Controller,
+    Decision,
+    Heard,
+    Meter,
+    Throttled,
+    Trial,
+    Verdict,
+    WindowBudget,
+)
+from deerluma._gate import RateGate, RateView
 from deerluma._peers import FilePeers, MemoryPeers, PeerEvent, Peers, Sender, peers_for
 from deerluma._throttle import Throttle, ThrottleKind
 from deerluma.testing import FakeClock
@@ -24,32 +35,44 @@ def _window(limit: int = 600, window: float = 60.0) -> Throttle:
     return Throttle(ThrottleKind.LIMIT, limit, window)
 
 
-def _cut_in(control: Controller, now: float) -> None:
+def _cut_in(control: Controller, now: float) -> Decision:
     """Leave slow start as a limit met would: a crowd of plain 429s."""
     for _ in range(3):
-        control.throttled(now, now, PLAIN)
+        decision = control.decide(Throttled(now, PLAIN), now)
+    return decision
+
+
+def _sent_and_answered(control: Controller, sent: float, now: float) -> Decision:
+    control.decide(SENDING, sent)
+    return control.decide(Answered(sent, held_back=True), now)
 
 
 def test_upstream_429s_change_neither_the_rate_nor_the_pause() -> None:
     control = Controller(None, 0.0)
     for i in range(50):
-        judged = control.throttled(float(i), float(i), UPSTREAM)
-        assert judged.kind is ThrottleKind.UPSTREAM
-    assert control.rate == 50 and control.slow_start
-    assert control.paused_until == -float("inf")
-    assert control.counts[ThrottleKind.UPSTREAM] == 50
+        decision = control.decide(Throttled(float(i), UPSTREAM), float(i))
+        assert decision.judged is not None and decision.judged.kind is ThrottleKind.UPSTREAM
+        assert decision.drain_from is None and decision.publish == () and decision.ticks == 0
+    assert decision.rate == 50 and decision.capacity == 50 * 0.2  # slow start's burst
+    assert decision.paused_until == -float("inf")
+    assert control.view(50) == RateView(50.0, None, 50, True, not_ours=50)
 
 
 def test_a_named_window_sets_the_rate_and_pauses_until_the_window_has_room() -> None:
     control = Controller(None, 0.0)
     for i in range(600):  # the whole allowance in the first 12 seconds, as slow start spends it
-        control.sending(i * 0.02)
-    judged = control.throttled(12.0, 11.99, _window())
-    assert judged.kind is ThrottleKind.LIMIT and not control.slow_start
-    assert control.rate == pytest.approx(0.95 * 600 / 60)
+        control.decide(SENDING, i * 0.02)
+    decision = control.decide(Throttled(11.99, _window()), 12.0)
+    assert decision.judged is not None and decision.judged.kind is ThrottleKind.LIMIT
+    assert not control.view(1).slow_start and control.view(1).window == (600, 60.0)
+    assert decision.rate == pytest.approx(0.95 * 600 / 60)
     # The oldest 5 % of those requests (sent by 0.6 s) must leave the window before one more
     # fits: counted in quarter seconds, with a twentieth of a second to spare.
-    assert 60.0 + 0.6 <= control.paused_until <= 60.0 + 0.6 + 0.25 + 0.06
+    assert 60.0 + 0.6 <= decision.paused_until <= 60.0 + 0.6 + 0.25 + 0.06
+    assert decision.drain_from == 12.0  # when the pause ends: one request, then the rate
+    assert decision.capacity == pytest.approx(0.25 * 0.95 * 600)  # a share of the allowance
+    (told,) = decision.publish  # the others of the key are told of the window
+    assert (told.limit, told.window, told.pause_until) == (600, 60.0, decision.paused_until)
 
 
 def test_a_named_window_with_others_on_the_key_shrinks_to_our_share() -> None:
@@ -131,13 +154,13 @@ def test_a_cut_followed_by_no_429s_stands(clock: FakeClock) -> None:
     assert 70 <= gate.view.rps <= 130
 
 
-def _tell(control: Controller, peers: Peers) -> None:
-    """What the gate does with what a controller has for the other Sessions."""
-    events, ticks = control.news()
-    for _ in range(ticks):
-        peers.tick()
-    for event in events:
-        peers.publish(event)
+def _tell(told: list[Decision], peers: Peers) -> None:
+    """What the gate does with what a controller decided to tell the other Sessions."""
+    for decision in told:
+        for _ in range(decision.ticks):
+            peers.tick()
+        for event in decision.publish:
+            peers.publish(event)
 
 
 def test_a_cut_heard_from_another_session_cuts_here_too() -> None:
@@ -145,28 +168,28 @@ def test_a_cut_heard_from_another_session_cuts_here_too() -> None:
     ours, theirs = Controller(None, 0.0), Controller(None, 0.0)
     our_peers, their_peers = MemoryPeers(board), MemoryPeers(board)
     for i in range(100):
-        ours.sending(i * 0.01)
-        ours.answered(i * 0.01 + 0.001, i * 0.01, held_back=True)
-    _cut_in(theirs, 1.0)
-    assert board == []  # the controller does no I/O: what it has to tell waits for the gate
-    _tell(theirs, their_peers)
+        _sent_and_answered(ours, i * 0.01, i * 0.01 + 0.001)
+    told = [theirs.decide(Throttled(1.0, PLAIN), 1.0) for _ in range(3)]
+    assert [(d.ticks, len(d.publish)) for d in told] == [(1, 0), (1, 0), (1, 1)]
+    assert board == []  # the controller does no I/O: what it has to tell goes by the gate
+    _tell(told, their_peers)
     event, ticks = our_peers.news(1.0)
     assert event is not None and ticks == 3
-    ours.heard(1.0, event)
-    assert not ours.slow_start and ours.rate < 100
+    decision = ours.decide(Heard(1, event=event), 1.0)
+    assert not ours.view(0).slow_start and decision.rate < 100
+    assert decision.drain_from == 1.0 and decision.publish == ()  # not told again
     assert their_peers.news(1.0) == (None, 0)  # not told of its own
 
 
 def test_a_window_heard_from_another_session_pauses_here_too() -> None:
     board: list[PeerEvent] = []
     ours, theirs = Controller(None, 0.0), Controller(None, 0.0)
-    theirs.throttled(5.0, 5.0, _window(60, 60.0))
-    _tell(theirs, MemoryPeers(board))
+    _tell([theirs.decide(Throttled(5.0, _window(60, 60.0)), 5.0)], MemoryPeers(board))
     event, _ = MemoryPeers(board).news(5.0)
     assert event is not None and event.limit == 60
-    ours.heard(5.0, event)
-    assert ours.window is not None and ours.paused_until >= 5.0
-    assert ours.rate <= 60 / 60
+    decision = ours.decide(Heard(1, event=event), 5.0)
+    assert ours.view(0).window == (60, 60.0) and decision.paused_until >= 5.0
+    assert decision.rate <= 60 / 60
 
 
 def test_sessions_share_their_429s_through_a_file(tmp_path: Path) -> None:
@@ -231,8 +254,8 @@ async def test_a_closed_session_lets_go_of_the_shared_file(
 
 def test_a_pause_heard_from_another_session_is_capped() -> None:
     ours = Controller(None, 0.0)
-    ours.heard(10.0, PeerEvent(1, 7, 10.0, pause_until=1e12))
-    assert ours.paused_until == 10.0 + 60.0
+    decision = ours.decide(Heard(1, event=PeerEvent(1, 7, 10.0, pause_until=1e12)), 10.0)
+    assert decision.paused_until == 10.0 + 60.0
 
 
 def test_sessions_sending_on_a_key_count_each_other_through_the_file(tmp_path: Path) -> None:
@@ -323,22 +346,21 @@ def test_a_busy_session_takes_up_what_sessions_that_stopped_sent() -> None:
     control = Controller(None, 0.0)
     _cut_to_w_max(control)
     rate, w_max = control.rate, control.cubic.w_max
-    control.freed = 20.0  # as the gate hands it over from the peers
-    control.answered(2.5, 2.49, held_back=True)
-    assert control.rate == pytest.approx(rate + 20.0, rel=0.02)
+    assert control.decide(Heard(1, freed=20.0), 2.5).rate == rate  # taken up as it sends
+    decision = control.decide(Answered(2.49, held_back=True), 2.5)
+    assert decision.rate == pytest.approx(rate + 20.0, rel=0.02)
     assert control.cubic.w_max == pytest.approx(w_max + 20.0)
     assert control.freed == 0
     starting = Controller(None, 0.0)  # slow start finds its own way
-    starting.freed = 20.0
-    starting.answered(0.5, 0.49, held_back=False)
-    assert starting.rate == 50 and starting.freed == 0
+    starting.decide(Heard(1, freed=20.0), 0.5)
+    assert starting.decide(Answered(0.49, held_back=False), 0.5).rate == 50
+    assert starting.freed == 0
 
 
 def _cut_to_w_max(control: Controller) -> float:
     """Leave slow start at about 100 req/s, then cut; returns when CUBIC is back at the peak."""
     for i in range(200):
-        control.sending(i * 0.01)
-        control.answered(i * 0.01 + 0.001, i * 0.01, held_back=True)
+        _sent_and_answered(control, i * 0.01, i * 0.01 + 0.001)
     _cut_in(control, 2.0)
     return control.cubic.peak_at - 2.0
 
@@ -351,17 +373,15 @@ def test_sessions_sending_on_one_key_probe_beyond_the_limit_as_one_would() -> No
     sending = {n: Sender(n, 2.0) for n in range(1, 8)}  # seven others sent lately
     fleet, peers = Controller(None, 0.0), MemoryPeers([], sending)
     peers.news(2.0)
-    fleet.fleet = peers.fleet()  # as the gate tells it
+    fleet.decide(Heard(peers.fleet()), 2.0)  # as the gate tells it
     in_fleet = _cut_to_w_max(fleet)
     assert in_fleet == pytest.approx(alone)
     assert fleet.cubic.c == pytest.approx(lone.cubic.c / 8)
     # When the others stop, it probes on as a lone Session, from where it is: no jump.
     sending.clear()
     peers.news(3.0)
-    fleet.fleet = peers.fleet()
-    before = fleet.rate
-    fleet.answered(3.0, 2.99, held_back=True)
-    assert fleet.rate == pytest.approx(before, rel=0.05)
+    before = fleet.decide(Heard(peers.fleet()), 3.0).rate
+    assert fleet.decide(Answered(2.99, held_back=True), 3.0).rate == pytest.approx(before, rel=0.05)
     assert fleet.cubic.c == pytest.approx(lone.cubic.c)
 
 
@@ -443,3 +463,67 @@ def test_the_bucket_refills_at_the_rate_up_to_its_capacity() -> None:
     bucket.take()
     bucket.give_back()
     assert bucket.tokens == pytest.approx(1.0)
+
+
+def _answers(trial: Trial, throttled: str, start: float = 1.0, gap: float = 0.01) -> float:
+    """Answers to requests sent after the cut, one per `gap` seconds: "x" a 429, "." one that
+    went through. Returns the clock time of the last."""
+    now = start
+    for mark in throttled:
+        now += gap
+        trial.answer(now - 0.005, mark == "x", settle=0.0)
+    return now
+
+
+def test_a_cut_followed_by_next_to_no_429s_was_about_our_rate() -> None:
+    trial = Trial(1.0, before=0.04)  # 4 % of the answers before it were 429s
+    now = _answers(trial, "." * 40)
+    assert trial.verdict(now) is Verdict.GOES_ON  # as few answers as 4 % would show in twice
+    now = _answers(trial, "." * 35, now)  # 75: enough to see 3 of them at 4 %
+    assert trial.verdict(now) is Verdict.OURS
+
+
+def test_a_cut_followed_by_scattered_429s_as_common_as_before_is_undone() -> None:
+    trial = Trial(1.0, before=0.04)
+    now = _answers(trial, ("." * 24 + "x") * 3)
+    assert (trial.answers, trial.throttled, trial.close) == (75, 3, 0)
+    assert trial.share == pytest.approx(0.04)
+    assert trial.verdict(now) is Verdict.STRAY
+
+
+def test_429s_close_together_after_a_cut_are_a_limit_met_again() -> None:
+    trial = Trial(1.0, before=0.04)
+    now = _answers(trial, "." * 70 + "x.x.x")
+    assert (trial.throttled, trial.close) == (3, 2)
+    assert trial.verdict(now) is Verdict.OURS
+
+
+def test_429s_still_many_after_a_cut_ask_for_a_deeper_one_at_once() -> None:
+    trial = Trial(1.0, before=0.04)
+    now = _answers(trial, ".x" * 10)  # half of 20: far more than twice the share before
+    assert trial.verdict(now) is Verdict.DEEPER
+
+
+def test_a_trial_too_quiet_to_tell_leaves_the_cut_standing() -> None:
+    trial = Trial(1.0, before=0.04)
+    now = _answers(trial, "." * 5, gap=1.0)  # five answers in five seconds
+    assert trial.verdict(now) is Verdict.STANDS
+
+
+def test_answers_to_requests_sent_before_the_cut_settled_are_not_counted() -> None:
+    trial = Trial(1.0, before=0.04)
+    for sent in (0.5, 1.0, 1.01, 1.02):  # before, at, and within 0.02 s of the cut
+        trial.answer(sent, True, settle=0.02)
+    assert (trial.answers, trial.throttled) == (0, 0)
+    trial.answer(1.03, True, settle=0.02)
+    assert (trial.answers, trial.throttled) == (1, 1)
+
+
+def test_sessions_launched_together_share_the_start_rate() -> None:
+    control = Controller(None, 0.0)
+    decision = control.decide(Heard(4), 0.5)  # three more Sessions began sending on the key
+    assert decision.rate == pytest.approx(50 / 4)
+    assert decision.drain_from == -float("inf")  # no burst, the refill counted as it was
+    assert control.decide(Heard(4), 0.6).drain_from is None  # once
+    late = Controller(None, 0.0)  # a Session already sending when others join: its own way
+    assert late.decide(Heard(4), 2.0).rate == 50

@@ -322,12 +322,13 @@ async def test_a_pause_past_the_deadline_raises_instead_of_waiting(clock: FakeCl
 async def test_a_pause_that_starts_while_queued_lets_go_at_the_deadline(clock: FakeClock) -> None:
     # Queued behind the rate, then everyone is told to wait 30 s: each waiter is let go at its
     # own deadline, not held until the pause ends.
-    gate = _gate(clock, max_rps=1)
+    board: list[PeerEvent] = []
+    gate = RateGate(1, clock=clock, sleep=clock.sleep, peers=MemoryPeers(board))
     gate.try_pass()
     start = clock()
     waiters = [asyncio.ensure_future(gate.acquire(deadline=start + d)) for d in (3.0, 8.0)]
     await asyncio.sleep(0)
-    gate.control.paused_until = start + 30.0  # as a named window's 429 would set it
+    MemoryPeers(board).publish(PeerEvent(0, 0, start, pause_until=start + 30.0))  # another's
     # Each is let go when its deadline comes: 27 s and 22 s before the pause ends.
     for waiter, left in zip(waiters, ("27.0s", "22.0s"), strict=True):
         with pytest.raises(DeadlineExceeded, match=f"deadline came .* [(]{left} of pause left"):
