@@ -527,3 +527,30 @@ def test_sessions_launched_together_share_the_start_rate() -> None:
     assert control.decide(Heard(4), 0.6).drain_from is None  # once
     late = Controller(None, 0.0)  # a Session already sending when others join: its own way
     assert late.decide(Heard(4), 2.0).rate == 50
+
+
+def test_the_meter_reads_rates_off_the_last_second_and_sends_off_quarter_second_slots() -> None:
+    meter = Meter(0.0)
+    for i in range(40):  # 40 requests a second, for a second
+        meter.sending(i * 0.025)
+    assert meter.rate_of_sent(0.99, whole=True) == 40
+    assert meter.rate_of_sent(0.99) == 10 / 0.25  # the last quarter holds enough to tell
+    for i in range(10):  # then 10 in 50 ms: the last quarter follows the ramp, the whole less so
+        meter.sending(1.0 + i * 0.005)
+    assert meter.rate_of_sent(1.055) == 17 / 0.25  # 7 of the steady ones, and the 10
+    assert meter.rate_of_sent(1.055, whole=True) == 47  # the first 3 are older than 1 s
+    # Sends are counted by quarter-second slots: from a time within a slot, a little more.
+    assert meter.sends_since(0.5) == meter.sends_since(0.6) == 30
+    assert meter.sends_since(1.0) == 10
+    assert [count for _, count in meter.slots_since(0.4)] == [10, 10, 10, 10]  # 0.25 s on
+
+
+def test_the_meter_smooths_round_trips_and_reads_the_latest_successes() -> None:
+    meter = Meter(0.0)
+    meter.success(1.1, sent=1.0)
+    assert meter.rtt == pytest.approx(0.2 * 0.1)
+    assert meter.latest_rate() == 0.0  # fewer than 8 successes: nothing to read yet
+    for i in range(1, 16):
+        meter.success(1.1 + i * 0.01, sent=1.1)
+    assert meter.served == 16
+    assert meter.latest_rate() == pytest.approx(15 / 0.15)  # 16 successes over 0.15 s
