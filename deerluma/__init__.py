@@ -1,9 +1,12 @@
 """deerluma: an async SDK for DeerAPI's Dream Machine (Luma) video generation."""
 
+# Before anything else is imported: the command's Ctrl-C while it imports, quiet.
+from . import _starting  # noqa: F401
+
+# isort: split
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _starting  # noqa: F401  first: the command's Ctrl-C while importing, quiet
 from ._batch import BatchResult
 from ._callbacks import CallbackAnswer, CallbackApp, CallbackView
 from ._callbacks import Handler as CallbackHandler
