@@ -506,6 +506,28 @@ async def test_the_ledger_writes_every_move_of_the_state_table_and_no_other(
     assert {was for was, _ in MOVES} == set(JobState) - {JobState.DONE}
 
 
+async def test_a_sqlite_move_of_several_jobs_finds_them_by_key(tmp_path: Path) -> None:
+    # With no table statistics SQLite took the owner's index for a write of three moves or
+    # more, and walked every row the worker held: the plan is pinned.
+    async with await Ledger.open(tmp_path) as ledger:
+        assert isinstance(ledger, SQLiteLedger)
+        keys = [f"k{i:02}" for i in range(64)]
+        await ledger.add({k: {"prompt": k} for k in keys})
+        held = await ledger.claim("me", 60.0, keys, running=64, max_active=64)
+        statements: list[str] = []
+        ledger._db.set_trace_callback(statements.append)
+        moves = [Move(JobState.NEW, attrs.evolve(r, state=JobState.SUBMITTING)) for r in held[:4]]
+        await ledger.write("me", moves)
+        ledger._db.set_trace_callback(None)
+        (update,) = [sql for sql in statements if sql.lstrip().startswith("UPDATE")]
+        plan = " | ".join(row[3] for row in ledger._db.execute("EXPLAIN QUERY PLAN " + update))
+        assert "sqlite_autoindex_deerluma_jobs_1 (key=?)" in plan, plan
+        assert "_owner" not in plan, plan
+        assert {r.key for r in await ledger.rows() if r.state is JobState.SUBMITTING} == {
+            m.row.key for m in moves
+        }
+
+
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_leases_are_judged_on_the_databases_clock_and_claims_are_bounded(
     tmp_path: Path, store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
