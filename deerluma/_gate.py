@@ -86,8 +86,8 @@ class RateGate:
         self._shared = self.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
         # No burst at first where others of the key may be starting too, unseen as yet.
-        self._now = self.control.current(clock())  # the latest decision
-        self._bucket = Bucket(1.0 if self.peers.cold else self._now.capacity, clock())
+        self._decided = self.control.current(clock())  # the latest decision
+        self._bucket = Bucket(1.0 if self.peers.cold else self._decided.capacity, clock())
         self._queue: collections.deque[asyncio.Future[float]] = collections.deque()
         # The queued waiters' deadlines, soonest first (done ones leave when they come up).
         self._deadlines: list[tuple[float, int, asyncio.Future[float]]] = []
@@ -127,9 +127,9 @@ class RateGate:
         if turn is not None:
             return turn
         now = self._clock()
-        start = max(now, self._now.paused_until)
+        start = max(now, self._decided.paused_until)
         ahead = len(self._queue) + 1 - self._bucket.tokens
-        self._check(start + ahead / self._now.rate, now, deadline)
+        self._check(start + ahead / self._decided.rate, now, deadline)
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
         if deadline is not None:
@@ -177,7 +177,7 @@ class RateGate:
             _, _, waiter = heapq.heappop(deadlines)
             if waiter.done():
                 continue  # granted, or cancelled
-            left = max(0.0, self._now.paused_until - now)
+            left = max(0.0, self._decided.paused_until - now)
             waiter.set_exception(
                 DeadlineExceeded(
                     "the deadline came while waiting for the rate limit"
@@ -187,7 +187,7 @@ class RateGate:
 
     def _wait(self, now: float) -> float:
         """Seconds from `now` until a request may go: pauses, the window's room, a token."""
-        decision = self._now
+        decision = self._decided
         if now < decision.paused_until:
             return decision.paused_until - now
         if decision.room_at > now:
@@ -202,7 +202,7 @@ class RateGate:
     def _decide(self, event: Event, now: float) -> Decision:
         """Tell the controller of `event`; apply what it decides: the bucket, and what to tell
         the other Sessions of the key."""
-        decision = self._now = self.control.decide(event, now)
+        decision = self._decided = self.control.decide(event, now)
         if decision.drain_from is not None:
             self._bucket.no_burst(decision.drain_from)
         for _ in range(decision.ticks):
@@ -248,4 +248,4 @@ class RateGate:
 
     def pause_left(self) -> float:
         """Seconds until everyone may send again (0: no pause)."""
-        return max(0.0, self._now.paused_until - self._clock())
+        return max(0.0, self._decided.paused_until - self._clock())
