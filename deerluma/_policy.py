@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ._validate import check_whole
 from .exceptions import ArgumentError
 
 __all__ = ["PollPolicy", "Seconds", "seconds_of", "to_seconds"]
@@ -142,8 +143,7 @@ class PollPolicy:
 
     @max_consecutive_errors.validator
     def _count(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{attribute.name} must be a whole number >= 0, got {value!r}")
+        check_whole(attribute.name, value, 0)
 
     def __attrs_post_init__(self) -> None:
         if self.min_interval > self.max_interval:

@@ -37,7 +37,7 @@ from ._peers import peers_for
 from ._policy import PollPolicy, Seconds, seconds_of
 from ._stream import Updates
 from ._transport import Clock, Sleep, Transport
-from ._validate import check_api_key, check_base_url, check_batch, check_task_id
+from ._validate import check_api_key, check_base_url, check_batch, check_task_id, check_whole
 from ._wait import Created, OnUpdate, Poller, wait_for, watch_generation
 from .exceptions import (
     CreateOutcomeUnknown,
@@ -111,8 +111,7 @@ class Session:
         self._base = check_base_url(
             base_url or os.environ.get("DEERAPI_BASE_URL") or DEFAULT_BASE_URL
         )
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
+        check_whole("max_retries", max_retries, 0)
         self._collection = self._base.joinpath(*GENERATIONS_PATH)
         self._collection_text = str(self._collection).rstrip("/")
         seconds = seconds_of("timeout", timeout)

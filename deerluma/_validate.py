@@ -11,11 +11,19 @@ import yarl
 
 from .exceptions import ArgumentError, ConfigurationError, InvalidTaskId
 
-__all__ = ["check_api_key", "check_base_url", "check_batch", "check_task_id"]
+__all__ = ["check_api_key", "check_base_url", "check_batch", "check_task_id", "check_whole"]
 
 _FORBIDDEN = frozenset("/\\?#%")
 _MAX_TASK_ID = 200
 _PLAIN_ID = re.compile(rf"[A-Za-z0-9_.:~-]{{1,{_MAX_TASK_ID}}}")
+
+
+def check_whole(name: str, value: object, least: int) -> int:
+    """`value` itself when it is a whole number (not a bool) of at least `least`; else
+    ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return value
 
 
 def check_batch(task_ids: Iterable[str], concurrency: int) -> list[str]:

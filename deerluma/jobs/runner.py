@@ -36,6 +36,7 @@ import attrs
 
 from .._download import asset_url
 from .._models import Generation
+from .._validate import check_whole
 from ..exceptions import (
     AuthenticationError,
     CreateOutcomeUnknown,
@@ -582,12 +583,6 @@ def _remove(paths: Iterable[Path]) -> None:
             path.unlink()
 
 
-def _whole(name: str, value: object, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-    return value
-
-
 async def run_jobs(
     client: Client,
     jobs: Iterable[Job | Mapping[str, Any]],
@@ -602,8 +597,8 @@ async def run_jobs(
     stats: RunStats | None = None,
 ) -> AsyncGenerator[JobResult, None]:
     """See Session.run."""
-    _whole("max_active", max_active)
-    _whole("creates_in_flight", creates_in_flight)
+    check_whole("max_active", max_active, 1)
+    check_whole("creates_in_flight", creates_in_flight, 1)
     if wait_timeout is not None and not wait_timeout > 0:
         raise ValueError(f"wait_timeout must be seconds > 0 or None, got {wait_timeout!r}")
     listed = [job if isinstance(job, Job) else Job.of(job) for job in jobs]
