@@ -85,6 +85,7 @@ class RateGate:
         self.peers = peers or Peers()
         self._shared = self.peers.shared
         self._held_back = False  # a request waited for its slot since slow start's last step
+        self._fleet: int | None = None  # how many send on the key, as last heard
         # No burst at first where others of the key may be starting too, unseen as yet.
         self._decided = self.control.current(clock())  # the latest decision
         self._bucket = Bucket(1.0 if self.peers.cold else self._decided.capacity, clock())
@@ -240,7 +241,11 @@ class RateGate:
         many send, and what those that stopped freed."""
         peers = self.peers
         event, ticks = peers.news(now, self.control.pace)
-        self._decide(Heard(peers.fleet(), peers.take_freed(), ticks, event), now)
+        fleet, freed = peers.fleet(), peers.take_freed()
+        if event is None and not ticks and not freed and fleet == self._fleet:
+            return  # nothing new (the common case, at every request): the decision stands
+        self._fleet = fleet
+        self._decide(Heard(fleet, freed, ticks, event), now)
 
     async def aclose(self) -> None:
         """Let go of what hearing the others takes (a file, a connection); reopened if used."""
