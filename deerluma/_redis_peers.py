@@ -253,7 +253,7 @@ class RedisPeers(Peers):
             if not self._up:
                 self._up = True
                 if self._warned:
-                    log.warning("deerluma: the rate store at %s answers again", self._shown)
+                    log.warning("the rate store at %s answers again", self._shown)
             self._wake.clear()
             self._resting = time.monotonic() - self._asked > _IDLE
             if self._resting:  # nobody asks: read again when asked
@@ -279,7 +279,7 @@ class RedisPeers(Peers):
         if not self._warned:
             self._warned = True
             log.warning(
-                "deerluma: the rate store at %s is out of reach (%s); each Session goes on "
+                "the rate store at %s is out of reach (%s); each Session goes on "
                 "alone, and it is tried again",
                 self._shown,
                 type(exc).__name__,

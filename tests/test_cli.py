@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -347,6 +348,26 @@ async def test_wait_takes_a_hard_rate_cap() -> None:
         code, _, _ = await run(fake, "wait", *ids, "--max-rps", "13", "--json")
     assert code == 0
     assert [r.status for r in fake.requests] == [200] * 20  # spaced: never a 429
+
+
+async def test_a_rate_store_out_of_reach_is_said_once_and_the_wait_goes_on(
+    live_fake: FakeDeerAPI,
+) -> None:
+    task_id = live_fake.add_generation(duration=1.0)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = f"redis://127.0.0.1:{port}/0"
+    code, out, err = await run(live_fake, "wait", task_id, "--rate-store", store, "--json")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["state"] == "completed"
+    said = [line for line in err.splitlines() if "out of reach" in line]
+    assert said == [said[0]] and said[0].startswith(f"deerluma: the rate store at {store} ")
+    # Once the command ends, its handler is gone: a library's warnings are the host's again.
+    assert all(
+        not isinstance(h, logging.StreamHandler) or h.level != logging.WARNING
+        for h in logging.getLogger("deerluma").handlers
+    )
 
 
 async def test_download_of_a_failed_generation_exits_1_with_its_reason(

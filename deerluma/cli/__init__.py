@@ -80,6 +80,11 @@ def main(
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
     app = App(args, stdout, stderr)
+    # The library's warnings (a rate store out of reach, a state it does not know) reach the
+    # person at the terminal; a library logs them, and only an application shows them.
+    warnings = _Warnings(stderr)
+    if not args.verbose:
+        logging.getLogger("deerluma").addHandler(warnings)
     try:
         return asyncio.run(_until_terminated(_COMMANDS[args.command](app)))
     except KeyboardInterrupt:
@@ -116,6 +121,17 @@ def main(
         where = f"{exc.filename}: " if exc.filename else ""
         _report(app, f"{where}{exc.strerror or exc}")
         return EXIT_LOCAL
+    finally:
+        logging.getLogger("deerluma").removeHandler(warnings)
+
+
+class _Warnings(logging.StreamHandler):  # type: ignore[type-arg]
+    """The library's warnings, one line each on the command's stderr."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter("deerluma: %(message)s"))
 
 
 class _Terminated(Exception):
