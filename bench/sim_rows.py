@@ -15,7 +15,7 @@ import heapq
 import json
 import math
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import attrs
 
@@ -59,11 +59,23 @@ CASES = (
     Case("R5 40 ids batch, 5 s, answers late", 40, 5.0, batch=True, wait=3.0),
     Case("R2t R2, passes on a 15 s ticker", 200, 15.0, batch=True, ticker=True),
     Case("R3a R3, first pass 5 s after the creates", 40, 5.0, batch=True, aligned=True),
+    # As bench_rows meets them (FakeDeerAPI begins its first pass a period after a create).
+    Case("R1a R1, first pass 15 s after the creates", 40, 15.0, aligned=True),
+    Case("R2a R2, first pass 15 s after the creates", 200, 15.0, batch=True, aligned=True),
 )
+
+
+#: The sim's clock reads 1000.0 at this wall time (created_at, as the gateway says it).
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _wall(at: float) -> datetime:
+    return EPOCH + timedelta(seconds=at - 1000.0)
 
 
 def _body(gen: _Gen, at: float) -> bytes:
     body = {"id": gen.id, "state": gen.state(at), "estimate_wait_seconds": gen.estimate_at(at)}
+    body["created_at"] = _wall(gen.started).isoformat().replace("+00:00", "Z")
     return json.dumps({**body, "video": None}).encode()
 
 
@@ -97,11 +109,16 @@ def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], 
     rows = RowClock()
     history = TimingHistory()
     policy = PollPolicy(timeout=None)
-    shared = Engine(policy, 1000.0, random.Random(seed), history, rows=rows)
-    engines = [
-        shared if case.batch else Engine(policy, 1000.0, random.Random(seed), history, rows=rows)
-        for _ in gens
-    ]
+    now = [1000.0]  # the clock time of the answer being judged
+
+    def wall() -> datetime:
+        return _wall(now[0])
+
+    def engine() -> Engine:
+        return Engine(policy, 1000.0, random.Random(seed), history, wall, rows=rows)
+
+    shared = engine()
+    engines = [shared if case.batch else engine() for _ in gens]
     trackers: list[PollTracker | None] = [None] * len(gens)
     polls = [0] * len(gens)
     lags = [math.nan] * len(gens)
@@ -110,20 +127,24 @@ def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], 
     free = 0.0  # the Session's rate gate lets the next request through then
     while due:
         sent, index = heapq.heappop(due)
+        later = engines[index].hold(trackers[index], sent)
+        if later is not None:  # a wait that holds its look sends nothing
+            heapq.heappush(due, (later, index))
+            continue
         served, free = max(sent, free), max(sent, free) + 1 / RATE
         gen = gens[index]
         table.advance(served)
         generation = decode_generation(200, {}, _body(gen, table.refreshed_at[gen.id]))
         polls[index] += 1
-        now = served + RTT + rng.uniform(0, case.wait)
+        now[0] = answered = served + RTT + rng.uniform(0, case.wait)
         # The Session reads when the rate gate let the request go (`request_sent`).
         step, trackers[index] = engines[index].seen(
-            trackers[index], gen.id, now, generation, served
+            trackers[index], gen.id, answered, generation, served
         )
         if step.verdict is Verdict.SLEEP:
-            heapq.heappush(due, (now + step.delay, index))
+            heapq.heappush(due, (answered + step.delay, index))
         else:
-            lags[index] = now - table.final_at[gen.id]
+            lags[index] = answered - table.final_at[gen.id]
     # The plain loop on the same rows: a look every 3 s from the start.
     plain_polls, plain_lags = [], []
     for gen in gens:

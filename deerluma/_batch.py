@@ -292,6 +292,10 @@ class _Scheduler:
             assert waiter.listening is not None
             self._recheck(waiter, waiter.listening, now)  # not due yet, as callbacks have it
             return None
+        later = waiter.held(engine, now)
+        if later is not None:  # its row changes in the next pass only, not begun yet
+            self.schedule(waiter, later)
+            return None
         try:
             step = await waiter.step(engine, self.fetch, self.clock)
         except BaseException:  # cancelled mid-poll: the id no longer counts as running

@@ -174,7 +174,16 @@ class PollTracker:
             estimate = generation.estimate_wait_seconds
             row = (generation.state.value, estimate, generation.queue_state)
             seen = Look(now if sent is None else sent, now, row, estimate)
-            self._row.look(self._rows, seen, self._rows.period_for(self.policy.refresh))
+            period = self._rows.period_for(self.policy.refresh)
+            self._row.look(self._rows, seen, period, self._row.fastest(self.policy.hint_error))
+
+    def hold(self, now: float) -> float | None:
+        """When to look next, sending nothing now, behind rows that no pass refreshed since
+        this wait's latest look (None: look now)."""
+        rows, row = self._rows, self._row
+        if rows is None or row is None or not self._refreshed(now):
+            return None
+        return row.hold(rows, now, rows.period_for(self.policy.refresh))
 
     def _refreshed(self, now: float) -> bool:
         """Whether the gateway serves its own rows, as far as this Session knows."""
@@ -188,6 +197,8 @@ class PollTracker:
             age = (self._wall() - generation.created_at).total_seconds()
             if age > 0:
                 self.origin = min(self.origin, now - age)
+                if self._row is not None:
+                    self._row.born = now - age  # its first row is no older
         if self._history is not None:
             self._history.begin(self.origin)
             self._running = True
@@ -501,6 +512,14 @@ class Engine:
             step = self._timed_out(tracker, task_id, now, cause)
             return attrs.evolve(step, emit=emit)
         return Step(Verdict.SLEEP, delay=max(0.0, min(delay, self.final - now)), emit=emit)
+
+    def hold(self, tracker: PollTracker | None, now: float) -> float | None:
+        """When a poll that is due now should go instead, no request sent (None: now): a row
+        that shows the latest pass changes only in the next, which no pass has begun yet."""
+        if tracker is None or now >= self.final - TOLERANCE:
+            return None
+        later = tracker.hold(now)
+        return None if later is None else min(later, self.final)
 
     def timed_out(self, tracker: PollTracker | None, task_id: str, now: float) -> Step:
         """The deadline passed before this task could be polled (again)."""

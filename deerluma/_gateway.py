@@ -66,6 +66,22 @@ _JUDGE_WEIGHT = 0.5
 _SEEN_END = 8
 #: Behind a refreshing gateway, a look that checks it is still one comes this often.
 _CHECK_EVERY = 30.0
+#: A wait whose row shows the latest pass holds its next look (sends nothing) while a watch
+#: says no pass has begun since: the row refreshed earliest in that pass (at most
+#: `_WATCH_OFFSET` s after it began), looked at this often while any wait holds...
+_WATCH_STEP = 1.5
+_WATCH_OFFSET = 1.0
+#: ... its word good for this long after the time it vouches for; holders look again this
+#: long after its next look was due (its answer's time), and it keeps watching this long
+#: after the latest wait asked to hold.
+_WATCH_STALE = 2.5
+_WATCH_ANSWER = 0.3
+_WATCH_WANTED = 4.0
+_RECHECK_LEAST = 0.1
+#: Half the widest bracket that places a refresh in a pass (`_rows._MEASURED`).
+_MEASURED_HALF = 1.0
+#: A pass's rows placed before a row's refresh tell how many ended there, from this many.
+_SHRINK_SAMPLE = 4
 
 
 @attrs.frozen
@@ -97,6 +113,17 @@ class _Pass:
     begin: float  #: the earliest refresh seen in it
     end: float  #: the latest
     seen: int = 1  #: how many refreshes were seen in it
+    #: Rows placed in it: when each was refreshed, and whether it ended there.
+    placed: list[tuple[float, bool]] = attrs.Factory(list)
+
+    def shrink(self, at: float) -> float:
+        """How much sooner after the next pass begins a row refreshed at `at` in this one is
+        refreshed in it: the rows before it that ended here leave the next (a pass refreshes
+        its rows oldest first, one after the other): as many of that time as ended."""
+        before = [ended for when, ended in self.placed if when < at]
+        if len(before) < _SHRINK_SAMPLE:
+            return 0.0
+        return max(0.0, at - self.begin) * sum(before) / len(before)
 
     def saw(self, at: float) -> None:
         self.begin, self.end, self.seen = min(self.begin, at), max(self.end, at), self.seen + 1
@@ -119,6 +146,12 @@ class RowClock:
         #: How long before a window that may hold the end its first step goes (learned).
         self.lead = 0.0
         self._last_check = -math.inf
+        #: No pass after the latest seen began before this (as the watch vouches).
+        self._quiet = -math.inf
+        self._watch: tuple[int, float, float] | None = None  # (track, offset, next look)
+        self._wanted = -math.inf  # the latest time a wait asked to hold
+        #: For each pass, the creation time of the oldest row first refreshed in it (seen so).
+        self._firsts: dict[int, float] = {}
 
     def __repr__(self) -> str:
         period = "?" if self.period is None else f"{self.period:.1f}s"
@@ -225,12 +258,26 @@ class RowClock:
             # Passes nobody saw in between count too: as many as the measured period fits.
             number = 0
             if passes:
-                each = self._sampled()
+                # (Passes apart as they began lately, else as rows measured them: a row's own
+                # period is shorter by the rows before it that ended.)
+                each = self.pass_period or self._sampled()
                 skipped = 1 if each is None else max(1, round((at - passes[-1].begin) / each))
                 number = passes[-1].number + skipped
             passes.append(_Pass(number, at, at))
+            self._quiet = -math.inf  # what the watch said was of the pass before
         elif at >= passes[-1].begin - gap:
             passes[-1].saw(at)
+
+    def placed(self, at: float, ended: bool) -> None:
+        """A row's refresh was placed at `at` (and it showed the task `ended`)."""
+        home = self._home(at)
+        if home is not None:
+            home.placed.append((at, ended))
+
+    def _home(self, at: float) -> _Pass | None:
+        """The pass seen under way at `at`."""
+        gap = _PASS_GAP
+        return next((p for p in self._passes if p.begin - gap <= at <= p.end + gap), None)
 
     def _next_begin(self, way: str) -> float | None:
         """When the pass after the latest begins: a fixed time after the one before began (a
@@ -246,8 +293,8 @@ class RowClock:
             for first, after in itertools.pairwise(self._passes)
             if after.number - first.number == 1 and first.seen >= _SEEN_END
         ]
-        if not rests:
-            return None
+        if not rests or latest.seen < _SEEN_END:
+            return None  # (nor when the latest pass was seen too little to tell its end)
         # A pass is seen to end no later than it did: the shortest rest seen is the truest.
         return latest.end + min(rests)
 
@@ -256,9 +303,18 @@ class RowClock:
         """How far apart the latest pass and the next begin, the better way of telling."""
         if len(self._passes) < 2 or not self._samples:
             return None  # passes nobody saw may lie between those seen: no count without samples
-        due = self._next_begin(self._way())
+        due = self._due()
         between = None if due is None else due - self._passes[-1].begin
         return between if between is not None and between > _PASS_GAP else None
+
+    def _due(self) -> float | None:
+        """When the next pass begins, the better way of telling (the other where passes were
+        seen too little to tell by it)."""
+        way = self._way()
+        due = self._next_begin(way)
+        if due is None:
+            due = self._next_begin(next(other for other in _WAYS if other != way))
+        return due
 
     def _way(self) -> str:
         """The way that told the latest passes' beginnings best (a ticker, until judged)."""
@@ -266,13 +322,17 @@ class RowClock:
 
     def shift(self, at: float, cycles: int) -> float | None:
         """How long after a refresh at `at` the same row is refreshed again `cycles` passes
-        later: from the passes seen and the way they follow each other (None: `at` fell in
-        no pass seen)."""
-        passes, gap = self._passes, _PASS_GAP
-        home = next((p for p in passes if p.begin - gap <= at <= p.end + gap), None)
+        later: from the passes seen and the way they follow each other, sooner by the rows
+        before it that left the passes (None: `at` fell in no pass seen)."""
+        home = self._home(at)
         period = self.pass_period
         if home is None or period is None:
             return None
+        return self._begins_apart(home, cycles, period) - home.shrink(at)
+
+    def _begins_apart(self, home: _Pass, cycles: int, period: float) -> float:
+        """How long after `home` began the pass `cycles` later begins."""
+        passes = self._passes
         target = home.number + cycles
         latest = passes[-1]
         if target <= latest.number:
@@ -283,7 +343,7 @@ class RowClock:
             after = min((p for p in passes if p.number > target), key=lambda p: p.number)
             each = (after.begin - before.begin) / (after.number - before.number)  # nobody saw
             return before.begin + (target - before.number) * each - home.begin
-        due = self._next_begin(self._way())
+        due = self._due()
         assert due is not None
         return due + (target - latest.number - 1) * period - home.begin
 
@@ -303,6 +363,83 @@ class RowClock:
         """How long a pass takes to refresh the rows seen (the longest seen: a pass is seen
         in part)."""
         return max((seen.end - seen.begin for seen in self._passes), default=0.0)
+
+    @property
+    def latest(self) -> tuple[int, float] | None:
+        """The latest pass seen: its number and the earliest refresh seen in it."""
+        if not self._passes:
+            return None
+        return self._passes[-1].number, self._passes[-1].begin
+
+    def pass_after(self, at: float) -> int | None:
+        """The number of the latest pass, when a refresh no earlier than `at` belongs to it
+        (or to a later one not seen yet): `at` is after the latest pass began."""
+        latest = self.latest
+        # (A pass's beginning is the middle of the narrow bracket that found it.)
+        return None if latest is None or at < latest[1] - _MEASURED_HALF else latest[0]
+
+    def first_refreshed(self, number: int, born: float) -> None:
+        """A row made at `born` was first refreshed in pass `number` (a look placed it)."""
+        self._firsts[number] = min(born, self._firsts.get(number, math.inf))
+        for old in [key for key in self._firsts if key < number - _PASSES]:
+            del self._firsts[old]
+
+    def first_pass(self, born: float) -> int | None:
+        """The latest pass, when a row made at `born` was first refreshed in it: it was made
+        before the pass began, and no sooner than a row first refreshed in it (so no pass
+        began in between that would have refreshed that one)."""
+        latest = self.latest
+        if latest is None:
+            return None
+        oldest = self._firsts.get(latest[0])
+        # (A pass's beginning is the middle of a narrow bracket: a row made a second sooner
+        # may have come too late for it.)
+        if oldest is None or not oldest <= born <= latest[1] - _MEASURED_HALF:
+            return None
+        return latest[0]
+
+    def begin_after(self, number: int) -> float | None:
+        """The earliest a refresh in a pass after pass `number` may have come (None: no such
+        pass seen)."""
+        after = [p.begin for p in self._passes if p.number > number]
+        return None if not after else min(after) - _MEASURED_HALF
+
+    def quiet(self, number: int, at: float) -> None:
+        """No pass after pass `number` (the latest) began before `at`: a row it refreshed
+        early looked unchanged."""
+        latest = self.latest
+        if latest is not None and latest[0] == number:
+            self._quiet = max(self._quiet, at)
+
+    def watch_duty(self, track: object, offset: float, now: float, planned: float) -> float:
+        """The time of `track`'s next look, as the watch needs it: `track`'s row was
+        refreshed within `offset` s of the latest pass's beginning; the row refreshed
+        earliest watches, every `_WATCH_STEP` s while waits hold."""
+        key, watch = id(track), self._watch
+        if offset > _WATCH_OFFSET:
+            return planned
+        if watch is not None and watch[0] != key:
+            stale = now > watch[2] + _WATCH_STEP
+            if not stale and offset >= watch[1]:
+                return planned
+        if now - self._wanted <= _WATCH_WANTED:
+            planned = min(planned, now + _WATCH_STEP)
+        self._watch = (key, offset, planned)
+        return planned
+
+    def hold(self, track: object, number: int, now: float) -> float | None:
+        """When a wait whose row shows pass `number` should look again, sending nothing now
+        (None: look now; a newer pass began, or no watch vouches for the time since)."""
+        latest = self.latest
+        if latest is None or latest[0] != number:
+            return None
+        watch = self._watch
+        if watch is not None and watch[0] == id(track):
+            return None  # the watch itself looks
+        self._wanted = now
+        if watch is None or now > self._quiet + _WATCH_STALE:
+            return None
+        return max(now + _RECHECK_LEAST, min(watch[2], now + _WATCH_STEP) + _WATCH_ANSWER)
 
     def may_probe(self, track: object, now: float) -> bool:
         """Whether `track` may look again soon to learn the gateway's kind (a few do)."""

@@ -59,8 +59,10 @@ _UNMEASURED_SKIP = 2
 #: (taken as no slower than this, per second).
 _RATE_SPAN = 10.0
 _SLOWEST = 0.2
+#: A wait holds its look for the next pass at most this many periods after its row's refresh.
+_HOLD_PERIODS = 2.0
 #: What the passes say of a row's next refresh is taken within these shares of its period.
-_SANE = (0.7, 1.3)
+_SANE = (0.5, 1.3)
 
 
 class Look(NamedTuple):
@@ -99,11 +101,15 @@ class RowTrack:
         "_looks",
         "_low",
         "_own_period",
+        "_pass_of",
         "_pinned",
+        "_refresh_high",
         "_row",
         "_searching",
         "_seen",
+        "_since",
         "_stale_said",
+        "born",
         "unfinished_at",
     )
 
@@ -129,6 +135,13 @@ class RowTrack:
         #: When the latest row that showed the task unfinished was refreshed (or first seen).
         self.unfinished_at: float | None = None
         self._early = 0  # looks in a row that found the refresh they went after still to come
+        #: The row we see was refreshed no earlier than `_since` and no later than
+        #: `_refresh_high`, in the pass numbered `_pass_of` (None: not known).
+        self._since: float | None = None
+        self._refresh_high: float | None = None
+        self._pass_of: int | None = None
+        #: When the task was created, where its created_at says (its first row is no older).
+        self.born: float | None = None
 
     @property
     def looks(self) -> int:
@@ -142,8 +155,11 @@ class RowTrack:
             return None
         return (self._low + self._high) / 2
 
-    def look(self, clock: RowClock, seen: Look, period: float | None) -> None:
-        """A look was answered: what it showed, and when (`period`: the Session's)."""
+    def look(
+        self, clock: RowClock, seen: Look, period: float | None, fastest: float = math.inf
+    ) -> None:
+        """A look was answered: what it showed, and when (`period`: the Session's; the
+        estimate falls no faster than `fastest` a second)."""
         sent, now, row, estimate = seen
         self._looks += 1
         if self._leading and self._row is not None:
@@ -156,7 +172,7 @@ class RowTrack:
         if row == self._row:
             self._unchanged(clock, seen)
         else:
-            self._changed(clock, seen, period)
+            self._changed(clock, seen, period, fastest)
 
     def _unchanged(self, clock: RowClock, seen: Look) -> None:
         sent, now, _, estimate = seen
@@ -166,7 +182,30 @@ class RowTrack:
             clock.sign(now, True)
         if self._ahead or self._searching:
             self._early += 1
+        offset = self._offset(clock)
+        if offset is not None and counting:
+            # Refreshed early in the latest pass and unchanged since: the next has not begun.
+            assert self._pass_of is not None
+            clock.quiet(self._pass_of, sent - offset)
         self._last_sent, self._answered = sent, now
+
+    def _offset(self, clock: RowClock) -> float | None:
+        """How long at most after the latest pass began the row we see was refreshed (None:
+        it was not refreshed in that pass, or not known to be)."""
+        latest = clock.latest
+        if latest is None or self._pass_of != latest[0] or self._refresh_high is None:
+            return None
+        return max(0.0, self._refresh_high - latest[1])
+
+    def hold(self, clock: RowClock, now: float, period: float | None) -> float | None:
+        """When to look again, sending nothing now, while the row shows the latest pass and
+        the next is not seen to begin (None: look now); never past `_HOLD_PERIODS` periods
+        after its refresh (a watch whose row stops changing must not hold the others)."""
+        if self._pass_of is None or self._refresh_high is None or period is None:
+            return None
+        if now >= self._refresh_high + _HOLD_PERIODS * period:
+            return None
+        return clock.hold(self, self._pass_of, now)
 
     def _period(self, clock: RowClock, period: float | None) -> float | None:
         """The time to this row's next refresh: its own latest period where measured, else the
@@ -186,7 +225,7 @@ class RowTrack:
             return cycles * own  # the passes seen say nothing (or nonsense) of this row's
         return shift
 
-    def _changed(self, clock: RowClock, seen: Look, period: float | None) -> None:
+    def _changed(self, clock: RowClock, seen: Look, period: float | None, fastest: float) -> None:
         sent, now, row, estimate = seen
         # The two answers were made between their requests and their arrivals.
         shortest, longest = sent - self._answered, now - self._last_sent
@@ -232,6 +271,10 @@ class RowTrack:
         if self._row is not None and self._row[0] not in ("completed", "failed"):
             self.unfinished_at = self.refreshed_at if self._low is not None else self._last_sent
         self._low, self._high = (None, None) if math.isnan(low) else (low, high)
+        self._place(clock, fell, fastest, now)
+        if self._low is not None and self._high is not None and self._high - self._low <= _FOUND:
+            # Where the pass refreshed it, and whether it ended there (it leaves the passes).
+            clock.placed((self._low + self._high) / 2, row[0] in ("completed", "failed"))
         if self._pinned is None and estimate is not None and not math.isnan(low):
             self._pinned = (low, high, estimate)
         self._row, self._last_sent, self._estimate = row, sent, estimate
@@ -246,6 +289,35 @@ class RowTrack:
             # A look where a pass was due found the row changed since a look long ago: that
             # may be the pass before. The next change, a step away, tells.
             self._early = 1
+
+    def _place(self, clock: RowClock, fell: float | None, fastest: float, now: float) -> None:
+        """The new row's refresh: after the look before it, and after the row before it was
+        refreshed by as long as the estimate took to fall (at most `fastest` a second); so,
+        when that is after the latest pass began, in that pass (or a later one not seen)."""
+        before = self._since if self._since is not None else self.born
+        lower = self._last_sent
+        if fell is not None and fell > 0 and before is not None:
+            bound = before + fell / fastest
+            if bound <= now:  # (else it fell faster than that: it says nothing)
+                lower = max(lower, bound)
+        if self._low is not None:
+            lower = max(lower, self._low)
+        if self._pass_of is not None:
+            # It showed that pass: it changes in a later one (seen to begin then, or so).
+            later = clock.begin_after(self._pass_of)
+            if later is not None:
+                lower = max(lower, min(now, later))
+        first = self._since is None  # the row it showed before was the one made at creation
+        self._since = lower
+        self._refresh_high = now if self._high is None else min(now, self._high)
+        self._pass_of = clock.pass_after(lower)
+        if first and self.born is not None:
+            # A pass refreshes every row made before it began: rows made no sooner than one
+            # first refreshed in the latest pass were first refreshed in it too.
+            if self._pass_of is None:
+                self._pass_of = clock.first_pass(self.born)
+            elif self._low is not None and self._high is not None:
+                clock.first_refreshed(self._pass_of, self.born)
 
     def _measure(
         self, clock: RowClock, seen: tuple[float, float], cycles: int, own: float | None
@@ -295,6 +367,27 @@ class RowTrack:
         return min(fastest, max(_SLOWEST, (pinned[2] - estimate + 1.0) / span))
 
     def next_look(
+        self,
+        clock: RowClock,
+        now: float,
+        period: float | None,
+        earliest_end: float | None,
+        search: float,
+        *,
+        assumed: bool = False,
+    ) -> float:
+        """The clock time of the next look (see `_plan`), sooner where this row watches for
+        the next pass (it was refreshed earliest in the latest: see `RowClock.hold`)."""
+        planned = self._plan(clock, now, period, earliest_end, search, assumed=assumed)
+        offset = self._offset(clock)
+        if offset is None:
+            return planned
+        target = clock.watch_duty(self, offset, now, planned)
+        if target < planned:
+            self._leading = False  # a watch, not the first step through a window
+        return target
+
+    def _plan(
         self,
         clock: RowClock,
         now: float,

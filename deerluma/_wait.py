@@ -173,6 +173,14 @@ class Watch:
             or now >= listening.due(engine.final) - TOLERANCE
         )
 
+    def held(self, engine: Engine, now: float) -> float | None:
+        """When the poll due now should go instead, sending nothing now (None: now): behind
+        rows that no pass has refreshed since (`Engine.hold`), unless a callback came."""
+        listening = self.listening
+        if listening is not None and listening.news():
+            return None
+        return engine.hold(self.tracker, now)
+
     async def step(self, engine: Engine, fetch: Fetch, clock: Callable[[], float]) -> Step:
         """Pass on a callback's progress, or poll once; the engine judges what a poll saw."""
         listening = self.listening
@@ -265,6 +273,15 @@ async def watch_generation(
     step = Step(Verdict.SLEEP)
 
     async def sleep(delay: float) -> None:
+        await sleep_planned(delay)
+        while True:  # behind rows, the poll may wait for the next pass (sending nothing)
+            woken.clear()  # no await before held(): no callback is missed
+            later = watch.held(engine, clock())
+            if later is None:
+                return
+            await sleep_or_wake(poller.sleep, max(0.0, later - clock()), woken)
+
+    async def sleep_planned(delay: float) -> None:
         if listening is None:
             await poller.sleep(delay)
             return

@@ -7,6 +7,7 @@ tests run waits and batches over a real socket against the fake server.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
@@ -55,7 +56,16 @@ def _generation(gen: _Gen, at: float) -> Generation:
         id=gen.id,
         state=GenerationState(gen.state(at)),
         estimate_wait_seconds=None if estimate is None else float(estimate),
+        created_at=_wall(gen.started),
     )
+
+
+#: The wall time at START on the fake clocks here (what created_at is read against).
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _wall(at: float) -> datetime:
+    return EPOCH + timedelta(seconds=at - START)
 
 
 Shows = Callable[[_Gen, float], float]
@@ -71,14 +81,20 @@ def _drive(
     batch: bool = False,
     ends: Callable[[_Gen], float] | None = None,
     start: float = START,
+    holds: bool = True,
+    sent_at: list[float] | None = None,
 ) -> tuple[list[int], list[float]]:
     """Wait on `gens` (single waits, or one batch) from `start` as a Session would; polls
-    and lags, where lag counts from `ends(gen)` (when a GET first shows it ended)."""
+    and lags, where lag counts from `ends(gen)` (when a GET first shows it ended). Without
+    `holds`, a poll goes whenever it is due (`Engine.hold` is not asked); `sent_at` gets
+    the time of each GET."""
     policy = policy or PollPolicy(timeout=None)
     history = TimingHistory()
 
+    clock = [start]
+
     def engine() -> Engine:
-        return Engine(policy, start, random.Random(0), history, rows=rows)
+        return Engine(policy, start, random.Random(0), history, lambda: _wall(clock[0]), rows=rows)
 
     shared = engine()
     engines = [shared if batch else engine() for _ in gens]
@@ -87,10 +103,16 @@ def _drive(
     due = [(start, index) for index in range(len(gens))]
     while due:
         sent, index = heapq.heappop(due)
+        later = engines[index].hold(trackers[index], sent) if holds else None
+        if later is not None:  # held: nothing sent, asked again then (as a Session does)
+            heapq.heappush(due, (later, index))
+            continue
         gen = gens[index]
+        if sent_at is not None:
+            sent_at.append(sent)
         generation = _generation(gen, shows(gen, sent))
         polls[index] += 1
-        now = sent + RTT
+        now = clock[0] = sent + RTT
         step, trackers[index] = engines[index].seen(trackers[index], gen.id, now, generation, sent)
         if step.verdict is Verdict.SLEEP:
             heapq.heappush(due, (now + step.delay, index))
@@ -291,6 +313,134 @@ def test_poll_policy_refuses_a_refresh_that_is_no_period(bad: object) -> None:
         PollPolicy(refresh=bad)  # type: ignore[arg-type]
 
 
+# -- holding looks while the rows rest -------------------------------------------------
+
+
+def _rests(table: _RowTable, gens: list[_Gen]) -> list[tuple[float, float]]:
+    """When the rows rested: from the last refresh of each pass to the next pass."""
+    rests = []
+    for began, after in itertools.pairwise(table.began):
+        rows = [
+            g for g in gens if g.started <= began and table.final_at.get(g.id, math.inf) >= began
+        ]
+        rests.append((began + len(rows) * table.gap + 0.5, after))
+    return rests
+
+
+def test_waits_send_nothing_while_the_rows_rest_between_passes() -> None:
+    # 200 ids, passes of up to 10 s and 15 s rests: a wait whose row showed a pass changes
+    # only in the next; while the row refreshed first in that pass (the watch) shows no new
+    # pass, the others hold their looks, and the rests go nearly quiet.
+    counts = {}
+    for holds in (True, False):
+        gens = _batch(200, seed=6)
+        table = _rows_of(gens, 15.0, first=15.0)
+        sent: list[float] = []
+        polls, lags = _drive(
+            gens,
+            _refreshed(table),
+            RowClock(),
+            batch=True,
+            holds=holds,
+            sent_at=sent,
+            ends=lambda g: table.final_at[g.id],  # noqa: B023
+        )
+        rests = _rests(table, gens)
+        counts[holds] = sum(1 for at in sent for low, high in rests if low <= at < high)
+        mean_polls, plain_p95 = _plain_loop([table.final_at[g.id] for g in gens])
+        if holds:
+            assert sum(polls) / len(polls) <= 0.42 * mean_polls
+            assert _p95(lags) <= plain_p95
+    assert counts[True] <= 0.4 * counts[False]
+
+
+def _held_setup() -> tuple[RowClock, object, object]:
+    rows = RowClock()
+    rows.sign(0.0, True)
+    rows.refreshed(10.0)  # a pass, seen beginning at 10 s
+    return rows, object(), object()
+
+
+def test_the_row_refreshed_first_watches_and_vouches_for_the_others() -> None:
+    rows, watch, other = _held_setup()
+    assert rows.hold(other, 0, 12.0) is None  # no watch yet: it looks as planned
+    # The row refreshed first in the pass watches, often only while others want to hold.
+    assert rows.watch_duty(watch, 0.3, 12.5, planned=40.0) == pytest.approx(14.0)
+    assert rows.watch_duty(object(), 0.8, 12.5, planned=40.0) == 40.0  # one watch is enough
+    assert rows.hold(other, 0, 13.0) is None  # nothing vouched for yet
+    rows.quiet(0, 14.0 - 0.3)  # the watch's row unchanged at 14 s: no pass began by 13.7 s
+    later = rows.hold(other, 0, 14.1)
+    assert later is not None and 14.1 < later <= 14.1 + 2.0
+    assert rows.hold(watch, 0, 14.1) is None  # the watch itself looks
+    assert rows.hold(other, 0, 14.0 + 3.0) is None  # its word is old: look
+    assert rows.hold(other, 1, 14.1) is None  # a row of another pass
+    # A row refreshed sooner in the pass takes the watch over.
+    sooner = object()
+    assert rows.watch_duty(sooner, 0.1, 14.2, planned=40.0) == pytest.approx(15.7)
+    rows.quiet(0, 15.0)
+    assert rows.hold(watch, 0, 15.1) is not None
+    # A new pass began: whoever showed the last holds no more.
+    rows.refreshed(35.0)
+    assert rows.hold(other, 0, 35.5) is None
+
+
+def _placed_by_its_estimate(born: float | None, fell: float) -> tuple[RowClock, RowTrack]:
+    rows, watch, _ = _held_setup()
+    track = RowTrack()
+    track.born = born
+    track.look(rows, Look(0.0, 0.1, ("pending", 40.0, None), 40.0), 15.0, 1.3)
+    # 30 s later: refreshed somewhere in between, the look alone says.
+    track.look(rows, Look(30.0, 30.1, ("processing", 40.0 - fell, None), 40.0 - fell), 15.0, 1.3)
+    rows.watch_duty(watch, 0.2, 30.2, planned=50.0)
+    rows.quiet(0, 30.0)
+    return rows, track
+
+
+def test_a_row_is_placed_in_a_pass_by_how_far_its_estimate_fell() -> None:
+    # Created at 0 s with 40 s to go; at 30 s the row says 19: at most 1.3 s a second, 21 took
+    # 16.2 s at least, so the refresh came after the pass seen at 10 s began: it holds.
+    rows, track = _placed_by_its_estimate(born=0.0, fell=21.0)
+    assert track.hold(rows, 30.5, 15.0) is not None
+    # ... and not for ever: two periods after its refresh, it looks.
+    rows.quiet(0, 61.0)
+    assert track.hold(rows, 61.0, 15.0) is None
+    # A fall of 5 could have come before that pass; with no creation time, nothing bounds it.
+    rows, track = _placed_by_its_estimate(born=0.0, fell=5.0)
+    assert track.hold(rows, 30.5, 15.0) is None
+    rows, track = _placed_by_its_estimate(born=None, fell=21.0)
+    assert track.hold(rows, 30.5, 15.0) is None
+
+
+def test_rows_that_ended_before_a_row_bring_its_next_refresh_sooner() -> None:
+    rows = RowClock()
+    rows.sign(0.0, True)
+    rows.refreshed(10.0)
+    for at, ended in ((10.2, True), (10.4, True), (10.6, False), (10.8, False)):
+        rows.placed(at, ended)
+    rows.refreshed(35.0)
+    rows.measured(35.0, 25.0)
+    # A pass refreshes its rows one after the other: half of those before this one ended,
+    # and left the passes, so it comes half its second into the pass sooner.
+    assert rows.shift(11.0, 1) == pytest.approx(25.0 - 0.5)
+    assert rows.shift(10.3, 1) == pytest.approx(25.0)  # too few before it to tell
+
+
+class _Holding:
+    def __init__(self, later: float) -> None:
+        self.later = later
+
+    def hold(self, now: float) -> float | None:
+        return self.later
+
+
+def test_a_held_look_never_passes_the_deadline() -> None:
+    engine = Engine(PollPolicy(timeout=60.0), START, random.Random(0), None, rows=RowClock())
+    holding = _Holding(START + 100.0)
+    assert engine.hold(holding, START + 30.0) == pytest.approx(engine.final)  # type: ignore[arg-type]
+    assert engine.hold(holding, engine.final) is None  # type: ignore[arg-type]
+    assert engine.hold(None, START + 30.0) is None
+
+
 # -- end to end, over a real socket ------------------------------------------------------
 
 
@@ -349,6 +499,54 @@ async def test_a_batch_behind_refreshed_rows_reports_each_soon_after_its_row_end
         # good share of a dozen waits); beside a plain 3 s loop's polls:
         plain = sum(math.ceil((fake.shows_final_at(i) - start) / 3.0) + 1 for i in ids)
         assert sum(fake.polls.values()) <= 1.5 * plain
+
+
+async def test_a_batch_behind_refreshed_rows_goes_quiet_while_they_rest() -> None:
+    # 120 ids: passes of up to 6 s, then 15 s rests. Waits whose rows showed a pass hold
+    # their looks while the watch sees no new one (without: 12-13 GETs a second of rest, and
+    # 9 a task).
+    clock = ScaledClock(40)
+    async with FakeDeerAPI(clock=clock, refresh=15.0, refresh_gap=0.05) as fake:
+        rng = random.Random(7)
+        ids = [
+            fake.add_generation(duration=rng.uniform(20, 60), estimate_bias=rng.uniform(0.8, 1.2))
+            for _ in range(120)
+        ]
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            results = [result async for result in s.as_completed(ids)]
+        assert len(results) == 120 and all(result.ok for result in results)
+        assert fake.rows is not None
+        began, ends = fake.rows.began, [fake.shows_final_at(i) for i in ids]
+        rests = [
+            (start + sum(1 for end in ends if end >= start) * 0.05 + 0.5, after)
+            for start, after in itertools.pairwise(began)
+        ]
+        gets = [r.at for r in fake.requests if r.method == "GET"]
+        quiet = sum(1 for at in gets for low, high in rests if low <= at < high)
+        assert quiet / sum(high - low for low, high in rests) <= 9.0
+        assert sum(fake.polls.values()) / len(ids) <= 7.5
+
+
+async def test_single_waits_behind_refreshed_rows_hold_their_looks_too() -> None:
+    # 60 waits of their own, one Session: the waits' sleeps ask the engine before each GET
+    # (without: about 7.8 GETs a wait here; a plain 3 s loop: about 16).
+    clock = ScaledClock(40)
+    async with FakeDeerAPI(clock=clock, refresh=15.0, refresh_gap=0.05) as fake:
+        rng = random.Random(8)
+        ids = [
+            fake.add_generation(duration=rng.uniform(20, 60), estimate_bias=rng.uniform(0.8, 1.2))
+            for _ in range(60)
+        ]
+        async with deerluma.Session(
+            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
+        ) as s:
+            done = await asyncio.gather(*(s.wait_until_completed(i) for i in ids))
+        assert all(g.is_completed for g in done)
+        assert sum(fake.polls.values()) / len(ids) <= 7.0
+        lags = sorted(fake.completed_at[i] - fake.shows_final_at(i) for i in ids)
+        assert lags[len(lags) // 2] <= 1.5 and lags[-4] <= 3.5
 
 
 async def test_a_deadline_behind_refreshed_rows_still_ends_with_a_last_look() -> None:
