@@ -49,6 +49,8 @@ class Case:
     ticker: bool = False
     #: The first pass begins a period after the tasks were created (as in FakeDeerAPI).
     aligned: bool = False
+    #: Each pass takes the rows in an order of its own (a gateway that keeps none).
+    shuffled: bool = False
 
 
 CASES = (
@@ -62,6 +64,7 @@ CASES = (
     # As bench_rows meets them (FakeDeerAPI begins its first pass a period after a create).
     Case("R1a R1, first pass 15 s after the creates", 40, 15.0, aligned=True),
     Case("R2a R2, first pass 15 s after the creates", 200, 15.0, batch=True, aligned=True),
+    Case("R2s R2, each pass in an order of its own", 200, 15.0, batch=True, shuffled=True),
 )
 
 
@@ -82,7 +85,8 @@ def _body(gen: _Gen, at: float) -> bytes:
 def simulate(case: Case, seed: int) -> tuple[list[int], list[float], list[int], list[float]]:
     """Polls and lags of deerluma's waits, then of a plain loop's, on one seed's rows."""
     rng = random.Random(seed)
-    table = _RowTable(case.refresh, case.gap, ticker=case.ticker)
+    shuffle = random.Random(seed + 1) if case.shuffled else None
+    table = _RowTable(case.refresh, case.gap, ticker=case.ticker, shuffle=shuffle)
     # Passes fall anywhere against the waits, or (`aligned`) the first a period after them.
     start = 1000.0 + (case.refresh if case.aligned else rng.uniform(0, case.refresh))
     table._next_pass = None

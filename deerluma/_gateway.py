@@ -80,6 +80,9 @@ _WATCH_WANTED = 4.0
 _RECHECK_LEAST = 0.1
 #: Half the widest bracket that places a refresh in a pass (`_rows._MEASURED`).
 _MEASURED_HALF = 1.0
+#: A row this much later in a pass than in the one before (beyond what two beginnings seen
+#: a little late allow) says the passes keep no order.
+_DISORDER = 2.0
 #: A pass's rows placed before a row's refresh tell how many ended there, from this many.
 _SHRINK_SAMPLE = 4
 
@@ -152,6 +155,9 @@ class RowClock:
         self._wanted = -math.inf  # the latest time a wait asked to hold
         #: For each pass, the creation time of the oldest row first refreshed in it (seen so).
         self._firsts: dict[int, float] = {}
+        #: When a row was last seen later in a pass than in the one before (passes that keep
+        #: no order: then no wait holds its look on the watch's word).
+        self._disorder = -math.inf
 
     def __repr__(self) -> str:
         period = "?" if self.period is None else f"{self.period:.1f}s"
@@ -398,6 +404,16 @@ class RowClock:
             return None
         return latest[0]
 
+    def moved(self, before: int, by: float, number: int, since: float) -> None:
+        """A row refreshed in pass `before` by `by` was refreshed in pass `number` (the next)
+        no sooner than `since`: later in it than in the one before, when the passes keep
+        no order (a pass oldest first brings a row only sooner, as the rows ahead end)."""
+        begins = {p.number: p.begin for p in self._passes}
+        if number != before + 1 or before not in begins or number not in begins:
+            return
+        if since - begins[number] > by - begins[before] + _DISORDER:
+            self._disorder = since
+
     def begin_after(self, number: int) -> float | None:
         """The earliest a refresh in a pass after pass `number` may have come (None: no such
         pass seen)."""
@@ -436,6 +452,8 @@ class RowClock:
         watch = self._watch
         if watch is not None and watch[0] == id(track):
             return None  # the watch itself looks
+        if now - self._disorder < _MEMORY:
+            return None  # a row late in a pass may come first in the next
         self._wanted = now
         if watch is None or now > self._quiet + _WATCH_STALE:
             return None

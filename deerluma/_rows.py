@@ -308,9 +308,12 @@ class RowTrack:
             if later is not None:
                 lower = max(lower, min(now, later))
         first = self._since is None  # the row it showed before was the one made at creation
+        before_pass, before_high = self._pass_of, self._refresh_high
         self._since = lower
         self._refresh_high = now if self._high is None else min(now, self._high)
         self._pass_of = clock.pass_after(lower)
+        if before_pass is not None and before_high is not None and self._pass_of is not None:
+            clock.moved(before_pass, before_high, self._pass_of, lower)
         if first and self.born is not None:
             # A pass refreshes every row made before it began: rows made no sooner than one
             # first refreshed in the latest pass were first refreshed in it too.

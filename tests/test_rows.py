@@ -384,6 +384,22 @@ def test_the_row_refreshed_first_watches_and_vouches_for_the_others() -> None:
     assert rows.hold(other, 0, 35.5) is None
 
 
+def test_passes_that_keep_no_order_hold_no_look() -> None:
+    rows, watch, other = _held_setup()
+    rows.watch_duty(watch, 0.3, 12.5, planned=40.0)
+    rows.refreshed(35.0)  # the next pass
+    rows.watch_duty(watch, 0.3, 36.0, planned=60.0)
+    rows.quiet(1, 40.0)
+    # A row refreshed 3 s into the first pass, and seen 1.5 s into the next: in order.
+    rows.moved(0, 13.0, 1, 36.5)
+    assert rows.hold(other, 1, 40.5) is not None
+    # One refreshed by 10.5 s into the first, and no sooner than 8 s into the next: a pass
+    # oldest first never brings a row later (rows ahead only leave), so these keep no order,
+    # and the watch's word says nothing of the others.
+    rows.moved(0, 10.5, 1, 43.0)
+    assert rows.hold(other, 1, 43.5) is None
+
+
 def _placed_by_its_estimate(born: float | None, fell: float) -> tuple[RowClock, RowTrack]:
     rows, watch, _ = _held_setup()
     track = RowTrack()

@@ -102,10 +102,13 @@ class _RowTable:
 
     _PASS_LIMIT = 1000
 
-    def __init__(self, period: float, gap: float, *, ticker: bool = False) -> None:
+    def __init__(
+        self, period: float, gap: float, *, ticker: bool = False, shuffle: random.Random | None = None
+    ) -> None:
         self.period = period
         self.gap = gap
         self.ticker = ticker
+        self.shuffle = shuffle  # each pass in its own order (a gateway that keeps none)
         self.refreshed_at: dict[str, float] = {}
         self.final_at: dict[str, float] = {}
         self._gens: dict[str, _Gen] = {}  # in creation order
@@ -140,6 +143,8 @@ class _RowTable:
                 for gen in self._gens.values()
                 if gen.started <= start and gen.id not in self.final_at
             ][: self._PASS_LIMIT]
+            if self.shuffle is not None:
+                self.shuffle.shuffle(due)
             self._pass.extend((start + index * self.gap, gen) for index, gen in enumerate(due))
             if not due:
                 self._next_pass = start + self.period
