@@ -103,7 +103,12 @@ class _RowTable:
     _PASS_LIMIT = 1000
 
     def __init__(
-        self, period: float, gap: float, *, ticker: bool = False, shuffle: random.Random | None = None
+        self,
+        period: float,
+        gap: float,
+        *,
+        ticker: bool = False,
+        shuffle: random.Random | None = None,
     ) -> None:
         self.period = period
         self.gap = gap
