@@ -265,9 +265,10 @@ class PollTracker:
         )
         # Until the period is measured (or said) and a pass seen, a few waits scout for them.
         assumed = (policy.refresh is None and not rows.measuring) or not rows.passes_seen
-        target = row.next_look(
+        planned = row.next_look(
             rows, now, period, self._earliest_end(row, period), find, assumed=assumed
         )
+        target = row.watching(rows, now, planned)
         return min(max(0.0, target - now), policy.max_interval)
 
     def _earliest_end(self, row: RowTrack, period: float | None) -> float | None:

@@ -379,27 +379,6 @@ class RowTrack:
         *,
         assumed: bool = False,
     ) -> float:
-        """The clock time of the next look (see `_plan`), sooner where this row watches for
-        the next pass (it was refreshed earliest in the latest: see `RowClock.hold`)."""
-        planned = self._plan(clock, now, period, earliest_end, search, assumed=assumed)
-        offset = self._offset(clock)
-        if offset is None:
-            return planned
-        target = clock.watch_duty(self, offset, now, planned)
-        if target < planned:
-            self._leading = False  # a watch, not the first step through a window
-        return target
-
-    def _plan(
-        self,
-        clock: RowClock,
-        now: float,
-        period: float | None,
-        earliest_end: float | None,
-        search: float,
-        *,
-        assumed: bool = False,
-    ) -> float:
         """The clock time of the next look behind a refreshing gateway.
 
         Until the row's phase is known, it is searched for a period before the
@@ -462,6 +441,17 @@ class RowTrack:
                 return max(now, first - lead + step)
             return first + step
         return (first + last) / 2
+
+    def watching(self, clock: RowClock, now: float, planned: float) -> float:
+        """The time of the next look planned for `planned`: sooner where this row watches for
+        the next pass (it was refreshed earliest in the latest: see `RowClock.hold`)."""
+        offset = self._offset(clock)
+        if offset is None:
+            return planned
+        target = clock.watch_duty(self, offset, now, planned)
+        if target < planned:
+            self._leading = False  # a watch, not the first step through a window
+        return target
 
     def _step(self, now: float, step: float) -> float:
         """`step` after the latest look was sent; soon after `now` if its answer came late (it

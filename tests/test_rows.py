@@ -12,7 +12,7 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -517,52 +517,57 @@ async def test_a_batch_behind_refreshed_rows_reports_each_soon_after_its_row_end
         assert sum(fake.polls.values()) <= 1.5 * plain
 
 
-async def test_a_batch_behind_refreshed_rows_goes_quiet_while_they_rest() -> None:
-    # 120 ids: passes of up to 6 s, then 15 s rests. Waits whose rows showed a pass hold
-    # their looks while the watch sees no new one (without: 12-13 GETs a second of rest, and
-    # 9 a task).
+async def _waited_behind_rows(
+    count: int, seed: int, wait: Callable[[deerluma.Session, list[str]], Awaitable[None]]
+) -> tuple[FakeDeerAPI, list[str]]:
+    """`count` generations of 20-60 s behind new-api's poller (15 s rest, 0.05 s between
+    rows), waited on by `wait` with a fresh Session, in scaled time."""
     clock = ScaledClock(40)
     async with FakeDeerAPI(clock=clock, refresh=15.0, refresh_gap=0.05) as fake:
-        rng = random.Random(7)
+        rng = random.Random(seed)
         ids = [
             fake.add_generation(duration=rng.uniform(20, 60), estimate_bias=rng.uniform(0.8, 1.2))
-            for _ in range(120)
+            for _ in range(count)
         ]
         async with deerluma.Session(
             api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
         ) as s:
-            results = [result async for result in s.as_completed(ids)]
+            await wait(s, ids)
+    return fake, ids
+
+
+async def test_a_batch_behind_refreshed_rows_goes_quiet_while_they_rest() -> None:
+    # 120 ids: passes of up to 6 s, then 15 s rests. Waits whose rows showed a pass hold
+    # their looks while the watch sees no new one (without: 12-13 GETs a second of rest, and
+    # 9 a task).
+    async def batch(s: deerluma.Session, ids: list[str]) -> None:
+        results = [result async for result in s.as_completed(ids)]
         assert len(results) == 120 and all(result.ok for result in results)
-        assert fake.rows is not None
-        began, ends = fake.rows.began, [fake.shows_final_at(i) for i in ids]
-        rests = [
-            (start + sum(1 for end in ends if end >= start) * 0.05 + 0.5, after)
-            for start, after in itertools.pairwise(began)
-        ]
-        gets = [r.at for r in fake.requests if r.method == "GET"]
-        quiet = sum(1 for at in gets for low, high in rests if low <= at < high)
-        assert quiet / sum(high - low for low, high in rests) <= 9.0
-        assert sum(fake.polls.values()) / len(ids) <= 7.5
+
+    fake, ids = await _waited_behind_rows(120, 7, batch)
+    assert fake.rows is not None
+    began, ends = fake.rows.began, [fake.shows_final_at(i) for i in ids]
+    rests = [
+        (start + sum(1 for end in ends if end >= start) * 0.05 + 0.5, after)
+        for start, after in itertools.pairwise(began)
+    ]
+    gets = [r.at for r in fake.requests if r.method == "GET"]
+    quiet = sum(1 for at in gets for low, high in rests if low <= at < high)
+    assert quiet / sum(high - low for low, high in rests) <= 9.0
+    assert sum(fake.polls.values()) / len(ids) <= 7.5
 
 
 async def test_single_waits_behind_refreshed_rows_hold_their_looks_too() -> None:
     # 60 waits of their own, one Session: the waits' sleeps ask the engine before each GET
     # (without: about 7.8 GETs a wait here; a plain 3 s loop: about 16).
-    clock = ScaledClock(40)
-    async with FakeDeerAPI(clock=clock, refresh=15.0, refresh_gap=0.05) as fake:
-        rng = random.Random(8)
-        ids = [
-            fake.add_generation(duration=rng.uniform(20, 60), estimate_bias=rng.uniform(0.8, 1.2))
-            for _ in range(60)
-        ]
-        async with deerluma.Session(
-            api_key=fake.api_key, base_url=fake.url, clock=clock, sleep=clock.sleep
-        ) as s:
-            done = await asyncio.gather(*(s.wait_until_completed(i) for i in ids))
+    async def each(s: deerluma.Session, ids: list[str]) -> None:
+        done = await asyncio.gather(*(s.wait_until_completed(i) for i in ids))
         assert all(g.is_completed for g in done)
-        assert sum(fake.polls.values()) / len(ids) <= 7.0
-        lags = sorted(fake.completed_at[i] - fake.shows_final_at(i) for i in ids)
-        assert lags[len(lags) // 2] <= 1.5 and lags[-4] <= 3.5
+
+    fake, ids = await _waited_behind_rows(60, 8, each)
+    assert sum(fake.polls.values()) / len(ids) <= 7.0
+    lags = sorted(fake.completed_at[i] - fake.shows_final_at(i) for i in ids)
+    assert lags[len(lags) // 2] <= 1.5 and lags[-4] <= 3.5
 
 
 async def test_a_deadline_behind_refreshed_rows_still_ends_with_a_last_look() -> None:
