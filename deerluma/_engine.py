@@ -53,6 +53,9 @@ _PROBE_FROM = 4
 #: ... at most this many times (a pair that straddles a refresh soon after a row began reads
 #: live: the next pair tells).
 _PROBES = 2
+#: A first look this soon after the task was made shows the row made with it (no pass can
+#: have refreshed it yet, but one that begins at a create).
+_FRESH_ROW = 1.0
 #: Clock readings this close count as equal (a sleep of `final - now` may land an ulp short).
 TOLERANCE = 1e-6
 
@@ -197,8 +200,9 @@ class PollTracker:
             age = (self._wall() - generation.created_at).total_seconds()
             if age > 0:
                 self.origin = min(self.origin, now - age)
-                if self._row is not None:
-                    self._row.born = now - age  # its first row is no older
+            if self._row is not None:
+                self._row.born = now - max(0.0, age)  # its first row is no older
+                self._row.fresh = age <= _FRESH_ROW
         if self._history is not None:
             self._history.begin(self.origin)
             self._running = True

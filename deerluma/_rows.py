@@ -110,6 +110,7 @@ class RowTrack:
         "_since",
         "_stale_said",
         "born",
+        "fresh",
         "unfinished_at",
     )
 
@@ -140,8 +141,10 @@ class RowTrack:
         self._since: float | None = None
         self._refresh_high: float | None = None
         self._pass_of: int | None = None
-        #: When the task was created, where its created_at says (its first row is no older).
+        #: When the task was created, where its created_at says (its first row is no older),
+        #: and whether the first look came so soon after that it showed the row made then.
         self.born: float | None = None
+        self.fresh = False
 
     @property
     def looks(self) -> int:
@@ -319,7 +322,7 @@ class RowTrack:
             # first refreshed in the latest pass were first refreshed in it too.
             if self._pass_of is None:
                 self._pass_of = clock.first_pass(self.born)
-            elif self._low is not None and self._high is not None:
+            elif self.fresh and self._low is not None and self._high is not None:
                 clock.first_refreshed(self._pass_of, self.born)
 
     def _measure(

@@ -427,6 +427,34 @@ def test_a_row_is_placed_in_a_pass_by_how_far_its_estimate_fell() -> None:
     assert track.hold(rows, 30.5, 15.0) is None
 
 
+def _first_refreshed(fresh: bool) -> tuple[RowClock, RowTrack]:
+    """Row Y, made at 0 s, first refreshed at 10 s (its looks bracket it); row X, made at
+    0.5 s, changed by 30 s by less than its estimate says of when."""
+    rows, watch, _ = _held_setup()
+    y, x = RowTrack(), RowTrack()
+    y.born, y.fresh = 0.0, fresh
+    y.look(rows, Look(0.0, 0.1, ("pending", 40.0, None), 40.0), 15.0, 1.3)
+    y.look(rows, Look(9.5, 9.6, ("pending", 40.0, None), 40.0), 15.0, 1.3)
+    y.look(rows, Look(10.6, 10.7, ("processing", 30.0, None), 30.0), 15.0, 1.3)
+    x.born, x.fresh = 0.5, True
+    x.look(rows, Look(0.6, 0.7, ("pending", 40.0, None), 40.0), 15.0, 1.3)
+    x.look(rows, Look(30.0, 30.1, ("processing", 38.0, None), 38.0), 15.0, 1.3)
+    rows.watch_duty(watch, 0.2, 30.2, planned=50.0)
+    rows.quiet(0, 30.0)
+    return rows, x
+
+
+def test_a_row_made_after_one_first_refreshed_in_a_pass_was_first_refreshed_there_too() -> None:
+    # A pass refreshes every row made before it began: Y, made at 0 s and showing its first
+    # row until the pass at 10 s, says no pass began in between; X, made at 0.5 s, was first
+    # refreshed in that pass too (its estimate fell by 2 only: it says nothing of when).
+    rows, x = _first_refreshed(fresh=True)
+    assert x.hold(rows, 30.5, 15.0) is not None
+    # Y's first look came long after it was made: it may have shown a row refreshed already.
+    rows, x = _first_refreshed(fresh=False)
+    assert x.hold(rows, 30.5, 15.0) is None
+
+
 def test_rows_that_ended_before_a_row_bring_its_next_refresh_sooner() -> None:
     rows = RowClock()
     rows.sign(0.0, True)
