@@ -303,8 +303,6 @@ class RowTrack:
             bound = before + fell / fastest
             if bound <= now:  # (else it fell faster than that: it says nothing)
                 lower = max(lower, bound)
-        if self._low is not None:
-            lower = max(lower, self._low)
         if self._pass_of is not None:
             # It showed that pass: it changes in a later one (seen to begin then, or so).
             later = clock.begin_after(self._pass_of)
@@ -313,7 +311,7 @@ class RowTrack:
         first = self._since is None  # the row it showed before was the one made at creation
         before_pass, before_high = self._pass_of, self._refresh_high
         self._since = lower
-        self._refresh_high = now if self._high is None else min(now, self._high)
+        self._refresh_high = now
         self._pass_of = clock.pass_after(lower)
         if before_pass is not None and before_high is not None and self._pass_of is not None:
             clock.moved(before_pass, before_high, self._pass_of, lower)
