@@ -119,6 +119,12 @@ class _Pass:
     #: Rows placed in it: when each was refreshed, and whether it ended there.
     placed: list[tuple[float, bool]] = attrs.Factory(list)
 
+    @property
+    def earliest(self) -> float:
+        """The earliest it may have begun: its beginning is the middle of the narrow bracket
+        that found it (`_MEASURED_HALF` either way)."""
+        return self.begin - _MEASURED_HALF
+
     def shrink(self, at: float) -> float:
         """How much sooner after the next pass begins a row refreshed at `at` in this one is
         refreshed in it: the rows before it that ended here leave the next (a pass refreshes
@@ -380,9 +386,9 @@ class RowClock:
     def pass_after(self, at: float) -> int | None:
         """The number of the latest pass, when a refresh no earlier than `at` belongs to it
         (or to a later one not seen yet): `at` is after the latest pass began."""
-        latest = self.latest
-        # (A pass's beginning is the middle of the narrow bracket that found it.)
-        return None if latest is None or at < latest[1] - _MEASURED_HALF else latest[0]
+        if not self._passes or at < self._passes[-1].earliest:
+            return None
+        return self._passes[-1].number
 
     def first_refreshed(self, number: int, born: float) -> None:
         """A row made at `born` was first refreshed in pass `number` (a look placed it)."""
@@ -394,15 +400,13 @@ class RowClock:
         """The latest pass, when a row made at `born` was first refreshed in it: it was made
         before the pass began, and no sooner than a row first refreshed in it (so no pass
         began in between that would have refreshed that one)."""
-        latest = self.latest
-        if latest is None:
+        if not self._passes:
             return None
-        oldest = self._firsts.get(latest[0])
-        # (A pass's beginning is the middle of a narrow bracket: a row made a second sooner
-        # may have come too late for it.)
-        if oldest is None or not oldest <= born <= latest[1] - _MEASURED_HALF:
+        latest = self._passes[-1]
+        oldest = self._firsts.get(latest.number)
+        if oldest is None or not oldest <= born <= latest.earliest:
             return None
-        return latest[0]
+        return latest.number
 
     def moved(self, before: int, by: float, number: int, since: float) -> None:
         """A row refreshed in pass `before` by `by` was refreshed in pass `number` (the next)
@@ -417,8 +421,7 @@ class RowClock:
     def begin_after(self, number: int) -> float | None:
         """The earliest a refresh in a pass after pass `number` may have come (None: no such
         pass seen)."""
-        after = [p.begin for p in self._passes if p.number > number]
-        return None if not after else min(after) - _MEASURED_HALF
+        return min((p.earliest for p in self._passes if p.number > number), default=None)
 
     def quiet(self, number: int, at: float) -> None:
         """No pass after pass `number` (the latest) began before `at`: a row it refreshed

@@ -308,7 +308,7 @@ class RowTrack:
             later = clock.begin_after(self._pass_of)
             if later is not None:
                 lower = max(lower, min(now, later))
-        first = self._since is None  # the row it showed before was the one made at creation
+        first = self._since is None  # its first change seen (from the made row, if `fresh`)
         before_pass, before_high = self._pass_of, self._refresh_high
         self._since = lower
         self._refresh_high = now
