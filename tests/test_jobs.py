@@ -342,6 +342,29 @@ async def test_a_wrong_key_stops_the_run_and_leaves_the_jobs_to_send(
     assert all(row.creates == 0 for row in rows)
 
 
+async def test_no_key_stops_the_run_and_leaves_the_jobs_to_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing is sent without a key: every job would meet it, so none fails for it (they
+    # used to end `failed`, to be sent again only with --retry-failed).
+    from .test_cli import run as cli
+
+    monkeypatch.delenv("DEERAPI_API_KEY", raising=False)
+    jobs_file = tmp_path / "jobs.jsonl"
+    jobs_file.write_text("".join(json.dumps(job) + "\n" for job in _jobs(3)), encoding="utf-8")
+    async with FakeDeerAPI(create_duration=0.0) as fake:
+        argv = ["--base-url", fake.url, "run", str(jobs_file), "--out", str(tmp_path)]
+        code, _, err = await cli(None, *argv)
+        assert code == 4 and "DEERAPI_API_KEY" in err and "Traceback" not in err
+        assert not _creates(fake)
+        rows = await _rows(tmp_path)
+        assert {row.state for row in rows} == {JobState.NEW}
+        assert all(row.creates == 0 for row in rows)
+        code, _, _ = await cli(fake, "run", str(jobs_file), "--out", str(tmp_path))
+        assert code == 0  # with the key, the same run sends them
+        assert {row.state for row in await _rows(tmp_path)} == {JobState.DONE}
+
+
 async def test_the_command_reports_each_job_that_needs_a_person_and_exits_alike_again(
     tmp_path: Path,
 ) -> None:

@@ -39,6 +39,7 @@ from .._models import Generation
 from .._validate import check_whole
 from ..exceptions import (
     AuthenticationError,
+    ConfigurationError,
     CreateOutcomeUnknown,
     DeadlineExceeded,
     DeerLumaError,
@@ -539,9 +540,10 @@ class _Runner:
 
 
 def _stops_the_run(exc: DeerLumaError) -> bool:
-    """A fault that is not the job's own: the API out of reach or refusing the key, or
-    failing after the client's own retries. Every other job would meet it too."""
-    return isinstance(exc, AuthenticationError) or is_transient(exc)
+    """A fault that is not the job's own: no key (or a Session that cannot send as set up),
+    the API out of reach or refusing the key, or failing after the client's own retries.
+    Every other job would meet it too."""
+    return isinstance(exc, (AuthenticationError, ConfigurationError)) or is_transient(exc)
 
 
 def _refused(row: LedgerRow, error: str) -> LedgerRow:
